@@ -1,0 +1,46 @@
+# kdcl developer entry points. `make train` and `make test` work on a fresh machine: they set up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kdcl-installed
+# The torch/torchvision pair kdcl is tested with; `make setup TORCH_PINS=` lets pip choose within the ranges.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+ARGS ?=
+
+.PHONY: help setup train test test-fast lint format fashion-mnist clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	@if [ -n "$(TORCH_PINS)" ]; then $(BIN)/pip install $(TORCH_PINS); fi
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install kdcl with its test tools
+
+train: $(STAMP)  ## run the main job: ResNet-18 → MobileNetV3 on the bundled digits (ARGS='teacher=resnet50 ...')
+	$(BIN)/kdcl train $(ARGS)
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/python -m pytest tests $(ARGS)
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
+lint: $(STAMP)  ## ruff check + format check
+	$(BIN)/ruff check kdcl tests scripts
+	$(BIN)/ruff format --check kdcl tests scripts
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix kdcl tests scripts
+	$(BIN)/ruff format kdcl tests scripts
+
+fashion-mnist:  ## install Debian's Fashion-MNIST files (needs root or sudo)
+	@if [ "$$(id -u)" = 0 ]; then apt-get install -y dataset-fashion-mnist; else sudo apt-get install -y dataset-fashion-mnist; fi
+
+clean:  ## remove the virtual environment and caches (keeps outputs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,248 @@
+"""`kdcl` entry point: subcommand dispatch. `train` hands its arguments to Hydra untouched."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from kdcl import __version__
+from kdcl.confdir import config_dir
+from kdcl.errors import KdclError, did_you_mean, exit_with
+
+USAGE = f"""kdcl {__version__}: knowledge distillation with curriculum learning
+
+usage:
+  kdcl train [GROUP=OPTION ...] [KEY=VALUE ...]   train the pipeline (Hydra: -m to sweep, --cfg job, --help)
+  kdcl eval RUN_DIR|CHECKPOINT [stage=NAME] [data=...] [KEY=VALUE ...]
+                                                  test a run's final model (or stage NAME) again
+  kdcl models [PATTERN]                           timm model names and kdcl's aliases
+  kdcl --version
+
+examples:
+  kdcl train
+  kdcl train teacher=resnet50 student=mobilenet
+  kdcl train -m distill.temperature=2,4,8 seed=0,1,2
+  kdcl eval outputs/train/2026-11-22/17-40-12
+"""
+COMMANDS = ("train", "eval", "models")
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for kdcl's own lines: Lightning's banners and known-harmless warnings go."""
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                    ".*LeafSpec.*", ".*isinstance.*treespec.*"):  # fmt: skip
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def config_groups() -> dict[str, list[str]]:
+    root = config_dir()
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name != "hydra"
+    }
+
+
+def all_keys(node, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    for k in node.keys():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        try:
+            child = node._get_node(k)
+        except Exception:
+            continue
+        if isinstance(child, DictConfig):
+            keys += all_keys(child, full + ".")
+    return keys
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def precheck(overrides: list[str]) -> None:
+    """Before Hydra creates anything: unknown options and keys, and bad values of the first sweep point."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise KdclError(f"cannot parse the overrides: {str(exc).splitlines()[0]}; write them as key=value") from None
+    groups = config_groups()
+    first_point, group_overrides = [], []
+    for o in parsed:
+        key = o.key_or_group
+        if key == "hydra" or key.startswith("hydra."):
+            continue
+        if o.type == OverrideType.DEL:
+            first_point.append(o.input_line)
+            continue
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        except Exception:  # glob sweeps and the like: left to Hydra and the per-job check
+            continue
+        if key in groups:
+            for v in values:
+                if v not in groups[key] and v != "null":
+                    raise KdclError(
+                        f"{key}={v}: there is no '{v}' in the {key} group{did_you_mean(v, groups[key])}; "
+                        f"options: {', '.join(groups[key])}"
+                    )
+        point = f"{o.get_key_element()}={values[0]}" if values else o.input_line
+        first_point.append(point)
+        if key in groups:
+            group_overrides.append(point)
+    try:
+        cfg = compose(first_point)
+    except HydraException as exc:
+        msg = str(exc)
+        m = re.search(r"Could not override '([^']+)'", msg) or re.search(
+            r"Could not append to config. An item is already at '([^']+)'", msg
+        )
+        if m and "not in struct" in msg:
+            key = m.group(1)
+            try:
+                known = all_keys(compose(group_overrides))
+            except HydraException:
+                known = []
+            raise KdclError(
+                f"unknown config key '{key}'{did_you_mean(key, known)} "
+                "(kdcl train --cfg job shows every key; prefix with + to add a new one)"
+            ) from None
+        raise KdclError(f"bad override: {msg.splitlines()[0]}") from None
+    from kdcl.config import check_config
+
+    check_config(cfg)
+
+
+def resume_argv(rest: list[str], overrides: list[str]) -> list[str] | None:
+    """`resume=RUN_DIR` continues that run in its own directory with its own saved config."""
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not values or values[0] in ("", "null"):
+        return None
+    from kdcl.pipeline.manifest import Manifest
+
+    run_dir = Path(values[0])
+    if not (Manifest.exists(run_dir) and (run_dir / "config.yaml").is_file()):
+        raise KdclError(
+            f"resume '{run_dir}' is not a kdcl run directory (no run.json); give a directory that kdcl train printed"
+        )
+    others = [o for o in overrides if not o.startswith(("resume=", "hydra.", "hydra/"))]
+    if others:
+        raise KdclError(f"resume takes no other overrides ({' '.join(others)}): a run continues with its own config")
+    return rest + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def train(rest: list[str]) -> None:
+    import hydra
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(rest)
+    try:
+        resumed = resume_argv(rest, args.overrides)
+        informational = args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
+        custom = args.config_dir or args.config_name or args.config_path
+        if resumed is not None:
+            rest = resumed
+        elif not (informational or custom):
+            precheck(args.overrides)
+    except KdclError as err:
+        exit_with(err)
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+    def hydra_task(cfg) -> None:
+        train_task(cfg)
+
+    sys.argv = ["kdcl train", *rest]
+    hydra_task()
+
+
+def train_task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    quiet_libraries()
+    try:
+        from kdcl.config import check_config
+        from kdcl.pipeline.runner import run_pipeline
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.get("resume"):
+            run_dir = Path(cfg.resume)
+            cfg = OmegaConf.load(run_dir / "config.yaml")
+            print(f"resuming {run_dir}", flush=True)
+        check_config(cfg)
+        run_pipeline(cfg, run_dir)
+    except KdclError as err:
+        exit_with(err)
+    print(f"run directory: {run_dir}", flush=True)
+
+
+def models(rest: list[str]) -> None:
+    import timm
+    from omegaconf import OmegaConf
+
+    pattern = rest[0] if rest else "*"
+    aliases = []
+    for group in ("teacher", "student"):
+        for f in sorted((config_dir() / group).glob("*.yaml")):
+            name = OmegaConf.load(f).name
+            if fnmatch.fnmatch(f.stem, pattern) or fnmatch.fnmatch(name, pattern):
+                aliases.append(f"  {group}={f.stem:<12} → {name}")
+    names = timm.list_models(pattern)
+    if aliases:
+        print("kdcl aliases:")
+        print("\n".join(aliases))
+    print(f"timm models matching '{pattern}' ({len(names)}; use any as teacher.name=... or student.name=...):")
+    width = max((len(n) for n in names), default=0) + 2
+    per_line = max(1, 100 // max(width, 1))
+    for i in range(0, len(names), per_line):
+        print("  " + "".join(n.ljust(width) for n in names[i : i + per_line]).rstrip())
+    if not names and not aliases:
+        raise KdclError(f"no timm model matches '{pattern}'; try a pattern with * such as 'resnet*'")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    if argv[0] == "--version":
+        print(f"kdcl {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            train(rest)
+        elif command == "eval":
+            from kdcl.evaluate import eval_command
+
+            quiet_libraries()
+            eval_command(rest)
+        elif command == "models":
+            models(rest)
+        else:
+            raise KdclError(
+                f"unknown command '{command}'{did_you_mean(command, COMMANDS)}; commands: {', '.join(COMMANDS)}"
+            )
+    except KdclError as err:
+        exit_with(err)
+
+
+if __name__ == "__main__":
+    main()

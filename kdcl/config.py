@@ -1,0 +1,88 @@
+"""Check a composed config before any heavy work: every mistake is one KdclError naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from kdcl.confdir import config_dir  # noqa: F401  (re-exported)
+from kdcl.data.registry import get_loader
+from kdcl.errors import KdclError
+from kdcl.io import load_state_dict_file
+from kdcl.losses.terms import parse_terms
+from kdcl.models import check_model_name
+from kdcl.optim import check_optim
+from kdcl.pipeline.plan import plan_stages
+
+
+def fraction_in(value, key: str, low_open: bool = True, high_closed: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > 0 if low_open else value >= 0) and (value <= 1 if high_closed else value < 1)
+    if not ok:
+        rng = ("(0" if low_open else "[0") + ", " + ("1]" if high_closed else "1)")
+        raise KdclError(f"{key}={value} must be a fraction in {rng}")
+
+
+def positive_int(value, key: str, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise KdclError(f"{key}={value} must be an integer ≥ {minimum}")
+
+
+def resolve_all(cfg: DictConfig) -> None:
+    """Fail on `???` values and broken interpolations with the key's name."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        raise KdclError(f"{key} is required here and has no value; set it on the command line ({key}=...)") from None
+    except InterpolationResolutionError as exc:
+        raise KdclError(f"{exc.full_key}: cannot resolve its value ({exc.msg}); fix or override the key") from None
+
+
+def check_data(d: DictConfig) -> None:
+    get_loader(d.name)
+    fraction_in(d.fraction, "data.fraction")
+    fraction_in(d.val_fraction, "data.val_fraction", low_open=False, high_closed=False)
+    if d.get("test_fraction") is not None:
+        fraction_in(d.test_fraction, "data.test_fraction", high_closed=False)
+    positive_int(d.image_size, "data.image_size", 8)
+    positive_int(d.batch_size, "data.batch_size")
+    positive_int(d.eval_batch_size, "data.eval_batch_size")
+    positive_int(d.num_workers, "data.num_workers", 0)
+    positive_int(d.epochs, "data.epochs")
+    if d.get("root") and not d.get("download") and not Path(d.root).exists():
+        raise KdclError(
+            f"data.root '{d.root}' does not exist; point it at the {d.name} files or set data.download=true"
+        )
+
+
+def check_model_files(node: DictConfig, key: str) -> None:
+    for field in ("weights", "checkpoint"):
+        if node.get(field):
+            load_state_dict_file(node[field], f"{key}.{field}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Validate everything that can be validated without data or models (milliseconds)."""
+    resolve_all(cfg)
+    if not isinstance(cfg.seed, int):
+        raise KdclError(f"seed={cfg.seed} must be an integer")
+    check_data(cfg.data)
+    check_optim(cfg.optim)
+    positive_int(cfg.trainer.max_epochs, "trainer.max_epochs")
+    temperature = cfg.distill.get("temperature")
+    if temperature is not None and (not isinstance(temperature, (int, float)) or temperature <= 0):
+        raise KdclError(f"distill.temperature={temperature} must be > 0 (e.g. 4)")
+    parse_terms(cfg.distill.terms)
+    if cfg.trainer.progress_bar not in ("auto", "rich", "lines", "none"):
+        raise KdclError(f"trainer.progress_bar '{cfg.trainer.progress_bar}' must be auto|rich|lines|none")
+    checked = set()
+    for stage in plan_stages(cfg):
+        if stage.model_key in checked:
+            continue
+        checked.add(stage.model_key)
+        check_model_name(stage.model["name"], f"{stage.model_key}.name")
+        check_model_files(cfg[stage.model_key], stage.model_key)
+        parse_terms(stage.terms, f"pipeline.stages.{stage.name}.terms")

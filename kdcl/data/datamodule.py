@@ -1,0 +1,122 @@
+"""The LightningDataModule: train/val/test splits, loaders, augmentation and normalisation.
+
+Splits: the official test split where one exists (else a fixed carve, see each source); the val split
+is carved from the training part with `seed`, so it is deterministic given the seed and never overlaps
+train or test; `fraction` then keeps a seeded subset of the remaining training examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from kdcl.data.registry import ImageSplits, get_loader
+
+
+class Augmented(Dataset):
+    """Applies torchvision v2 transforms to uint8 images of a (sub)set, per sample, on the CPU."""
+
+    def __init__(self, base: Dataset, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return self.transform(x), y
+
+
+def train_transform(cfg: DictConfig):
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomCrop(cfg.image_size, padding=max(1, cfg.image_size // 8))]
+    if cfg.get("hflip", False):
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+class KdclDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: DictConfig, seed: int):
+        super().__init__()
+        self.cfg, self.seed = cfg, int(seed)
+        self.source: ImageSplits | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    # what models need to know -------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.load().num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.load().in_chans
+
+    def load(self) -> ImageSplits:
+        if self.source is None:
+            self.source = get_loader(self.cfg.name)(self.cfg)
+        return self.source
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        src = self.load()
+        train_idx, val_idx, test_base = self.split_indices(src)
+        train_base = Subset(src.train, train_idx)
+        self.train_set = Augmented(train_base, train_transform(self.cfg)) if self.cfg.augment else train_base
+        self.val_set = Subset(src.train, val_idx)
+        self.test_set = test_base
+
+    def split_indices(self, src: ImageSplits):
+        """(train indices, val indices, test dataset); the val carve depends on `seed` only."""
+        n = len(src.train)
+        g = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(n, generator=g).tolist()
+        test = src.test
+        if test is None:  # no official test split: carve a fixed one (seed 0, same for every run)
+            fixed = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+            n_test = max(1, round(self.cfg.test_fraction * n))
+            test_idx = set(fixed[:n_test])
+            test = Subset(src.train, sorted(test_idx))
+            order = [i for i in order if i not in test_idx]
+        n_val = round(self.cfg.val_fraction * len(order))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        keep = max(1, math.ceil(self.cfg.fraction * len(train_idx)))
+        return sorted(train_idx[:keep]), sorted(val_idx), test
+
+    # loaders --------------------------------------------------------------------------------
+    def loader(self, ds: Dataset, train: bool) -> DataLoader:
+        workers = int(self.cfg.num_workers)
+        return DataLoader(
+            ds,
+            batch_size=int(self.cfg.batch_size if train else self.cfg.eval_batch_size),
+            shuffle=train,
+            drop_last=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.test_set, train=False)
+
+    # batches arrive as uint8 on the device; convert and normalise there, once per batch --------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        src = self.load()
+        mean = torch.tensor(src.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(src.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float().div_(255) - mean) / std
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        return self.normalize(x), y

@@ -1,0 +1,117 @@
+"""`kdcl eval`: test a run's model (or any kdcl checkpoint) again, optionally on other data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from kdcl.confdir import config_dir
+from kdcl.config import check_data
+from kdcl.data import KdclDataModule
+from kdcl.errors import KdclError, did_you_mean
+from kdcl.io import read_json
+from kdcl.losses import DistillLoss
+from kdcl.models import create_model, load_kdcl_checkpoint
+from kdcl.module import DistillationModule
+from kdcl.pipeline.manifest import Manifest
+from kdcl.pipeline.plan import HARD_LABELS
+
+
+def locate(target: str, stage: str | None) -> tuple[Path, DictConfig, dict]:
+    """(checkpoint, the run's config, stage hyper-parameters) for a run directory or a checkpoint file."""
+    path = Path(target)
+    if path.is_dir():
+        if not Manifest.exists(path):
+            raise KdclError(f"'{path}' is not a kdcl run directory (no run.json); give a run directory or a .ckpt file")
+        done = {
+            name: s["result"] for name, s in read_json(path / "run.json")["stages"].items() if s.get("status") == "done"
+        }
+        if not done:
+            raise KdclError(f"run '{path}' has no finished stage yet; resume it with kdcl train resume={path}")
+        name = stage or max(done, key=lambda n: done[n]["index"])
+        if name not in done:
+            raise KdclError(
+                f"stage={name} is not a finished stage of {path}{did_you_mean(name, done)}; finished: {', '.join(done)}"
+            )
+        path = path / done[name]["checkpoint"]  # relative to the run (an absolute path stays as it is)
+    _, hparams = load_kdcl_checkpoint(path, "checkpoint")
+    if "config" not in hparams or "model" not in hparams:
+        raise KdclError(
+            f"checkpoint '{path}' was not written by kdcl train (no config inside); give a kdcl stage checkpoint"
+        )
+    return path, OmegaConf.create(hparams["config"]), hparams
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`data=fashion_mnist` swaps a whole group from conf/; `data.fraction=0.5` sets one key."""
+    for item in overrides:
+        if "=" not in item:
+            raise KdclError(f"'{item}' is not an override; write KEY=VALUE (e.g. data=digits)")
+        key, value = item.split("=", 1)
+        group_dir = config_dir() / key
+        if group_dir.is_dir():
+            options = sorted(p.stem for p in group_dir.glob("*.yaml"))
+            if value not in options:
+                raise KdclError(
+                    f"{key}={value}: no such option{did_you_mean(value, options)}; options: {', '.join(options)}"
+                )
+            cfg[key] = OmegaConf.load(group_dir / f"{value}.yaml")
+        else:
+            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                raise KdclError(
+                    f"unknown config key '{key}' in kdcl eval; keys such as data.eval_batch_size can be set"
+                )
+            OmegaConf.update(cfg, key, yaml_value(value), merge=False)
+    return cfg
+
+
+def yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def eval_command(args: list[str]) -> dict:
+    if not args or args[0].startswith("-"):
+        raise KdclError("kdcl eval needs a run directory or a checkpoint: kdcl eval RUN_DIR [stage=NAME] [data=...]")
+    target, overrides = args[0], args[1:]
+    stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), None)
+    overrides = [o for o in overrides if not o.startswith("stage=")]
+    ckpt, cfg, hp = locate(target, stage)
+    cfg = apply_overrides(cfg, overrides)
+    check_data(cfg.data)
+    dm = KdclDataModule(cfg.data, seed=cfg.seed)
+    dm.setup()
+    if dm.num_classes != hp["num_classes"] or dm.in_chans != hp["in_chans"]:
+        raise KdclError(
+            f"data={cfg.data.name} has {dm.num_classes} classes × {dm.in_chans} channels but the model was trained "
+            f"for {hp['num_classes']} × {hp['in_chans']}; evaluate on data with the same classes"
+        )
+    model_cfg = OmegaConf.create({**hp["model"], "checkpoint": str(ckpt), "weights": None})
+    model = create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), "checkpoint")
+    module = DistillationModule(model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
+    result = {
+        "stage": hp["stage"],
+        "model": hp["model"]["name"],
+        "checkpoint": str(ckpt),
+        "data": cfg.data.name,
+        "test_examples": len(dm.test_set),
+        "test_acc": float(metrics[f"{hp['stage']}/test/acc"]),
+        "test_loss": float(metrics[f"{hp['stage']}/test/loss"]),
+    }
+    print(f"{result['stage']} ({result['model']}) on {result['data']} test ({result['test_examples']} images): "
+          f"acc {result['test_acc']:.4f}  loss {result['test_loss']:.4f}")  # fmt: skip
+    print(json.dumps(result))
+    return result

@@ -1,0 +1,62 @@
+"""Safe file I/O: atomic writes (temporary file, then rename) and code-free checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdcl.errors import KdclError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write so that a reader (or a resume after SIGKILL) sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def load_state_dict_file(path: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file (.safetensors, or a torch pickle read with weights_only=True).
+
+    A missing, unreadable or corrupt file is a KdclError naming `key`; a checkpoint never runs code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KdclError(f"{key} '{path}' does not exist; give the path of a weights or checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to parse means the file is not usable weights
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise KdclError(
+            f"{key} '{path}' is not a readable weights/checkpoint file ({reason}); "
+            "check the file, or write it with torch.save(model.state_dict()) or safetensors"
+        ) from None
+    if isinstance(obj, dict):
+        return obj
+    raise KdclError(f"{key} '{path}' holds a {type(obj).__name__}, not a state dict or checkpoint")

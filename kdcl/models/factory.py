@@ -1,0 +1,97 @@
+"""Create timm models for a dataset, load local weights and kdcl checkpoints, freeze teachers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from kdcl.errors import KdclError, did_you_mean
+from kdcl.io import load_state_dict_file
+
+
+@lru_cache(maxsize=1)
+def all_model_names() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def check_model_name(name: str, key: str) -> None:
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise KdclError(
+            f"{key} '{name}' is not a timm model{did_you_mean(name, all_model_names())} "
+            "(kdcl models 'PATTERN' lists the names)"
+        )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: int, key: str) -> nn.Module:
+    """A timm model with the dataset's class count and input channels.
+
+    `cfg.weights` (a local timm-compatible file) goes through timm's own pretrained loader, which adapts
+    the first conv to `in_chans` and re-initialises the head when the class count differs: the
+    transfer-learning case. Nothing is fetched from a hub unless the user names no file and asks for it.
+    """
+    check_model_name(cfg.name, f"{key}.name")
+    kwargs: dict[str, Any] = dict(
+        num_classes=num_classes, in_chans=in_chans, drop_rate=float(cfg.get("drop_rate", 0.0))
+    )
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name.split(".")[0])
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = image_size  # ViT-style models build position embeddings for one input size
+    if cfg.get("weights"):
+        load_state_dict_file(cfg.weights, f"{key}.weights")  # validate first: one clear error if corrupt
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(cfg.weights).resolve())))
+    try:
+        model = timm.create_model(cfg.name, **kwargs)
+    except KdclError:
+        raise
+    except Exception as exc:
+        what = f"{key}.weights '{cfg.weights}'" if cfg.get("weights") else f"{key}.name '{cfg.name}'"
+        raise KdclError(
+            f"{what} could not be loaded into {cfg.name} ({str(exc)[:200]}); check model and file"
+        ) from None
+    if cfg.get("checkpoint"):
+        state, _ = load_kdcl_checkpoint(cfg.checkpoint, f"{key}.checkpoint")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:160]
+            raise KdclError(
+                f"{key}.checkpoint '{cfg.checkpoint}' does not fit {key}.name={cfg.name} with "
+                f"{num_classes} classes ({first}); set {key}.name to the checkpoint's model"
+            ) from None
+    return model
+
+
+def load_kdcl_checkpoint(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(model state dict, hyper-parameters) from a kdcl stage checkpoint or a plain state-dict file."""
+    obj = load_state_dict_file(path, key)
+    if "state_dict" in obj:
+        state = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+        if not state:
+            raise KdclError(f"{key} '{path}' is a Lightning checkpoint without kdcl model weights")
+        return state, dict(obj.get("hyper_parameters") or {})
+    return obj, {}
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that stays frozen: no grad, eval mode whatever `.train()` is called with."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002 — eval mode is the point
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

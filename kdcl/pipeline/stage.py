@@ -1,0 +1,155 @@
+"""One stage = one Lightning Trainer fit + test, written under <run>/stages/NN-<name>/."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from kdcl.callbacks import progress_callbacks
+from kdcl.data import KdclDataModule
+from kdcl.io import atomic_write_json
+from kdcl.losses import DistillLoss
+from kdcl.models import count_params, create_model
+from kdcl.module import DistillationModule
+from kdcl.pipeline.plan import Stage
+
+
+def relative_to_run(path: Path, run_dir: Path) -> str:
+    """Checkpoints inside the run are recorded relative to it, so a run directory can be moved."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def build_model(model_cfg: dict, dm: KdclDataModule, image_size: int, key: str):
+    return create_model(OmegaConf.create(model_cfg), dm.num_classes, dm.in_chans, image_size, key)
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
+    """Each configured logger writes to <run>/<logger>/<NN-stage>/ (e.g. tensorboard/01-student)."""
+    loggers = []
+    for name, spec in (cfg.get("logger") or {}).items():
+        if spec is None:
+            continue
+        loggers.append(instantiate(spec, save_dir=str(run_dir / name), name=stage.dirname, version=""))
+    return loggers
+
+
+def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, callbacks: list) -> pl.Trainer:
+    t = cfg.trainer
+    progress, bar = progress_callbacks(t.progress_bar, stage.name)
+    return pl.Trainer(
+        max_epochs=stage.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        callbacks=callbacks + progress,
+        logger=build_loggers(cfg, run_dir, stage) or False,
+        enable_progress_bar=bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(stage_dir),
+    )
+
+
+def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, handed: dict[str, dict]) -> dict:
+    """Fit (unless the model is a given checkpoint) and test one stage; returns its metrics.json content.
+
+    `handed` maps earlier stage names to their results; their chosen checkpoints become this
+    stage's frozen teachers.
+    """
+    stage_dir = run_dir / "stages" / stage.dirname
+    ckpt_dir = stage_dir / "checkpoints"
+    started = time.perf_counter()
+    pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
+    image_size = int(cfg.data.image_size)
+    model = build_model(stage.model, dm, image_size, stage.model_key)
+    teachers = [
+        build_model(
+            {**handed[t]["model_cfg"], "checkpoint": str(run_dir / handed[t]["checkpoint"]), "weights": None},
+            dm,
+            image_size,
+            f"pipeline.stages.{t}",
+        )  # fmt: skip
+        for t in stage.teachers
+    ]
+    hparams = {
+        "stage": stage.name,
+        "model_key": stage.model_key,
+        "model": stage.model,
+        "num_classes": dm.num_classes,
+        "in_chans": dm.in_chans,
+        "image_size": image_size,
+        "teachers": list(stage.teachers),
+        "terms": stage.terms,
+        "seed": int(cfg.seed),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    module = DistillationModule(model, teachers, DistillLoss(stage.terms, f"pipeline.stages.{stage.name}.terms"),
+                                cfg.optim, stage.name, dm.num_classes, hparams)  # fmt: skip
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=f"{stage.name}/val/acc",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")] if stage.trains else []
+    trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks)
+
+    if stage.trains:
+        last = ckpt_dir / "last.ckpt"
+        resume_from = str(last) if last.is_file() else None  # a stage stopped mid-way continues
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+        chosen = (
+            checkpoint.best_model_path
+            if stage.select == "best" and checkpoint.best_model_path
+            else checkpoint.last_model_path
+        )
+        chosen = chosen or str(last)
+        tested = trainer.test(module, datamodule=dm, ckpt_path=chosen, verbose=False, weights_only=True)
+    else:
+        chosen = str(Path(stage.model["checkpoint"]).resolve())
+        tested = trainer.test(module, datamodule=dm, verbose=False)
+
+    metrics = tested[0] if tested else {}
+    result = {
+        "name": stage.name,
+        "index": stage.index,
+        "model": stage.model["name"],
+        "model_key": stage.model_key,
+        "model_cfg": stage.model,
+        "params": count_params(model),
+        "teachers": list(stage.teachers),
+        "terms": stage.terms,
+        "trained": stage.trains,
+        "epochs": stage.epochs if stage.trains else 0,
+        "checkpoint": relative_to_run(Path(chosen), run_dir),
+        "select": stage.select,
+        "best_val_acc": float(checkpoint.best_model_score)
+        if stage.trains and checkpoint.best_model_score is not None
+        else None,
+        "test_acc": float(metrics[f"{stage.name}/test/acc"]),
+        "test_loss": float(metrics[f"{stage.name}/test/loss"]),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_json(stage_dir / "metrics.json", result)
+    return result

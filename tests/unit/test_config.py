@@ -1,0 +1,83 @@
+"""Real Hydra composition of every shipped option, and the config check's one-line errors."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from kdcl.confdir import config_dir
+from kdcl.config import check_config
+from kdcl.errors import KdclError
+from kdcl.pipeline.plan import plan_stages
+
+GROUPS = ["data", "teacher", "student", "distill", "pipeline", "optim", "trainer", "logger", "experiment", "debug"]
+
+
+def make(overrides=()):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def options(group):
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def test_required_groups_exist():
+    for group in GROUPS + ["paths", "hydra"]:
+        assert options(group), group
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_passes_the_check(group, option):
+    extra = ["data.root=/tmp"] if (group, option) == ("data", "image_folder") else []
+    cfg = make([f"{group}={option}", *extra])
+    check_config(cfg)
+
+
+def test_aliases_name_the_right_timm_models():
+    cfg = make(["teacher=resnet50", "student=mobilenet"])
+    assert cfg.teacher.name == "resnet50" and cfg.student.name == "mobilenetv3_small_100"
+    assert make(["teacher=resnet18", "student=resnet18"]).student.name == "resnet18"
+
+
+def test_standard_pipeline_distills_the_trained_teacher():
+    stages = plan_stages(make())
+    assert [s.name for s in stages] == ["teacher", "student"]
+    assert stages[1].teachers == ("teacher",) and "kd" in stages[1].terms
+    assert stages[0].terms == {"ce": {"weight": 1.0}}
+    assert [s.name for s in plan_stages(make(["pipeline=baseline"]))] == ["student"]
+
+
+def test_temperature_override_reaches_the_kd_term():
+    cfg = make(["distill.temperature=2"])
+    assert plan_stages(cfg)[1].terms["kd"]["temperature"] == 2
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("distill.temperature=-1", "distill.temperature=-1"),
+        ("distill.terms.kd.weight=-0.5", "distill.terms.kd.weight=-0.5 must be a number ≥ 0"),
+        ("trainer.max_epochs=0", "epochs=0 must be an integer ≥ 1"),
+        ("data.fraction=0", "data.fraction=0 must be a fraction in (0, 1]"),
+        ("data.fraction=1.5", "data.fraction=1.5 must be a fraction in (0, 1]"),
+        ("data.val_fraction=1", "data.val_fraction=1 must be a fraction in [0, 1)"),
+        ("teacher.name=resnet500", "teacher.name 'resnet500' is not a timm model; did you mean resnet50"),
+        ("optim.lr=0", "optim.lr=0 must be > 0"),
+        ("data.root=/nonexistent/kdcl", "data.root '/nonexistent/kdcl' does not exist"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(KdclError) as err:
+        check_config(make([override]))
+    assert fragment in str(err.value)
+
+
+def test_missing_mandatory_value_is_named():
+    with pytest.raises(KdclError, match="data.root is required"):
+        check_config(make(["data=image_folder"]))
+
+
+def test_debug_fast_shortens_every_stage():
+    cfg = make(["debug=fast"])
+    assert cfg.trainer.max_epochs == 1 and all(s.epochs == 1 for s in plan_stages(cfg))
+    assert OmegaConf.select(cfg, "trainer.limit_train_batches") == 5

@@ -1,0 +1,121 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from kdcl.confdir import config_dir
+from kdcl.data import KdclDataModule
+from kdcl.data.sources import DEBIAN_FASHION_MNIST
+from kdcl.errors import KdclError
+
+
+def data_cfg(name: str, **overrides):
+    cfg = OmegaConf.load(config_dir() / "data" / f"{name}.yaml")
+    cfg.merge_with(overrides)
+    if "download_root" in cfg:
+        cfg.download_root = "/nonexistent-kdcl-data"
+    return cfg
+
+
+def indices(subset) -> set[int]:
+    return set(subset.indices)
+
+
+def test_digits_splits_are_disjoint_and_cover_the_data():
+    dm = KdclDataModule(data_cfg("digits"), seed=0)
+    dm.setup()
+    train, val = indices(dm.train_set), indices(dm.val_set)
+    assert not train & val
+    assert len(dm.test_set) == 360  # sklearn's fixed stratified 20 % of 1 797
+    assert len(train) + len(val) == 1797 - 360
+    x, y = dm.train_set[0]
+    assert x.dtype == torch.uint8 and x.shape == (1, 32, 32) and 0 <= y < 10
+
+
+def test_val_split_is_deterministic_given_the_seed_and_test_split_is_fixed():
+    a, b, c = (KdclDataModule(data_cfg("digits"), seed=s) for s in (0, 0, 1))
+    for dm in (a, b, c):
+        dm.setup()
+    assert indices(a.val_set) == indices(b.val_set)
+    assert indices(a.val_set) != indices(c.val_set)
+    assert torch.equal(a.test_set.tensors[0], c.test_set.tensors[0])  # same held-out images for every seed
+
+
+def test_fraction_keeps_a_seeded_subset_of_the_training_part():
+    full = KdclDataModule(data_cfg("digits"), seed=0)
+    part = KdclDataModule(data_cfg("digits", fraction=0.25), seed=0)
+    full.setup()
+    part.setup()
+    assert len(part.train_set) == pytest.approx(0.25 * len(full.train_set), abs=1)
+    assert indices(part.train_set) <= indices(full.train_set)
+    assert indices(part.val_set) == indices(full.val_set)
+
+
+def test_batches_are_normalised_on_transfer():
+    dm = KdclDataModule(data_cfg("digits"), seed=0)
+    dm.setup()
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.dtype == torch.float32 and x.shape[1:] == (1, 32, 32)
+    assert abs(x.mean().item()) < 0.5 and 0.5 < x.std().item() < 1.5
+
+
+def test_augmentation_changes_training_views_only():
+    dm = KdclDataModule(data_cfg("synthetic", augment=True), seed=0)
+    dm.setup()
+    torch.manual_seed(0)
+    views = {tuple(dm.train_set[0][0].flatten().tolist()) for _ in range(5)}
+    assert len(views) > 1
+    assert torch.equal(dm.val_set[0][0], dm.val_set[0][0])
+
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir() and not os.environ.get("CI"), reason="needs dataset-fashion-mnist"
+)
+def test_fashion_mnist_uses_the_official_test_split():
+    dm = KdclDataModule(data_cfg("fashion_mnist", fraction=1.0), seed=0)
+    dm.setup()
+    assert len(dm.test_set) == 10_000
+    assert len(dm.train_set) + len(dm.val_set) == 60_000
+    assert dm.num_classes == 10 and dm.in_chans == 1
+    assert dm.test_set[0][0].shape == (1, 32, 32)
+
+
+def test_fashion_mnist_missing_everywhere_names_both_fixes(tmp_path, monkeypatch):
+    monkeypatch.setattr("kdcl.data.sources.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    dm = KdclDataModule(data_cfg("fashion_mnist", root=str(tmp_path), download=False), seed=0)
+    with pytest.raises(KdclError, match="apt-get install -y dataset-fashion-mnist.*data.download=true"):
+        dm.setup()
+
+
+def test_cifar_without_files_or_download_is_a_clear_error(tmp_path):
+    dm = KdclDataModule(data_cfg("cifar10", root=str(tmp_path), download=False), seed=0)
+    with pytest.raises(KdclError, match="data.root .* holds no CIFAR-10"):
+        dm.setup()
+
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class=6) -> None:
+    g = torch.Generator().manual_seed(0)
+    for ci, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            arr = (torch.rand(20, 24, 3, generator=g) * 100 + ci * 120).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+
+
+def test_image_folder_reads_class_subfolders(tmp_path):
+    write_image_folder(tmp_path)
+    dm = KdclDataModule(data_cfg("image_folder", root=str(tmp_path), image_size=16, augment=False), seed=0)
+    dm.setup()
+    assert dm.num_classes == 2 and dm.in_chans == 3
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 12
+    x, y = dm.train_set[0]
+    assert x.shape == (3, 16, 16)
+
+
+def test_image_folder_missing_root_is_a_clear_error(tmp_path):
+    dm = KdclDataModule(data_cfg("image_folder", root=str(tmp_path / "nope")), seed=0)
+    with pytest.raises(KdclError, match="data.root .* is not a directory"):
+        dm.setup()

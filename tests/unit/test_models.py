@@ -1,0 +1,81 @@
+import pytest
+import timm
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from kdcl.errors import KdclError
+from kdcl.models import FrozenTeacher, create_model
+
+
+def model_cfg(name: str, **kw):
+    return OmegaConf.create({"name": name, "weights": None, "checkpoint": None, "drop_rate": 0.0, **kw})
+
+
+def test_grey_28_pixel_images_keep_a_spatial_map_in_resnet50():
+    model = create_model(model_cfg("resnet50"), num_classes=10, in_chans=1, image_size=32, key="teacher").eval()
+    feats = model.forward_features(torch.zeros(2, 1, 32, 32))
+    assert feats.shape[-1] >= 1 and feats.shape[-2] >= 1
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_vit_models_are_built_for_the_data_resolution():
+    model = create_model(model_cfg("test_vit"), num_classes=4, in_chans=1, image_size=32, key="student").eval()
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(KdclError, match=r"teacher.name 'resnet500' is not a timm model; did you mean resnet50"):
+        create_model(model_cfg("resnet500"), 10, 1, 32, "teacher")
+
+
+def test_local_weights_transfer_backbone_and_reinitialise_the_head(tmp_path):
+    source = timm.create_model("test_resnet", num_classes=1000)  # a "pretrained" ImageNet-shaped model
+    path = tmp_path / "test_resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = create_model(model_cfg("test_resnet", weights=str(path)), 10, 3, 32, "teacher")
+    src, dst = source.state_dict(), model.state_dict()
+    backbone = [k for k in src if not k.startswith("fc.")]
+    assert all(torch.equal(src[k], dst[k]) for k in backbone), "backbone weights must come from the file"
+    assert dst["fc.weight"].shape == (10, src["fc.weight"].shape[1])  # new head for 10 classes
+
+
+def test_local_weights_adapt_the_first_conv_to_grey_input(tmp_path):
+    source = timm.create_model("test_resnet", num_classes=1000)
+    path = tmp_path / "w.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model(model_cfg("test_resnet", weights=str(path)), 10, 1, 32, "teacher")
+    first = source.pretrained_cfg["first_conv"] + ".weight"
+    assert torch.allclose(model.state_dict()[first], source.state_dict()[first].sum(1, keepdim=True))
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(KdclError, match=r"teacher.weights '.*broken.pth' is not a readable weights/checkpoint file"):
+        create_model(model_cfg("test_resnet", weights=str(path)), 10, 1, 32, "teacher")
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(KdclError, match=r"teacher.weights '.*' does not exist"):
+        create_model(model_cfg("test_resnet", weights=str(tmp_path / "nope.pth")), 10, 1, 32, "teacher")
+
+
+def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(KdclError, match="not a readable weights/checkpoint file"):
+        create_model(model_cfg("test_resnet", checkpoint=str(path)), 10, 1, 32, "teacher")
+
+
+def test_frozen_teacher_stays_in_eval_mode_without_grads():
+    teacher = FrozenTeacher(timm.create_model("test_resnet", num_classes=3))
+    teacher.train()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    out = teacher(torch.randn(2, 3, 32, 32))
+    assert not out.requires_grad
