@@ -179,6 +179,7 @@ def train_task(cfg) -> None:
     quiet_libraries()
     try:
         from kdcl.config import check_config
+        from kdcl.pipeline.manifest import Manifest
         from kdcl.pipeline.runner import run_pipeline
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -186,6 +187,10 @@ def train_task(cfg) -> None:
             run_dir = Path(cfg.resume)
             cfg = OmegaConf.load(run_dir / "config.yaml")
             print(f"resuming {run_dir}", flush=True)
+        elif Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix or overwrite them
+            raise KdclError(
+                f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
+            )
         check_config(cfg)
         run_pipeline(cfg, run_dir)
     except KdclError as err:

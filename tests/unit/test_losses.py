@@ -19,10 +19,10 @@ def test_kd_loss_matches_hand_computation():
     t = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
     T = 2.0
     expected = 0.0
-    for srow, trow in zip(s.tolist(), t.tolist()):
+    for srow, trow in zip(s.tolist(), t.tolist(), strict=True):
         p_t = softmax([v / T for v in trow])
         p_s = softmax([v / T for v in srow])
-        expected += sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
+        expected += sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s, strict=True))
     expected = expected / 2 * T * T  # batch mean, T² scaling
     assert kd_loss(s, t, temperature=T).item() == pytest.approx(expected, rel=1e-5)
 

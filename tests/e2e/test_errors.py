@@ -1,0 +1,84 @@
+"""Every bad input: exit status 2, one line on stderr naming the key and a fix, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_kdcl
+
+
+def corrupt_file(tmp: Path) -> str:
+    path = tmp / "corrupt.ckpt"
+    path.write_bytes(b"\x80\x02not really a pickle")
+    return str(path)
+
+
+CASES = {
+    "unknown group option": (["teacher=resnet500"], "teacher=resnet500", "did you mean resnet50"),
+    "unknown model name": (
+        ["teacher.name=resnet500"],
+        "teacher.name 'resnet500' is not a timm model",
+        "did you mean resnet50",
+    ),
+    "unknown config key": (
+        ["distill.temprature=2"],
+        "unknown config key 'distill.temprature'",
+        "did you mean distill.temperature",
+    ),
+    "negative temperature": (["distill.temperature=-1"], "distill.temperature=-1", "must be > 0"),
+    "negative weight": (["distill.terms.kd.weight=-0.5"], "distill.terms.kd.weight=-0.5", "≥ 0"),
+    "epochs below one": (["trainer.max_epochs=0"], "epochs=0", "integer ≥ 1"),
+    "fraction above one": (["data.fraction=1.5"], "data.fraction=1.5", "(0, 1]"),
+    "fraction zero": (["data.fraction=0"], "data.fraction=0", "(0, 1]"),
+    "missing data path": (
+        ["data=image_folder", "data.root=/nonexistent/images"],
+        "data.root '/nonexistent/images'",
+        "does not exist",
+    ),
+    "missing required data path": (["data=image_folder"], "data.root is required", "data.root=..."),
+    "corrupt checkpoint": (
+        ["teacher.checkpoint={corrupt}"],
+        "teacher.checkpoint",
+        "not a readable weights/checkpoint file",
+    ),
+    "corrupt weights": (["teacher.weights={corrupt}"], "teacher.weights", "not a readable weights/checkpoint file"),
+    "missing weights": (
+        ["student.weights=/nonexistent/w.pth"],
+        "student.weights '/nonexistent/w.pth'",
+        "does not exist",
+    ),
+    "resume of a non-run": (["resume={tmp}"], "is not a kdcl run directory", "kdcl train printed"),
+    "bad value in a sweep": (["-m", "distill.temperature=-2,4"], "distill.temperature=-2", "must be > 0"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path):
+    args, *fragments = CASES[case]
+    args = [a.format(corrupt=corrupt_file(tmp_path), tmp=tmp_path) for a in args]
+    (tmp_path / "keep.txt").write_text("user data")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_kdcl(["train", *args], tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    after = sorted(p.name for p in tmp_path.iterdir())
+    assert after == before, "a rejected run must write nothing (no outputs/ directory)"
+
+
+def test_bad_eval_target_is_one_line_and_exit_2(tmp_path):
+    proc = run_kdcl(["eval", str(tmp_path)], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_kdcl(["eval", corrupt_file(tmp_path)], tmp_path)
+    assert proc.returncode == 2 and "not a readable weights/checkpoint file" in proc.stderr
+
+
+def test_unknown_command_suggests_the_right_one(tmp_path):
+    proc = run_kdcl(["trian"], tmp_path)
+    assert proc.returncode == 2 and "did you mean train" in proc.stderr
