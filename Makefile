@@ -15,7 +15,6 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 	@if [ -n "$(TORCH_PINS)" ]; then $(BIN)/pip install $(TORCH_PINS); fi
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)

@@ -111,20 +111,20 @@ def precheck(overrides: list[str]) -> None:
         cfg = compose(first_point)
     except HydraException as exc:
         msg = str(exc)
-        m = re.search(r"Could not override '([^']+)'", msg) or re.search(
-            r"Could not append to config. An item is already at '([^']+)'", msg
-        )
-        if m and "not in struct" in msg:
+        m = re.search(r"Could not override '([^']+)'", msg)
+        if m:
             key = m.group(1)
             try:
                 known = all_keys(compose(group_overrides))
             except HydraException:
                 known = []
-            raise KdclError(
-                f"unknown config key '{key}'{did_you_mean(key, known)} "
-                "(kdcl train --cfg job shows every key; prefix with + to add a new one)"
-            ) from None
-        raise KdclError(f"bad override: {msg.splitlines()[0]}") from None
+            if key not in known:
+                raise KdclError(
+                    f"unknown config key '{key}'{did_you_mean(key, known)} "
+                    "(kdcl train --cfg job shows every key; prefix with + to add a new one)"
+                ) from None
+        cause = f" ({str(exc.__cause__).splitlines()[0]})" if exc.__cause__ else ""
+        raise KdclError(f"bad override: {msg.splitlines()[0]}{cause}") from None
     from kdcl.config import check_config
 
     check_config(cfg)

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from kdcl.callbacks import progress_callbacks
 from kdcl.data import KdclDataModule
@@ -65,6 +66,15 @@ def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, 
         num_sanity_val_steps=0,
         default_root_dir=str(stage_dir),
     )
+
+
+def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict, stage: Stage) -> None:
+    """TensorBoard's HPARAMS tab needs the hyper-parameters written together with result metrics."""
+    results = {f"hparams/{k.rsplit('/', 2)[-2]}_{k.rsplit('/', 1)[-1]}": float(v) for k, v in metrics.items()}
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams({k: v for k, v in hparams.items() if k != "terms"}, metrics=results)
+            lg.finalize("success")
 
 
 def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, handed: dict[str, dict]) -> dict:
@@ -131,6 +141,7 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         tested = trainer.test(module, datamodule=dm, verbose=False)
 
     metrics = tested[0] if tested else {}
+    log_hparams_with_results(trainer, hparams, metrics, stage)
     result = {
         "name": stage.name,
         "index": stage.index,
