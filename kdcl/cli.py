@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import re
 import sys
@@ -29,10 +30,13 @@ examples:
   kdcl eval outputs/train/2026-11-22/17-40-12
 """
 COMMANDS = ("train", "eval", "models")
+MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
 
 
 def quiet_libraries() -> None:
     """Keep the terminal for kdcl's own lines: Lightning's banners and known-harmless warnings go."""
+    import pytorch_lightning  # noqa: F401  (sets its loggers to INFO when imported: import first, then lower)
+
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
@@ -84,13 +88,19 @@ def precheck(overrides: list[str]) -> None:
     except HydraException as exc:
         raise KdclError(f"cannot parse the overrides: {str(exc).splitlines()[0]}; write them as key=value") from None
     groups = config_groups()
-    first_point, group_overrides = [], []
+    fixed, axes, group_overrides = [], [], []
     for o in parsed:
         key = o.key_or_group
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            from kdcl.pipeline.manifest import Manifest
+
+            target = Path(o.get_value_element_as_str())
+            if Manifest.exists(target) or any(target.glob("*/run.json")):
+                raise KdclError(f"{key}={target} already holds kdcl runs; choose a new directory or resume={target}")
         if key == "hydra" or key.startswith("hydra."):
             continue
         if o.type == OverrideType.DEL:
-            first_point.append(o.input_line)
+            fixed.append(o.input_line)
             continue
         try:
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
@@ -103,12 +113,23 @@ def precheck(overrides: list[str]) -> None:
                         f"{key}={v}: there is no '{v}' in the {key} group{did_you_mean(v, groups[key])}; "
                         f"options: {', '.join(groups[key])}"
                     )
-        point = f"{o.get_key_element()}={values[0]}" if values else o.input_line
-        first_point.append(point)
+        points = [f"{o.get_key_element()}={v}" for v in values] or [o.input_line]
+        axes.append(points)
         if key in groups:
-            group_overrides.append(point)
+            group_overrides.append(points[0])
+    # every point of a sweep is checked now, so a bad value cannot stop a sweep half-way
+    combos = list(itertools.islice(itertools.product(*axes), MAX_CHECKED_SWEEP_POINTS))
+    for combo in combos:
+        check_point(fixed + list(combo), group_overrides)
+
+
+def check_point(overrides: list[str], group_overrides: list[str]) -> None:
+    from hydra.errors import HydraException
+
+    from kdcl.config import check_config
+
     try:
-        cfg = compose(first_point)
+        cfg = compose(overrides)
     except HydraException as exc:
         msg = str(exc)
         m = re.search(r"Could not override '([^']+)'", msg)
@@ -125,8 +146,8 @@ def precheck(overrides: list[str]) -> None:
                 ) from None
         cause = f" ({str(exc.__cause__).splitlines()[0]})" if exc.__cause__ else ""
         raise KdclError(f"bad override: {msg.splitlines()[0]}{cause}") from None
-    from kdcl.config import check_config
-
+    except (ValueError, TypeError) as exc:  # e.g. `logger=null`
+        raise KdclError(f"bad override in {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
     check_config(cfg)
 
 
@@ -231,13 +252,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kdcl {__version__}")
         return
     command, rest = argv[0], argv[1:]
+    quiet_libraries()
     try:
         if command == "train":
             train(rest)
         elif command == "eval":
             from kdcl.evaluate import eval_command
 
-            quiet_libraries()
             eval_command(rest)
         elif command == "models":
             models(rest)

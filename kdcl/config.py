@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError, MissingMandatoryValue
 
 from kdcl.confdir import config_dir  # noqa: F401  (re-exported)
 from kdcl.data.registry import get_loader
 from kdcl.errors import KdclError
 from kdcl.io import load_state_dict_file
 from kdcl.losses.terms import parse_terms
-from kdcl.models import check_model_name
+from kdcl.models import check_model_cfg
 from kdcl.optim import check_optim
 from kdcl.pipeline.plan import plan_stages
 
@@ -64,14 +64,41 @@ def check_model_files(node: DictConfig, key: str) -> None:
             load_state_dict_file(node[field], f"{key}.{field}")
 
 
+def check_trainer(t: DictConfig) -> None:
+    """Let Lightning itself judge accelerator, devices, strategy and precision (no GPU work, ~10 ms)."""
+    import pytorch_lightning as pl
+
+    try:
+        pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                   precision=t.precision, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                   enable_model_summary=False)  # fmt: skip
+    except Exception as exc:
+        what = f"accelerator={t.accelerator} devices={t.devices} strategy={t.strategy} precision={t.precision}"
+        raise KdclError(
+            f"trainer ({what}): {str(exc).splitlines()[0][:200]}; on a CPU-only machine use trainer=cpu"
+        ) from None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Validate everything that can be validated without data or models (milliseconds)."""
+    try:
+        check_values(cfg)
+    except ConfigAttributeError as exc:
+        raise KdclError(f"the config has no '{exc.full_key}'; do not delete it (~{exc.full_key}) or set it") from None
+    except (TypeError, ValueError) as exc:
+        raise KdclError(
+            f"a config value has the wrong type ({str(exc).splitlines()[0][:160]}); check the overrides"
+        ) from None
+
+
+def check_values(cfg: DictConfig) -> None:
     resolve_all(cfg)
     if not isinstance(cfg.seed, int):
         raise KdclError(f"seed={cfg.seed} must be an integer")
     check_data(cfg.data)
     check_optim(cfg.optim)
     positive_int(cfg.trainer.max_epochs, "trainer.max_epochs")
+    check_trainer(cfg.trainer)
     temperature = cfg.distill.get("temperature")
     if temperature is not None and (not isinstance(temperature, (int, float)) or temperature <= 0):
         raise KdclError(f"distill.temperature={temperature} must be > 0 (e.g. 4)")
@@ -83,6 +110,5 @@ def check_config(cfg: DictConfig) -> None:
         if stage.model_key in checked:
             continue
         checked.add(stage.model_key)
-        check_model_name(stage.model["name"], f"{stage.model_key}.name")
+        check_model_cfg(stage.model, stage.model_key)
         check_model_files(cfg[stage.model_key], stage.model_key)
-        parse_terms(stage.terms, f"pipeline.stages.{stage.name}.terms")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.confdir import config_dir
@@ -45,26 +46,37 @@ def locate(target: str, stage: str | None) -> tuple[Path, DictConfig, dict]:
     return path, OmegaConf.create(hparams["config"]), hparams
 
 
+EVAL_GROUPS = ("data",)  # the model comes from the checkpoint; only the data can be swapped
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """`data=fashion_mnist` swaps a whole group from conf/; `data.fraction=0.5` sets one key."""
+    """`data=fashion_mnist` swaps the data group from conf/; `data.fraction=0.5` sets one key."""
     for item in overrides:
         if "=" not in item:
             raise KdclError(f"'{item}' is not an override; write KEY=VALUE (e.g. data=digits)")
         key, value = item.split("=", 1)
-        group_dir = config_dir() / key
-        if group_dir.is_dir():
+        if key in EVAL_GROUPS:
+            group_dir = config_dir() / key
             options = sorted(p.stem for p in group_dir.glob("*.yaml"))
             if value not in options:
                 raise KdclError(
                     f"{key}={value}: no such option{did_you_mean(value, options)}; options: {', '.join(options)}"
                 )
             cfg[key] = OmegaConf.load(group_dir / f"{value}.yaml")
-        else:
-            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                raise KdclError(
-                    f"unknown config key '{key}' in kdcl eval; keys such as data.eval_batch_size can be set"
-                )
+        elif (config_dir() / key).is_dir():
+            raise KdclError(
+                f"kdcl eval takes the model from the checkpoint: {key}= cannot be changed; only data=... can"
+            )
+        elif has_key(cfg, key):
             OmegaConf.update(cfg, key, yaml_value(value), merge=False)
+        else:
+            raise KdclError(f"unknown config key '{key}' in kdcl eval; keys such as data.eval_batch_size can be set")
     return cfg
 
 
@@ -93,10 +105,11 @@ def eval_command(args: list[str]) -> dict:
     model_cfg = OmegaConf.create({**hp["model"], "checkpoint": str(ckpt), "weights": None})
     model = create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), "checkpoint")
     module = DistillationModule(model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp)
+    gpu = torch.cuda.is_available()  # a GPU-trained run can be checked on a laptop, and the other way round
     trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
+        accelerator="gpu" if gpu else "cpu",
         devices=1,
-        precision=cfg.trainer.precision,
+        precision=cfg.trainer.precision if gpu else "32-true",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

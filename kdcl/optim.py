@@ -22,6 +22,11 @@ def check_optim(cfg: DictConfig, key: str = "optim") -> None:
         )
     if not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0:
         raise KdclError(f"{key}.lr={cfg.lr} must be > 0 (e.g. 3e-3)")
+    for k in ("weight_decay", "warmup", "momentum"):
+        if k in cfg and not isinstance(cfg[k], (int, float)):
+            raise KdclError(f"{key}.{k}={cfg[k]} must be a number")
+    if cfg.get("momentum", 0.0) < 0:
+        raise KdclError(f"{key}.momentum={cfg.momentum} must be ≥ 0")
     if cfg.weight_decay < 0:
         raise KdclError(f"{key}.weight_decay={cfg.weight_decay} must be ≥ 0")
     if not 0 <= cfg.get("warmup", 0.0) < 1:

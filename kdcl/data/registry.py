@@ -26,7 +26,7 @@ class ImageSplits:
     classes: list[str] = field(default_factory=list)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    train_labels: list[int] | None = None  # lets the datamodule split without reading every image
+    train_labels: list[int] | None = None  # class of each training example, without decoding images
 
 
 DatasetLoader = Callable[[DictConfig], ImageSplits]

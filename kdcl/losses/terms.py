@@ -85,7 +85,11 @@ def parse_terms(terms_cfg: Mapping, key: str = "distill.terms") -> list[Term]:
                 )
             if param == "temperature" and (not isinstance(value, (int, float)) or value <= 0):
                 raise KdclError(f"{key}.{name}.temperature={value} must be > 0 (e.g. 4)")
+        if kind == "ce" and not 0 <= spec.get("label_smoothing", 0.0) < 1:
+            raise KdclError(f"{key}.{name}.label_smoothing={spec['label_smoothing']} must be in [0, 1)")
         terms.append(Term(str(name), kind, float(weight), spec))
+    if not any(t.weight > 0 for t in terms):
+        raise KdclError(f"{key}: every weight is 0; give at least one term a positive weight")
     return terms
 
 

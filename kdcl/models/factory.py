@@ -28,6 +28,13 @@ def check_model_name(name: str, key: str) -> None:
         )
 
 
+def check_model_cfg(cfg, key: str) -> None:
+    check_model_name(cfg.get("name"), f"{key}.name")
+    drop_rate = cfg.get("drop_rate", 0.0)
+    if not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate < 1:
+        raise KdclError(f"{key}.drop_rate={drop_rate} must be a number in [0, 1)")
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -39,7 +46,7 @@ def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: i
     the first conv to `in_chans` and re-initialises the head when the class count differs: the
     transfer-learning case. Nothing is fetched from a hub unless the user names no file and asks for it.
     """
-    check_model_name(cfg.name, f"{key}.name")
+    check_model_cfg(cfg, key)
     kwargs: dict[str, Any] = dict(
         num_classes=num_classes, in_chans=in_chans, drop_rate=float(cfg.get("drop_rate", 0.0))
     )

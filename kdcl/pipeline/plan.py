@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.errors import KdclError, did_you_mean
+from kdcl.losses.terms import NEEDS_TEACHER, parse_terms
 
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
@@ -40,6 +41,8 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
     stages: list[Stage] = []
     for index, (name, spec) in enumerate(stages_cfg.items()):
         key = f"pipeline.stages.{name}"
+        if not isinstance(spec, DictConfig):
+            raise KdclError(f"{key} must be a stage (model, teachers, epochs, select), not {spec!r}")
         model_key = spec.get("model")
         if model_key not in cfg or not isinstance(cfg[model_key], DictConfig) or "name" not in cfg[model_key]:
             models = [k for k in cfg if isinstance(cfg[k], DictConfig) and "name" in cfg[k] and "weights" in cfg[k]]
@@ -65,6 +68,11 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
             terms = OmegaConf.to_container(cfg.distill.terms, resolve=True)
         else:
             terms = HARD_LABELS
+        needs_teacher = [t.name for t in parse_terms(terms, f"{key}.terms") if t.kind in NEEDS_TEACHER]
+        if needs_teacher and not teachers:
+            raise KdclError(
+                f"{key}: the terms {', '.join(needs_teacher)} need a teacher; set {key}.teachers or drop them"
+            )
         model = OmegaConf.to_container(cfg[model_key], resolve=True)
         stages.append(Stage(index, str(name), model_key, model, teachers, epochs, select, terms))
     return stages

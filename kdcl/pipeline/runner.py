@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -69,8 +70,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     stages = plan_stages(cfg)
     manifest = Manifest(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_json(run_dir / "environment.json", environment())
+    manifest.save()  # claims the directory first: a second run started into it is refused
+    if not (run_dir / "config.yaml").is_file():  # a resume keeps the original records
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_json(run_dir / "environment.json", environment())
+    else:
+        atomic_write_json(run_dir / f"environment-resume-{time.strftime('%Y%m%d-%H%M%S')}.json", environment())
 
     dm = KdclDataModule(cfg.data, seed=cfg.seed)
     dm.setup()

@@ -50,7 +50,11 @@ CASES = {
         "does not exist",
     ),
     "resume of a non-run": (["resume={tmp}"], "is not a kdcl run directory", "kdcl train printed"),
-    "bad value in a sweep": (["-m", "distill.temperature=-2,4"], "distill.temperature=-2", "must be > 0"),
+    "bad value in a later sweep point": (["-m", "distill.temperature=4,-2"], "distill.temperature=-2", "must be > 0"),
+    "every weight zero": (["distill.terms.ce.weight=0", "distill.terms.kd.weight=0"], "every weight is 0", "positive"),
+    "wrong value type": (["optim.weight_decay=abc"], "optim.weight_decay=abc", "must be a number"),
+    "deleted required group": (["~optim"], "the config has no 'optim'", "~optim"),
+    "run directory in use": (["hydra.run.dir={tmp}/old"], "already holds kdcl runs", "new directory"),
 }
 
 
@@ -58,6 +62,8 @@ CASES = {
 def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path):
     args, *fragments = CASES[case]
     args = [a.format(corrupt=corrupt_file(tmp_path), tmp=tmp_path) for a in args]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text("{}")  # an earlier run that must stay untouched
     (tmp_path / "keep.txt").write_text("user data")
     before = sorted(p.name for p in tmp_path.iterdir())
     proc = run_kdcl(["train", *args], tmp_path)
@@ -69,6 +75,7 @@ def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
     after = sorted(p.name for p in tmp_path.iterdir())
     assert after == before, "a rejected run must write nothing (no outputs/ directory)"
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["run.json"]
 
 
 def test_bad_eval_target_is_one_line_and_exit_2(tmp_path):

@@ -1,6 +1,7 @@
 """Real Hydra composition of every shipped option, and the config check's one-line errors."""
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -30,7 +31,11 @@ def test_required_groups_exist():
 def test_every_option_composes_and_passes_the_check(group, option):
     extra = ["data.root=/tmp"] if (group, option) == ("data", "image_folder") else []
     cfg = make([f"{group}={option}", *extra])
-    check_config(cfg)
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(KdclError, match="use trainer=cpu"):  # refused up front, not mid-run
+            check_config(cfg)
+    else:
+        check_config(cfg)
 
 
 def test_aliases_name_the_right_timm_models():
