@@ -181,6 +181,7 @@ def train(rest: list[str]) -> None:
         if resumed is not None:
             rest = resumed
         elif not (informational or custom):
+            quiet_libraries()
             precheck(args.overrides)
     except KdclError as err:
         exit_with(err)
@@ -252,13 +253,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kdcl {__version__}")
         return
     command, rest = argv[0], argv[1:]
-    quiet_libraries()
     try:
         if command == "train":
             train(rest)
         elif command == "eval":
             from kdcl.evaluate import eval_command
 
+            quiet_libraries()
             eval_command(rest)
         elif command == "models":
             models(rest)

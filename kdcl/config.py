@@ -10,7 +10,7 @@ from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError,
 from kdcl.confdir import config_dir  # noqa: F401  (re-exported)
 from kdcl.data.registry import get_loader
 from kdcl.errors import KdclError
-from kdcl.io import load_state_dict_file
+from kdcl.io import check_weights_file
 from kdcl.losses.terms import parse_terms
 from kdcl.models import check_model_cfg
 from kdcl.optim import check_optim
@@ -61,13 +61,19 @@ def check_data(d: DictConfig) -> None:
 def check_model_files(node: DictConfig, key: str) -> None:
     for field in ("weights", "checkpoint"):
         if node.get(field):
-            load_state_dict_file(node[field], f"{key}.{field}")
+            check_weights_file(node[field], f"{key}.{field}")
+
+
+_TRAINER_OK: set[str] = set()  # settings Lightning accepted already in this process (sweeps repeat them)
 
 
 def check_trainer(t: DictConfig) -> None:
-    """Let Lightning itself judge accelerator, devices, strategy and precision (no GPU work, ~10 ms)."""
+    """Let Lightning itself judge accelerator, devices, strategy and precision (no GPU work)."""
     import pytorch_lightning as pl
 
+    settings = repr([t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision])
+    if settings in _TRAINER_OK:
+        return
     try:
         pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
                    precision=t.precision, logger=False, enable_progress_bar=False, enable_checkpointing=False,
@@ -77,6 +83,7 @@ def check_trainer(t: DictConfig) -> None:
         raise KdclError(
             f"trainer ({what}): {str(exc).splitlines()[0][:200]}; on a CPU-only machine use trainer=cpu"
         ) from None
+    _TRAINER_OK.add(settings)
 
 
 def check_config(cfg: DictConfig) -> None:

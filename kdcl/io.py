@@ -37,6 +37,21 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def check_weights_file(path: str | Path, key: str) -> None:
+    """Fail now, with one line, if `path` cannot be loaded; each unchanged file is read once per process
+    (the CLI checks every sweep point, then each job and the model factory check again)."""
+    path = Path(path)
+    stat = path.stat() if path.is_file() else None
+    stamp = (str(path.resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
+    if stamp is None or stamp not in _READABLE:
+        load_state_dict_file(path, key)
+        if stamp is not None:
+            _READABLE.add(stamp)
+
+
+_READABLE: set[tuple[str, int, int]] = set()
+
+
 def load_state_dict_file(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     """Tensors of a weights file (.safetensors, or a torch pickle read with weights_only=True).
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdcl.errors import KdclError, did_you_mean
-from kdcl.io import load_state_dict_file
+from kdcl.io import check_weights_file, load_state_dict_file
 
 
 @lru_cache(maxsize=1)
@@ -54,7 +54,7 @@ def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: i
     if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
         kwargs["img_size"] = image_size  # ViT-style models build position embeddings for one input size
     if cfg.get("weights"):
-        load_state_dict_file(cfg.weights, f"{key}.weights")  # validate first: one clear error if corrupt
+        check_weights_file(cfg.weights, f"{key}.weights")  # one clear error if corrupt, before timm reads it
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(cfg.weights).resolve())))
     try:
         model = timm.create_model(cfg.name, **kwargs)

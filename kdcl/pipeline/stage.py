@@ -68,7 +68,7 @@ def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, 
     )
 
 
-def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict, stage: Stage) -> None:
+def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
     """TensorBoard's HPARAMS tab needs the hyper-parameters written together with result metrics."""
     results = {f"hparams/{k.rsplit('/', 2)[-2]}_{k.rsplit('/', 1)[-1]}": float(v) for k, v in metrics.items()}
     for lg in trainer.loggers:
@@ -141,7 +141,7 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         tested = trainer.test(module, datamodule=dm, verbose=False)
 
     metrics = tested[0] if tested else {}
-    log_hparams_with_results(trainer, hparams, metrics, stage)
+    log_hparams_with_results(trainer, hparams, metrics)
     result = {
         "name": stage.name,
         "index": stage.index,
