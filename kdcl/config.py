@@ -112,10 +112,31 @@ def check_values(cfg: DictConfig) -> None:
     parse_terms(cfg.distill.terms)
     if cfg.trainer.progress_bar not in ("auto", "rich", "lines", "none"):
         raise KdclError(f"trainer.progress_bar '{cfg.trainer.progress_bar}' must be auto|rich|lines|none")
+    stages = plan_stages(cfg)
     checked = set()
-    for stage in plan_stages(cfg):
+    for stage in stages:
         if stage.model_key in checked:
             continue
         checked.add(stage.model_key)
         check_model_cfg(stage.model, stage.model_key)
         check_model_files(cfg[stage.model_key], stage.model_key)
+    check_feature_taps(stages, int(cfg.data.image_size))
+
+
+def check_feature_taps(stages: list, image_size: int) -> None:
+    """Resolve every feature tap on shape-only (meta-device) models: a bad tap fails before any training."""
+    import torch
+
+    from kdcl.losses import DistillLoss
+    from kdcl.models.factory import create_skeleton
+
+    by_name = {s.name: s for s in stages}
+    for stage in stages:
+        loss = DistillLoss(stage.terms, stage.terms_key)
+        if not (loss.feature_terms and stage.teachers):
+            continue
+        names = [stage.model["name"], *(by_name[t].model["name"] for t in stage.teachers)]
+        models = [create_skeleton(name, image_size) for name in names]
+        if any(m is None for m in models):
+            continue  # the model cannot be built shape-only; its stage checks the taps at start instead
+        loss.attach(models[0], models[1:], torch.empty(1, 3, image_size, image_size, device="meta"), names)

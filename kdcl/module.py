@@ -19,6 +19,10 @@ from kdcl.models import FrozenTeacher
 from kdcl.optim import build_optimizer
 
 
+def architecture(model: nn.Module) -> str:
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+
+
 class DistillationModule(pl.LightningModule):
     def __init__(
         self,
@@ -34,6 +38,9 @@ class DistillationModule(pl.LightningModule):
         self.model = model
         self.teachers = [FrozenTeacher(t) for t in teachers]  # plain list: frozen, not saved, not optimised
         self.loss = loss
+        example = torch.zeros(1, hparams["in_chans"], hparams["image_size"], hparams["image_size"])
+        names = [architecture(m) for m in (model, *teachers)]
+        self.loss.attach(self.model, [t.model for t in self.teachers], example, names)  # feature taps + bridges
         self.optim_cfg = optim
         self.stage = stage
         self.save_hyperparameters(hparams)  # plain containers only: checkpoints stay weights_only-loadable
@@ -63,11 +70,14 @@ class DistillationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
-        total, parts = self.loss(TermInputs(logits, self.teacher_logits(x), y))
+        progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)  # for scheduled terms
+        total, parts = self.loss(TermInputs(logits, self.teacher_logits(x), y), progress)
         prefix = f"{self.stage}/train"
         self.log(f"{prefix}/loss", total, on_step=True, on_epoch=True, prog_bar=True)
-        if len(parts) > 1:
-            self.log_dict({f"{prefix}/loss_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True)
+        self.log_dict({f"{prefix}/loss_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True)
+        scheduled = self.loss.scheduled_values(progress)
+        if scheduled:
+            self.log_dict({f"{prefix}/{k}": v for k, v in scheduled.items()}, on_step=True, on_epoch=False)
         self.train_acc(logits.detach(), y)
         self.log(f"{prefix}/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return total

@@ -1,4 +1,8 @@
-"""Loss functions on plain tensors, batch-averaged, as the defining papers compute them."""
+"""Loss functions on plain tensors, batch-averaged, as the defining papers' reference code computes them.
+
+Every teacher-side input is detached: a distillation loss never sends gradients into a teacher.
+Defaults are the papers' defaults. To add a loss: one function here, one term in terms.py, one YAML preset.
+"""
 
 from __future__ import annotations
 
@@ -18,5 +22,134 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """
     t = temperature
     log_p_student = F.log_softmax(student_logits / t, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / t, dim=1)
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * (t * t)
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022), as in mdistiller: alpha·TCKD + beta·NCKD, both × T².
+
+    TCKD is the KL between the binary (target class, all others) distributions; NCKD the KL between the
+    distributions over the non-target classes only (target logit masked out with −1000, as the authors do).
+    """
+    t = temperature
+    teacher_logits = teacher_logits.detach()
+    gt = F.one_hot(target, student_logits.shape[1]).bool()
+    p_s = F.softmax(student_logits / t, dim=1)
+    p_t = F.softmax(teacher_logits / t, dim=1)
+    # binary distributions [p(target), p(rest)]
+    b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1)
+    b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], dim=1)
+    tckd = F.kl_div(torch.log(b_s), b_t, reduction="batchmean") * (t * t)
+    mask = 1000.0 * gt
+    log_q_s = F.log_softmax(student_logits / t - mask, dim=1)
+    q_t = F.softmax(teacher_logits / t - mask, dim=1)
+    nckd = F.kl_div(log_q_s, q_t, reduction="batchmean") * (t * t)
+    return alpha * tckd + beta * nckd
+
+
+def pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """1 − Pearson correlation of the rows of a and b, averaged over rows (DIST's relation distance)."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+    return 1 - corr.mean()
+
+
+def dist_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022): match relations, not exact probabilities.
+
+    beta·inter-class relation (per sample, across classes) + gamma·intra-class relation (per class,
+    across the batch), each 1 − Pearson correlation of the softened predictions, × T².
+    """
+    t = temperature
+    y_s = F.softmax(student_logits / t, dim=1)
+    y_t = F.softmax(teacher_logits.detach() / t, dim=1)
+    inter = pearson_distance(y_s, y_t)
+    intra = pearson_distance(y_s.t(), y_t.t())
+    return (t * t) * (beta * inter + gamma * intra)
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score each sample's logits: (z − mean) / (1e-7 + std), torch's unbiased std, as Sun et al. do."""
+    return (logits - logits.mean(dim=1, keepdim=True)) / (1e-7 + logits.std(dim=1, keepdim=True))
+
+
+def lskd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Logit-standardised KD (Sun et al., CVPR 2024): kd_loss on z-scored logits of both models."""
+    return kd_loss(standardize_logits(student_logits), standardize_logits(teacher_logits.detach()), temperature)
+
+
+def pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool whichever of two feature maps is spatially larger to the other's size."""
+    if a.dim() == 4 and a.shape[-2:] != b.shape[-2:]:
+        if a.shape[-2] * a.shape[-1] > b.shape[-2] * b.shape[-1]:
+            a = F.adaptive_avg_pool2d(a, b.shape[-2:])
+        else:
+            b = F.adaptive_avg_pool2d(b, a.shape[-2:])
+    return a, b
+
+
+def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Zagoruyko & Komodakis: channel-mean of |f|^p, flattened and L2-normalised per sample."""
+    return F.normalize(feature.abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+def at_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Attention transfer (ICLR 2017, as in RepDistiller): mean squared difference of attention maps."""
+    s, t = pool_to_smaller(student_feature, teacher_feature.detach())
+    return (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
+
+
+def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Euclidean distance matrix of the rows of e, with an exact zero diagonal (RepDistiller's pdist)."""
+    sq = e.pow(2).sum(1)
+    d = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp(min=eps).sqrt()
+    return d * (1 - torch.eye(len(e), device=e.device, dtype=e.dtype))
+
+
+def angle_cosines(e: torch.Tensor) -> torch.Tensor:
+    """cos of the angle at each anchor i between (e_j − e_i) and (e_k − e_i), flattened over (i, j, k)."""
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
+    return torch.bmm(diff, diff.transpose(1, 2)).flatten()
+
+
+def rkd_loss(
+    student_embedding: torch.Tensor,
+    teacher_embedding: torch.Tensor,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> torch.Tensor:
+    """Relational KD (Park et al., CVPR 2019, as in RepDistiller): smooth-L1 between the structures.
+
+    Distance term: pairwise distances, each divided by the mean of the non-zero ones. Angle term: the
+    cosines of all triplet angles. Embeddings may differ in width; only relations are compared.
+    """
+    s = student_embedding.flatten(1)
+    t = teacher_embedding.detach().flatten(1)
+    t_d = pairwise_distances(t)
+    t_d = t_d / t_d[t_d > 0].mean()
+    s_d = pairwise_distances(s)
+    s_d = s_d / s_d[s_d > 0].mean()
+    distance = F.smooth_l1_loss(s_d, t_d)
+    angle = F.smooth_l1_loss(angle_cosines(s), angle_cosines(t))
+    return distance_weight * distance + angle_weight * angle
+
+
+def hint_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """FitNets (Romero et al. 2015): MSE between the (regressed) student feature and the teacher's."""
+    s, t = pool_to_smaller(student_feature, teacher_feature.detach())
+    return F.mse_loss(s, t)

@@ -1,20 +1,29 @@
-"""Named, weighted loss terms built from the `distill.terms` config.
+"""Named, weighted, optionally scheduled loss terms built from the `distill.terms` config.
 
-A term is a function `(inputs, **params) -> scalar tensor`; adding one = one `@register_term` function
-(plus a conf/distill/*.yaml preset that uses it). The total loss is Σ weight·term.
+A term is a function `(inputs, **params) -> scalar tensor` registered with `@register_term`; adding a
+loss = one function in functional.py, one term here, one conf/distill/*.yaml preset. The total loss is
+Σ weight·term; weights and numeric parameters may follow a schedule over the stage (schedules.py).
+
+Feature terms (`features=...`) read intermediate activations through taps named in config
+(`student_tap`, `teacher_tap`: a timm feature index, a module path or `embedding`; one or a list).
+Terms with `bridge=True` map each student feature to its teacher's shape with their own small
+regressor, which trains with the student but lives in the loss module, so it is never exported.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdcl.errors import KdclError, did_you_mean
 from kdcl.losses import functional as LF
+from kdcl.losses.schedules import check_schedule, scheduled
+from kdcl.models.taps import FeatureTaps, resolve_tap
 
 
 @dataclass
@@ -22,17 +31,33 @@ class TermInputs:
     student_logits: torch.Tensor
     teacher_logits: list[torch.Tensor]  # one entry per teacher of the stage (may be empty)
     target: torch.Tensor
+    # feature terms only: per teacher, the (student feature, teacher feature) pairs of the term's taps
+    feature_pairs: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
 
 
 TermFn = Callable[..., torch.Tensor]
-TERMS: dict[str, TermFn] = {}
+
+
+@dataclass(frozen=True)
+class TermKind:
+    fn: TermFn
+    needs_teacher: bool
+    features: int | None  # None: logits only; else the rank the taps must have (4 = maps, 0 = any)
+    bridge: bool  # learn a regressor from each student feature to the teacher feature's shape
+
+
+TERMS: dict[str, TermKind] = {}
 NEEDS_TEACHER: set[str] = set()
+TAP_KEYS = ("student_tap", "teacher_tap")
+POSITIVE = {"temperature", "p"}  # parameters that must be > 0 (all others ≥ 0)
 
 
-def register_term(name: str, needs_teacher: bool = True) -> Callable[[TermFn], TermFn]:
+def register_term(
+    name: str, needs_teacher: bool = True, features: int | None = None, bridge: bool = False
+) -> Callable[[TermFn], TermFn]:
     def add(fn: TermFn) -> TermFn:
-        TERMS[name] = fn
-        if needs_teacher:
+        TERMS[name] = TermKind(fn, needs_teacher or features is not None, features, bridge)
+        if needs_teacher or features is not None:
             NEEDS_TEACHER.add(name)
         return fn
 
@@ -41,6 +66,11 @@ def register_term(name: str, needs_teacher: bool = True) -> Callable[[TermFn], T
 
 def mean_over_teachers(fn: Callable[[torch.Tensor], torch.Tensor], teachers: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([fn(t) for t in teachers]).mean()
+
+
+def over_feature_pairs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inp: TermInputs) -> torch.Tensor:
+    """Sum over a term's tap pairs (as RepDistiller sums over layers), mean over teachers."""
+    return torch.stack([sum(fn(s, t) for s, t in pairs) for pairs in inp.feature_pairs]).mean()
 
 
 @register_term("ce", needs_teacher=False)
@@ -53,44 +83,132 @@ def kd(inp: TermInputs, temperature: float = 4.0) -> torch.Tensor:
     return mean_over_teachers(lambda t: LF.kd_loss(inp.student_logits, t, temperature), inp.teacher_logits)
 
 
+@register_term("dkd")
+def dkd(inp: TermInputs, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
+    return mean_over_teachers(
+        lambda t: LF.dkd_loss(inp.student_logits, t, inp.target, alpha, beta, temperature), inp.teacher_logits
+    )
+
+
+@register_term("dist")
+def dist(inp: TermInputs, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
+    return mean_over_teachers(
+        lambda t: LF.dist_loss(inp.student_logits, t, beta, gamma, temperature), inp.teacher_logits
+    )
+
+
+@register_term("lskd")
+def lskd(inp: TermInputs, temperature: float = 2.0) -> torch.Tensor:
+    return mean_over_teachers(lambda t: LF.lskd_loss(inp.student_logits, t, temperature), inp.teacher_logits)
+
+
+@register_term("at", features=4)
+def at(inp: TermInputs, p: float = 2.0) -> torch.Tensor:
+    return over_feature_pairs(lambda s, t: LF.at_loss(s, t, p), inp)
+
+
+@register_term("rkd", features=0)
+def rkd(inp: TermInputs, distance_weight: float = 25.0, angle_weight: float = 50.0) -> torch.Tensor:
+    return over_feature_pairs(lambda s, t: LF.rkd_loss(s, t, distance_weight, angle_weight), inp)
+
+
+@register_term("fitnet", features=0, bridge=True)
+def fitnet(inp: TermInputs) -> torch.Tensor:
+    return over_feature_pairs(LF.hint_loss, inp)
+
+
 @dataclass
 class Term:
     name: str  # the key in distill.terms (shown in logs)
     kind: str  # the registered function (defaults to the name)
     weight: float
-    params: dict
+    params: dict  # the function's parameters that the config sets
+    schedule: dict = field(default_factory=dict)  # parameter ("weight", "temperature", ...) -> schedule spec
+    taps: dict = field(default_factory=dict)  # student_tap / teacher_tap -> list of taps
+
+    @property
+    def spec(self) -> TermKind:
+        return TERMS[self.kind]
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def as_tap_list(value, key: str) -> list:
+    taps = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not taps or not all(isinstance(t, (int, str)) and not isinstance(t, bool) for t in taps):
+        raise KdclError(f"{key}={value!r} must be a feature index, a module path or 'embedding' (or a list of them)")
+    return taps
+
+
+def parse_term(name: str, spec, key: str) -> Term:
+    spec = dict(spec or {})
+    kind = spec.pop("kind", name)
+    if kind not in TERMS:
+        raise KdclError(
+            f"{key}.{name}: '{kind}' is not a loss term{did_you_mean(kind, TERMS)} (known: {', '.join(sorted(TERMS))})"
+        )
+    weight = spec.pop("weight", 1.0)
+    if not is_number(weight) or weight < 0:
+        raise KdclError(f"{key}.{name}.weight={weight} must be a number ≥ 0")
+    schedule = spec.pop("schedule", None) or {}
+    taps = {}
+    if TERMS[kind].features is not None:
+        for tap_key in TAP_KEYS:
+            if spec.get(tap_key) is None:
+                raise KdclError(
+                    f"{key}.{name}.{tap_key} is required by '{kind}': a feature index, module path or 'embedding'"
+                )
+            taps[tap_key] = as_tap_list(spec.pop(tap_key), f"{key}.{name}.{tap_key}")
+        if len(taps["student_tap"]) != len(taps["teacher_tap"]):
+            raise KdclError(f"{key}.{name}: student_tap and teacher_tap must list the same number of taps")
+    allowed = [p for p in inspect.signature(TERMS[kind].fn).parameters if p != "inp"]
+    extra = list(TAP_KEYS) if TERMS[kind].features is not None else []
+    for param, value in spec.items():
+        if param not in allowed:
+            raise KdclError(
+                f"{key}.{name}.{param} is not a parameter of the '{kind}' term{did_you_mean(param, allowed + extra)}; "
+                f"it takes: {', '.join(allowed + extra + ['weight', 'schedule'])}"
+            )
+        positive = param in POSITIVE
+        if not is_number(value) or value < 0 or (positive and value == 0):
+            raise KdclError(f"{key}.{name}.{param}={value} must be a number {'> 0' if positive else '≥ 0'}")
+    if kind == "ce" and not spec.get("label_smoothing", 0.0) < 1:
+        raise KdclError(f"{key}.{name}.label_smoothing={spec['label_smoothing']} must be in [0, 1)")
+    if not isinstance(schedule, Mapping):
+        raise KdclError(f"{key}.{name}.schedule must map a parameter (weight, temperature, ...) to a schedule")
+    for param, sched in schedule.items():
+        if param != "weight" and param not in allowed:
+            raise KdclError(
+                f"{key}.{name}.schedule.{param}: '{kind}' has no numeric parameter {param}; "
+                f"schedulable: {', '.join(['weight', *allowed])}"
+            )
+        check_schedule(sched, f"{key}.{name}.schedule.{param}", value_must_be_positive=param in POSITIVE)
+    return Term(str(name), kind, float(weight), spec, dict(schedule), taps)
 
 
 def parse_terms(terms_cfg: Mapping, key: str = "distill.terms") -> list[Term]:
-    """Validate the terms config: known kinds, known parameters, weights ≥ 0, temperatures > 0."""
+    """Validate the terms config: known kinds and parameters, weights ≥ 0, temperatures > 0, schedules, taps."""
+    if isinstance(terms_cfg, DictConfig):
+        terms_cfg = OmegaConf.to_container(terms_cfg, resolve=True)
     if not terms_cfg:
         raise KdclError(f"{key} is empty; give at least one term, e.g. {key}.ce.weight=1")
-    terms = []
-    for name, spec in terms_cfg.items():
-        spec = dict(spec or {})
-        kind = spec.pop("kind", name)
-        if kind not in TERMS:
-            raise KdclError(
-                f"{key}.{name}: '{kind}' is not a loss term{did_you_mean(kind, TERMS)}; known: {', '.join(sorted(TERMS))}"
-            )
-        weight = spec.pop("weight", 1.0)
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise KdclError(f"{key}.{name}.weight={weight} must be a number ≥ 0")
-        allowed = [p for p in inspect.signature(TERMS[kind]).parameters if p != "inp"]
-        for param, value in spec.items():
-            if param not in allowed:
-                raise KdclError(
-                    f"{key}.{name}.{param} is not a parameter of the '{kind}' term{did_you_mean(param, allowed)}; "
-                    f"it takes: {', '.join(allowed) or 'nothing'}"
-                )
-            if param == "temperature" and (not isinstance(value, (int, float)) or value <= 0):
-                raise KdclError(f"{key}.{name}.temperature={value} must be > 0 (e.g. 4)")
-        if kind == "ce" and not 0 <= spec.get("label_smoothing", 0.0) < 1:
-            raise KdclError(f"{key}.{name}.label_smoothing={spec['label_smoothing']} must be in [0, 1)")
-        terms.append(Term(str(name), kind, float(weight), spec))
+    if not isinstance(terms_cfg, Mapping):
+        raise KdclError(f"{key} must map term names to their settings, not {terms_cfg!r}")
+    terms = [parse_term(str(name), spec, key) for name, spec in terms_cfg.items()]
     if not any(t.weight > 0 for t in terms):
         raise KdclError(f"{key}: every weight is 0; give at least one term a positive weight")
     return terms
+
+
+def make_bridge(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
+    """FitNets' regressor: 1×1 conv + BN for feature maps, linear for vectors."""
+    if len(student_shape) == 4:
+        return nn.Sequential(
+            nn.Conv2d(student_shape[1], teacher_shape[1], kernel_size=1, bias=False), nn.BatchNorm2d(teacher_shape[1])
+        )
+    return nn.Linear(student_shape[-1], teacher_shape[-1])
 
 
 class DistillLoss(nn.Module):
@@ -98,13 +216,119 @@ class DistillLoss(nn.Module):
 
     def __init__(self, terms_cfg: Mapping, key: str = "distill.terms"):
         super().__init__()
-        self.terms = parse_terms(terms_cfg, key)
+        self.key = key
+        self.terms = [t for t in parse_terms(terms_cfg, key) if t.weight > 0 or "weight" in t.schedule]
+        self.bridges = nn.ModuleDict()  # term name -> one regressor per (teacher, tap pair)
+        self.taps: list[FeatureTaps] = []  # [student, teacher 1, ...] once attached
+        self.paths: dict[tuple[str, int], list[tuple[str, bool]]] = {}  # (term, model slot) -> resolved taps
 
     @property
     def needs_teacher(self) -> bool:
-        return any(t.kind in NEEDS_TEACHER and t.weight > 0 for t in self.terms)
+        return any(t.spec.needs_teacher for t in self.terms)
 
-    def forward(self, inp: TermInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {t.name: TERMS[t.kind](inp, **t.params) for t in self.terms if t.weight > 0}
-        total = sum(next(t.weight for t in self.terms if t.name == name) * v for name, v in parts.items())
+    @property
+    def feature_terms(self) -> list[Term]:
+        return [t for t in self.terms if t.spec.features is not None]
+
+    def attach(self, student: nn.Module, teachers: list[nn.Module], example: torch.Tensor, names: list[str]) -> None:
+        """Hook the tapped modules, check them with one forward of `example`, build the bridges.
+
+        `names` = the models' names for error messages ([student, teacher 1, ...]). The forward runs
+        in eval mode without grad, so batch-norm statistics and the random state are untouched.
+        """
+        if not self.feature_terms:
+            return
+        models = [student, *teachers]
+        for term in self.feature_terms:
+            for slot, model in enumerate(models):
+                tap_key = "student_tap" if slot == 0 else "teacher_tap"
+                self.paths[(term.name, slot)] = [
+                    resolve_tap(model, tap, f"{self.key}.{term.name}.{tap_key}", names[slot])
+                    for tap in term.taps[tap_key]
+                ]
+        self.taps = [
+            FeatureTaps(model, [p for t in self.feature_terms for p in self.paths[(t.name, slot)]])
+            for slot, model in enumerate(models)
+        ]
+        with torch.no_grad():
+            for model in models:
+                was_training = model.training
+                model.train(False)
+                model(example)
+                model.train(was_training)
+        for term in self.feature_terms:
+            bridges = []
+            for slot in range(1, len(models)):
+                for s, t in self.feature_pair_tensors(term, slot):
+                    self.check_shapes(term, s.shape, t.shape, names[0], names[slot])
+                    if term.spec.bridge:
+                        bridges.append(make_bridge(s.shape, t.shape))
+            if bridges:
+                self.bridges[term.name] = nn.ModuleList(bridges).to(
+                    example.device if example.device.type != "meta" else "cpu"
+                )
+        self.clear()
+
+    def check_shapes(self, term: Term, s: torch.Size, t: torch.Size, student: str, teacher: str) -> None:
+        rank = term.spec.features
+        where = f"{self.key}.{term.name}"
+        if rank and (len(s) != rank or len(t) != rank):
+            raise KdclError(
+                f"{where}: '{term.kind}' needs {rank}-D feature maps but the taps give {student} {tuple(s)} and "
+                f"{teacher} {tuple(t)}; tap a convolutional stage (a feature index) instead"
+            )
+        if term.spec.bridge and len(s) != len(t):
+            raise KdclError(
+                f"{where}: the student tap {tuple(s)} and teacher tap {tuple(t)} must both be maps or both vectors"
+            )
+
+    def feature_pair_tensors(self, term: Term, teacher_slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        student, teacher = self.taps[0], self.taps[teacher_slot]
+        return [
+            (student[sp], teacher[tp])
+            for (sp, _), (tp, _) in zip(self.paths[(term.name, 0)], self.paths[(term.name, teacher_slot)], strict=True)
+        ]
+
+    def term_inputs(self, term: Term, inp: TermInputs) -> TermInputs:
+        if term.spec.features is None:
+            return inp
+        per_teacher = []
+        bridges = self.bridges[term.name] if term.name in self.bridges else None
+        n_pairs = len(self.paths[(term.name, 0)])
+        for slot in range(1, len(self.taps)):
+            pairs = self.feature_pair_tensors(term, slot)
+            if bridges is not None:
+                pairs = [(bridges[(slot - 1) * n_pairs + j](s), t) for j, (s, t) in enumerate(pairs)]
+            per_teacher.append(pairs)
+        return replace(inp, feature_pairs=per_teacher)
+
+    def scheduled_values(self, progress: float) -> dict[str, float]:
+        """`<param>_<term>` -> current value, for every scheduled parameter (logged so schedules are visible)."""
+        values = {}
+        for t in self.terms:
+            for param, spec in t.schedule.items():
+                base = (
+                    t.weight
+                    if param == "weight"
+                    else t.params.get(param, inspect.signature(t.spec.fn).parameters[param].default)
+                )
+                values[f"{param}_{t.name}"] = scheduled(base, spec, progress)
+        return values
+
+    def forward(self, inp: TermInputs, progress: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.feature_terms and not self.taps:
+            raise RuntimeError("DistillLoss.attach() must run before a loss with feature terms is used")
+        parts, total = {}, 0.0
+        for t in self.terms:
+            params = {k: scheduled(v, t.schedule.get(k), progress) for k, v in t.params.items()}
+            for k in t.schedule.keys() - {"weight"} - params.keys():  # a scheduled default value
+                params[k] = scheduled(inspect.signature(t.spec.fn).parameters[k].default, t.schedule[k], progress)
+            parts[t.name] = t.spec.fn(self.term_inputs(t, inp), **params)
+            total = total + scheduled(t.weight, t.schedule.get("weight"), progress) * parts[t.name]
+        self.clear()
         return total, parts
+
+    def clear(self) -> None:
+        """Drop the captured activations (and the graph they hold) once the loss is computed."""
+        for taps in self.taps:
+            taps.outputs.clear()

@@ -78,6 +78,19 @@ def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: i
     return model
 
 
+def create_skeleton(name: str, image_size: int) -> nn.Module | None:
+    """The architecture on the meta device (shapes only, no memory, no weights), or None if it cannot be."""
+    kwargs: dict[str, Any] = {}
+    pretrained_cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = image_size
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, **kwargs).eval()
+    except Exception:
+        return None
+
+
 def load_kdcl_checkpoint(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(model state dict, hyper-parameters) from a kdcl stage checkpoint or a plain state-dict file."""
     obj = load_state_dict_file(path, key)

@@ -23,6 +23,7 @@ class Stage:
     epochs: int
     select: str  # which checkpoint is tested and handed on: best (val acc) | last
     terms: dict  # loss terms: distill.terms when the stage has teachers, else hard labels
+    terms_key: str  # where the terms come from, for error messages
 
     @property
     def dirname(self) -> str:
@@ -63,16 +64,16 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
         if select not in SELECT:
             raise KdclError(f"{key}.select '{select}' must be one of {'|'.join(SELECT)}")
         if spec.get("terms") is not None:
-            terms = OmegaConf.to_container(spec.terms, resolve=True)
+            terms, terms_key = OmegaConf.to_container(spec.terms, resolve=True), f"{key}.terms"
         elif teachers:
-            terms = OmegaConf.to_container(cfg.distill.terms, resolve=True)
+            terms, terms_key = OmegaConf.to_container(cfg.distill.terms, resolve=True), "distill.terms"
         else:
-            terms = HARD_LABELS
-        needs_teacher = [t.name for t in parse_terms(terms, f"{key}.terms") if t.kind in NEEDS_TEACHER]
+            terms, terms_key = HARD_LABELS, f"{key}.terms"
+        needs_teacher = [t.name for t in parse_terms(terms, terms_key) if t.kind in NEEDS_TEACHER]
         if needs_teacher and not teachers:
             raise KdclError(
                 f"{key}: the terms {', '.join(needs_teacher)} need a teacher; set {key}.teachers or drop them"
             )
         model = OmegaConf.to_container(cfg[model_key], resolve=True)
-        stages.append(Stage(index, str(name), model_key, model, teachers, epochs, select, terms))
+        stages.append(Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key))
     return stages

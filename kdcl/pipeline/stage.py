@@ -46,6 +46,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
 def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, callbacks: list) -> pl.Trainer:
     t = cfg.trainer
     progress, bar = progress_callbacks(t.progress_bar, stage.name)
+    loggers = build_loggers(cfg, run_dir, stage)
+    if stage.trains and loggers:
+        callbacks = [*callbacks, LearningRateMonitor(logging_interval="step")]  # needs a logger to write to
     return pl.Trainer(
         max_epochs=stage.epochs,
         accelerator=t.accelerator,
@@ -60,7 +63,7 @@ def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, 
         limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
         callbacks=callbacks + progress,
-        logger=build_loggers(cfg, run_dir, stage) or False,
+        logger=loggers or False,
         enable_progress_bar=bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -110,7 +113,7 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    module = DistillationModule(model, teachers, DistillLoss(stage.terms, f"pipeline.stages.{stage.name}.terms"),
+    module = DistillationModule(model, teachers, DistillLoss(stage.terms, stage.terms_key),
                                 cfg.optim, stage.name, dm.num_classes, hparams)  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -122,7 +125,7 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step")] if stage.trains else []
+    callbacks = [checkpoint] if stage.trains else []
     trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks)
 
     if stage.trains:

@@ -54,6 +54,22 @@ CASES = {
     "every weight zero": (["distill.terms.ce.weight=0", "distill.terms.kd.weight=0"], "every weight is 0", "positive"),
     "wrong value type": (["optim.weight_decay=abc"], "optim.weight_decay=abc", "must be a number"),
     "deleted required group": (["~optim"], "the config has no 'optim'", "~optim"),
+    "unknown loss term": (
+        ["+distill.terms.kd.kind=kdd"],
+        "distill.terms.kd: 'kdd' is not a loss term",
+        "did you mean kd",
+    ),
+    "unknown feature index": (
+        ["distill=at", "distill.terms.at.student_tap=[1,9,3]"],
+        "distill.terms.at.student_tap=9: mobilenetv3_small_100 has no feature index 9",
+        "0=bn1, 1=blocks.0",
+    ),
+    "unknown module path": (
+        ["distill=fitnet", "distill.terms.fitnet.teacher_tap=layer9"],
+        "distill.terms.fitnet.teacher_tap='layer9' is not a module of resnet18",
+        "did you mean layer4",
+    ),
+    "negative loss parameter": (["distill=dkd", "distill.terms.dkd.beta=-8"], "distill.terms.dkd.beta=-8", "≥ 0"),
     "run directory in use": (["hydra.run.dir={tmp}/old"], "already holds kdcl runs", "new directory"),
 }
 

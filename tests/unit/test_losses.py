@@ -80,7 +80,7 @@ def test_gradients_reach_the_student_only():
     "terms, fragment",
     [
         ({"kd": {"weight": -1.0}}, "distill.terms.kd.weight=-1.0 must be a number ≥ 0"),
-        ({"kd": {"temperature": -2.0}}, "distill.terms.kd.temperature=-2.0 must be > 0"),
+        ({"kd": {"temperature": -2.0}}, "distill.terms.kd.temperature=-2.0 must be a number > 0"),
         ({"kdd": {"weight": 1.0}}, "did you mean kd"),
         ({"kd": {"temprature": 4.0}}, "did you mean temperature"),
         ({}, "distill.terms is empty"),
