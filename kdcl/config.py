@@ -9,7 +9,7 @@ from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError,
 
 from kdcl.confdir import config_dir  # noqa: F401  (re-exported)
 from kdcl.data.registry import get_loader
-from kdcl.errors import KdclError
+from kdcl.errors import KdclError, did_you_mean
 from kdcl.io import check_weights_file
 from kdcl.losses.terms import parse_terms
 from kdcl.models import check_model_cfg
@@ -113,6 +113,7 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.trainer.progress_bar not in ("auto", "rich", "lines", "none"):
         raise KdclError(f"trainer.progress_bar '{cfg.trainer.progress_bar}' must be auto|rich|lines|none")
     stages = plan_stages(cfg)
+    check_curriculum(cfg, stages)
     checked = set()
     for stage in stages:
         if stage.model_key in checked:
@@ -140,3 +141,67 @@ def check_feature_taps(stages: list, image_size: int) -> None:
         if any(m is None for m in models):
             continue  # the model cannot be built shape-only; its stage checks the taps at start instead
         loss.attach(models[0], models[1:], torch.empty(1, 3, image_size, image_size, device="meta"), names)
+
+
+def check_curriculum(cfg: DictConfig, stages: list) -> None:
+    """Pacing, order, scorer and source, and that the stages it applies to can be scored."""
+    from kdcl.curriculum import builder
+    from kdcl.curriculum.callback import ADVANCE
+    from kdcl.curriculum.pacing import check_pacing
+    from kdcl.curriculum.sampler import ORDERS
+    from kdcl.curriculum.scoring import ALL_SCORERS, SOURCES
+
+    c = cfg.get("curriculum")
+    if not c:
+        return
+    params = OmegaConf.to_container(c.params) if c.get("params") else {}
+    check_pacing(c.pacing, c.start, c.full_at, params)
+    if c.pacing == "none":
+        return
+    for key, value, options in (("order", c.order, ORDERS), ("scorer", c.scorer, ALL_SCORERS),
+                                ("source", c.source, SOURCES), ("advance", c.advance, ADVANCE)):  # fmt: skip
+        if value not in options:
+            raise KdclError(
+                f"curriculum.{key} '{value}' is not one of {'|'.join(options)}{did_you_mean(str(value), options)}"
+            )
+    fraction_in(c.threshold, "curriculum.threshold")
+    fraction_in(c.jump, "curriculum.jump", low_open=False)
+    positive_int(c.folds, "curriculum.folds", 2)
+    positive_int(c.fold_epochs, "curriculum.fold_epochs")
+    positive_int(c.early_epoch, "curriculum.early_epoch")
+    positive_int(c.rescore_every, "curriculum.rescore_every")
+    if c.scorer == "file":
+        if not c.scores_file:
+            raise KdclError("curriculum.scorer=file needs curriculum.scores_file=PATH (one score per training example)")
+        if not Path(c.scores_file).is_file():
+            raise KdclError(
+                f"curriculum.scores_file '{c.scores_file}' does not exist; give a .pt, .npy or text file of scores"
+            )
+    names = [s.name for s in stages]
+    for name in c.get("stages") or []:
+        if name not in names:
+            raise KdclError(
+                f"curriculum.stages: '{name}' is not a stage{did_you_mean(str(name), names)} (stages: {', '.join(names)})"
+            )
+    applied = [s for s in stages if builder.applies(cfg, s)]
+    if not applied:
+        raise KdclError(
+            f"curriculum={c.name} applies to no stage (none has a teacher); set curriculum.stages=[{names[-1]}]"
+        )
+    if c.scorer == "file":  # the one curriculum check that needs the data: one score per training example
+        from kdcl.curriculum.builder import check_curriculum_data
+        from kdcl.data import KdclDataModule
+
+        dm = KdclDataModule(cfg.data, seed=cfg.seed)
+        dm.setup()
+        check_curriculum_data(cfg, applied, lambda stage: len(dm.stage_subset(stage.fraction)))
+    for stage in applied:
+        if c.scorer.startswith("teacher") and not stage.teachers:
+            raise KdclError(f"curriculum.scorer={c.scorer} needs a teacher but stage '{stage.name}' has none; "
+                            "use scorer=student_loss|class_order|random|file")  # fmt: skip
+        if c.source == "early":
+            for t in stage.teachers:
+                teacher = next(s for s in stages if s.name == t)
+                if not teacher.trains or teacher.epochs < c.early_epoch:
+                    raise KdclError(f"curriculum.source=early needs stage '{t}' to train at least curriculum.early_epoch="
+                                    f"{c.early_epoch} epochs; lower early_epoch or use source=final|folds")  # fmt: skip

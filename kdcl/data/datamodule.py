@@ -46,6 +46,8 @@ class KdclDataModule(pl.LightningDataModule):
         self.cfg, self.seed = cfg, int(seed)
         self.source: ImageSplits | None = None
         self.train_set = self.val_set = self.test_set = None
+        self.stage_train_set: Dataset | None = None  # what the current stage trains on (set by use_stage)
+        self.batch_sampler = None  # a curriculum sampler for the current stage, if any
 
     # what models need to know -------------------------------------------------------------
     @property
@@ -88,6 +90,17 @@ class KdclDataModule(pl.LightningDataModule):
         keep = max(1, math.ceil(self.cfg.fraction * len(train_idx)))
         return sorted(train_idx[:keep]), sorted(val_idx), test
 
+    def stage_subset(self, fraction: float | None) -> Dataset:
+        """A stage's own seeded share of the training set (e.g. a data-limited student), or all of it."""
+        if fraction is None or fraction >= 1:
+            return self.train_set
+        n = len(self.train_set)
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 31337))[: math.ceil(fraction * n)]
+        return Subset(self.train_set, sorted(keep.tolist()))
+
+    def use_stage(self, train_set: Dataset, batch_sampler=None) -> None:
+        self.stage_train_set, self.batch_sampler = train_set, batch_sampler
+
     # loaders --------------------------------------------------------------------------------
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
         workers = int(self.cfg.num_workers)
@@ -102,7 +115,12 @@ class KdclDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_set, train=True)
+        ds = self.stage_train_set if self.stage_train_set is not None else self.train_set
+        if self.batch_sampler is None:
+            return self.loader(ds, train=True)
+        workers = int(self.cfg.num_workers)
+        return DataLoader(ds, batch_sampler=self.batch_sampler, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available())  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_set, train=False)

@@ -24,6 +24,7 @@ class Stage:
     select: str  # which checkpoint is tested and handed on: best (val acc) | last
     terms: dict  # loss terms: distill.terms when the stage has teachers, else hard labels
     terms_key: str  # where the terms come from, for error messages
+    fraction: float | None = None  # train on this seeded share of the training set (None: all of it)
 
     @property
     def dirname(self) -> str:
@@ -74,6 +75,12 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
             raise KdclError(
                 f"{key}: the terms {', '.join(needs_teacher)} need a teacher; set {key}.teachers or drop them"
             )
+        fraction = spec.get("fraction")
+        if fraction is not None and (
+            not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1
+        ):
+            raise KdclError(f"{key}.fraction={fraction} must be in (0, 1] (this stage's share of the training set)")
         model = OmegaConf.to_container(cfg[model_key], resolve=True)
-        stages.append(Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key))
+        stages.append(Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key,
+                            None if fraction is None else float(fraction)))  # fmt: skip
     return stages

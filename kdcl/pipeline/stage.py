@@ -12,6 +12,8 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from kdcl.callbacks import progress_callbacks
+from kdcl.curriculum import builder as curriculum
+from kdcl.curriculum.builder import EARLY_CHECKPOINT, SaveEarlyCheckpoint
 from kdcl.data import KdclDataModule
 from kdcl.io import atomic_write_json
 from kdcl.losses import DistillLoss
@@ -43,7 +45,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
     return loggers
 
 
-def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, callbacks: list) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, callbacks: list,
+                 own_sampler: bool = False) -> pl.Trainer:  # fmt: skip
     t = cfg.trainer
     progress, bar = progress_callbacks(t.progress_bar, stage.name)
     loggers = build_loggers(cfg, run_dir, stage)
@@ -68,6 +71,7 @@ def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(stage_dir),
+        use_distributed_sampler=not own_sampler,  # a curriculum sampler splits batches across ranks itself
     )
 
 
@@ -92,15 +96,15 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
     pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
     image_size = int(cfg.data.image_size)
     model = build_model(stage.model, dm, image_size, stage.model_key)
-    teachers = [
-        build_model(
-            {**handed[t]["model_cfg"], "checkpoint": str(run_dir / handed[t]["checkpoint"]), "weights": None},
-            dm,
-            image_size,
-            f"pipeline.stages.{t}",
-        )  # fmt: skip
-        for t in stage.teachers
-    ]
+
+    def make_teacher(name: str, checkpoint: str | None):
+        """Stage `name`'s model: from `checkpoint`, or freshly initialised as its config says (None)."""
+        model_cfg = {**handed[name]["model_cfg"], "checkpoint": checkpoint}
+        if checkpoint is not None:
+            model_cfg["weights"] = None
+        return build_model(model_cfg, dm, image_size, f"pipeline.stages.{name}")
+
+    teachers = [make_teacher(t, str(run_dir / handed[t]["checkpoint"])) for t in stage.teachers]
     hparams = {
         "stage": stage.name,
         "model_key": stage.model_key,
@@ -110,6 +114,8 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         "image_size": image_size,
         "teachers": list(stage.teachers),
         "terms": stage.terms,
+        "fraction": stage.fraction,
+        "curriculum": OmegaConf.to_container(cfg.curriculum) if curriculum.applies(cfg, stage) else None,
         "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -126,7 +132,19 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         enable_version_counter=False,
     )
     callbacks = [checkpoint] if stage.trains else []
-    trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks)
+    curriculum_cfg = cfg.get("curriculum")
+    if stage.trains and curriculum_cfg and curriculum_cfg.pacing != "none" and curriculum_cfg.source == "early":
+        callbacks.append(SaveEarlyCheckpoint(ckpt_dir / EARLY_CHECKPOINT, int(curriculum_cfg.early_epoch)))
+    train_set = dm.stage_subset(stage.fraction)
+    sampler = None
+    if curriculum.applies(cfg, stage):
+        sampler, callback = curriculum.build_curriculum(
+            cfg, stage, dm, train_set, model, teachers, make_teacher, stage_dir, run_dir, handed
+        )
+        callbacks.append(callback)
+        pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
+    dm.use_stage(train_set, sampler)
+    trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks, own_sampler=sampler is not None)
 
     if stage.trains:
         last = ckpt_dir / "last.ckpt"

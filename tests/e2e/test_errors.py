@@ -70,6 +70,23 @@ CASES = {
         "did you mean layer4",
     ),
     "negative loss parameter": (["distill=dkd", "distill.terms.dkd.beta=-8"], "distill.terms.dkd.beta=-8", "≥ 0"),
+    "bad pacing name": (
+        ["curriculum=linear", "curriculum.pacing=lineer"],
+        "curriculum.pacing 'lineer'",
+        "did you mean linear",
+    ),
+    "pacing start zero": (["curriculum=linear", "curriculum.start=0"], "curriculum.start=0", "(0, 1]"),
+    "pacing full_at above one": (["curriculum=linear", "curriculum.full_at=1.5"], "curriculum.full_at=1.5", "(0, 1]"),
+    "exponential inc not above one": (
+        ["curriculum=exponential", "curriculum.params.inc=1"],
+        "curriculum.params.inc=1",
+        "> 1",
+    ),
+    "scores file of the wrong length": (
+        ["curriculum=linear", "curriculum.scorer=file", "curriculum.scores_file={scores}"],
+        "has 3 scores but the stage trains on 1293 examples",
+        "one score per training example",
+    ),
     "run directory in use": (["hydra.run.dir={tmp}/old"], "already holds kdcl runs", "new directory"),
 }
 
@@ -77,7 +94,8 @@ CASES = {
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path):
     args, *fragments = CASES[case]
-    args = [a.format(corrupt=corrupt_file(tmp_path), tmp=tmp_path) for a in args]
+    (tmp_path / "scores.txt").write_text("0.1\n0.2\n0.3\n")
+    args = [a.format(corrupt=corrupt_file(tmp_path), tmp=tmp_path, scores=tmp_path / "scores.txt") for a in args]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "run.json").write_text("{}")  # an earlier run that must stay untouched
     (tmp_path / "keep.txt").write_text("user data")

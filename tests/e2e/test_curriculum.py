@@ -1,0 +1,72 @@
+"""`kdcl train curriculum=...` end to end: pacing visible in TensorBoard, scores saved, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
+
+CURRICULUM = [*TINY, "trainer.max_epochs=3", "curriculum=linear", "curriculum.start=0.25", "curriculum.full_at=0.6"]
+
+
+@pytest.fixture(scope="module")
+def curriculum_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("curriculum")
+    proc = run_kdcl(["train", *CURRICULUM], cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[student] curriculum: scoring" in proc.stdout
+    return run_dir_of(proc)
+
+
+def test_fraction_rises_from_start_to_one_in_tensorboard(curriculum_run):
+    events = EventAccumulator(str(curriculum_run / "tensorboard" / "01-student"), size_guidance={"images": 4})
+    events.Reload()
+    fractions = [e.value for e in events.Scalars("curriculum/fraction")]
+    assert fractions[0] == pytest.approx(0.25) and fractions[-1] == 1.0
+    assert all(b >= a for a, b in zip(fractions, fractions[1:], strict=False)) and len(set(fractions)) > 3
+    difficulty = [e.value for e in events.Scalars("curriculum/batch_difficulty")]
+    assert difficulty[0] < difficulty[-1]  # easy batches first
+    assert "curriculum/scores" in events.Tags()["histograms"]
+    assert {"curriculum/easiest", "curriculum/hardest"} <= set(events.Tags()["images"])
+    assert (
+        "curriculum/fraction"
+        not in EventAccumulator(str(curriculum_run / "tensorboard" / "00-teacher")).Reload().Tags()["scalars"]
+    )
+
+
+def test_scores_and_pacing_plot_are_saved_in_the_stage_directory(curriculum_run):
+    stage = curriculum_run / "stages" / "01-student"
+    saved = torch.load(stage / "scores.pt", weights_only=True)
+    assert saved["scorer"] == "teacher_confidence" and saved["source"] == "final"
+    assert len(saved["scores"]) == len(saved["labels"]) and float(saved["scores"].min()) >= 0
+    assert (stage / "pacing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "kdcl.cli", "train", *CURRICULUM, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    last = run_dir / "stages" / "01-student" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((run_dir / "run.json").read_text())["stages"]["student"]["status"] == "running"
+    resumed = run_kdcl(["train", f"resume={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "[student] curriculum: scoring" not in resumed.stdout  # the saved scores are read back
+    want, got = summary_of(curriculum_run)["stages"], summary_of(run_dir)["stages"]
+    for key in ("test_acc", "test_loss", "best_val_acc"):
+        assert [s[key] for s in got] == [s[key] for s in want], key
