@@ -21,6 +21,7 @@ usage:
   kdcl eval RUN_DIR|CHECKPOINT [stage=NAME] [data=...] [KEY=VALUE ...]
                                                   test a run's final model (or stage NAME) again
   kdcl models [PATTERN]                           timm model names and kdcl's aliases
+  kdcl report DIR                                 compare the runs under DIR (a sweep): mean ± std per setting
   kdcl --version
 
 examples:
@@ -28,8 +29,9 @@ examples:
   kdcl train teacher=resnet50 student=mobilenet
   kdcl train -m distill.temperature=2,4,8 seed=0,1,2
   kdcl eval outputs/train/2026-11-22/17-40-12
+  kdcl report outputs/multirun/2026-11-22/18-02-11
 """
-COMMANDS = ("train", "eval", "models")
+COMMANDS = ("train", "eval", "models", "report")
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
 
 
@@ -263,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
             eval_command(rest)
         elif command == "models":
             models(rest)
+        elif command == "report":
+            from kdcl.compare import write_report
+
+            if len(rest) != 1:
+                raise KdclError("report takes one directory: kdcl report outputs/multirun/<date>/<time>")
+            write_report(Path(rest[0]))
         else:
             raise KdclError(
                 f"unknown command '{command}'{did_you_mean(command, COMMANDS)}; commands: {', '.join(COMMANDS)}"

@@ -39,3 +39,11 @@ def test_every_preset_trains_and_logs_each_term(tmp_path):
         for term, spec in config["distill"]["terms"].items():
             for param in spec.get("schedule", {}):
                 assert f"student/train/{param}_{term}" in tags  # a schedule is visible as it moves
+    report = run_kdcl(["report", str(sweep)], tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    lines = (sweep / "report.csv").read_text().splitlines()
+    assert lines[0].startswith("settings,runs,seeds,teacher_acc_mean,teacher_acc_std,student_acc_mean")
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(f"distill={p}" for p in PRESETS)
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG" and "distill=kd+at" in (
+        sweep / "report.md"
+    ).read_text()

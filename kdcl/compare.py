@@ -1,0 +1,126 @@
+"""`kdcl report DIR`: compare the runs under DIR (a multirun sweep, or any folder of runs).
+
+Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,none seed=0,1,2` gives
+two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std).
+Writes report.csv, report.md and report.png (final-stage accuracy against parameters) into DIR.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from kdcl.errors import KdclError
+from kdcl.io import atomic_write_text
+
+NOT_A_SETTING = ("seed=", "hydra.", "trainer.progress_bar=", "paths.", "name=", "resume=")
+
+
+def find_runs(root: Path) -> list[Path]:
+    return sorted((p.parent for p in root.rglob("summary.json")), key=lambda p: (len(p.parts), str(p)))
+
+
+def overrides_of(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    return [o for o in overrides or [] if not o.lstrip("+~").startswith(NOT_A_SETTING)]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def collect(root: Path) -> list[dict]:
+    """One row per group: its settings, seeds, and per-stage accuracy mean ± std."""
+    groups: dict[str, list[dict]] = {}
+    for run in find_runs(root):
+        key = " ".join(overrides_of(run)) or "(defaults)"
+        groups.setdefault(key, []).append(json.loads((run / "summary.json").read_text()))
+    rows = []
+    for key, summaries in groups.items():
+        stages = [s["name"] for s in summaries[0]["stages"]]
+        row = {"settings": key, "runs": len(summaries), "seeds": sorted({s["seed"] for s in summaries})}
+        for name in stages:
+            accs = [next(st["test_acc"] for st in s["stages"] if st["name"] == name) for s in summaries
+                    if any(st["name"] == name for st in s["stages"])]  # fmt: skip
+            row[name] = mean_std(accs)
+        final = summaries[0]["stages"][-1]
+        row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
+        row["stages"] = stages
+        rows.append(row)
+    return rows
+
+
+def fmt(ms: tuple[float, float] | None, runs: int) -> str:
+    if ms is None:
+        return "-"
+    return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if runs > 1 else f"{100 * ms[0]:.2f}"
+
+
+def write_report(root: Path) -> list[dict]:
+    root = Path(root)
+    if not root.is_dir():
+        raise KdclError(f"report: '{root}' is not a directory; give a run or multirun directory (outputs/multirun/...)")
+    rows = collect(root)
+    if not rows:
+        raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
+    stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
+    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)"]
+    table_rows = [
+        [
+            r["settings"],
+            str(r["runs"]),
+            *[fmt(r.get(n), r["runs"]) for n in stage_names],
+            r["final_model"],
+            f"{r['final_params'] / 1e6:.2f}",
+        ]  # fmt: skip
+        for r in rows
+    ]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
+                     "final_model", "final_params"])  # fmt: skip
+    for r in rows:
+        values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
+        writer.writerow(
+            [r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"], r["final_params"]]
+        )
+    atomic_write_text(root / "report.csv", buf.getvalue())
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in table_rows]
+    atomic_write_text(
+        root / "report.md", f"# kdcl report: {root}\n\nTest accuracy, mean ± std over runs.\n\n" + "\n".join(md) + "\n"
+    )
+    plot(rows, root / "report.png")
+    table = Table(title=f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)")
+    for h in header:
+        table.add_column(h, justify="left" if h in ("settings", "final model") else "right")
+    for row in table_rows:
+        table.add_row(*row)
+    Console(width=160).print(table)
+    print(f"wrote {root / 'report.md'}, report.csv, report.png")
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for r in rows:
+        mean, std = r[r["final_stage"]]
+        ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3, label=r["settings"][:60])
+    ax.set(xlabel="parameters of the final model (M)", ylabel="test accuracy (%)", title="accuracy against size")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
