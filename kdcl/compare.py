@@ -37,12 +37,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def collect(root: Path) -> list[dict]:
-    """One row per group: its settings, seeds, and per-stage accuracy mean ± std."""
+def collect(root: Path) -> tuple[list[dict], list[str]]:
+    """(one row per group: its settings, seeds, per-stage accuracy mean ± std; the settings all runs share)."""
+    runs = find_runs(root)
+    overrides = {run: overrides_of(run) for run in runs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
     groups: dict[str, list[dict]] = {}
-    for run in find_runs(root):
-        key = " ".join(overrides_of(run)) or "(defaults)"
+    for run in runs:  # settings every run shares say nothing about the differences: shown once, not per row
+        key = " ".join(o for o in overrides[run] if o not in shared) or "(defaults)"
         groups.setdefault(key, []).append(json.loads((run / "summary.json").read_text()))
+    common = [o for o in overrides[runs[0]] if o in shared] if runs else []
     rows = []
     for key, summaries in groups.items():
         stages = [s["name"] for s in summaries[0]["stages"]]
@@ -55,7 +59,7 @@ def collect(root: Path) -> list[dict]:
         row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
         row["stages"] = stages
         rows.append(row)
-    return rows
+    return rows, common
 
 
 def fmt(ms: tuple[float, float] | None, runs: int) -> str:
@@ -68,7 +72,7 @@ def write_report(root: Path) -> list[dict]:
     root = Path(root)
     if not root.is_dir():
         raise KdclError(f"report: '{root}' is not a directory; give a run or multirun directory (outputs/multirun/...)")
-    rows = collect(root)
+    rows, common = collect(root)
     if not rows:
         raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
     stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
@@ -105,6 +109,8 @@ def write_report(root: Path) -> list[dict]:
     for row in table_rows:
         table.add_row(*row)
     Console(width=160).print(table)
+    if common:
+        print(f"settings of every run: {' '.join(common)}")
     print(f"wrote {root / 'report.md'}, report.csv, report.png")
     return rows
 
