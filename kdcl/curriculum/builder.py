@@ -19,8 +19,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kdcl.curriculum.callback import CurriculumCallback, log_scores_to_tensorboard
-from kdcl.curriculum.sampler import CurriculumBatchSampler, curriculum_order
+from kdcl.curriculum.callback import CurriculumCallback, OrderSettings
+from kdcl.curriculum.sampler import CurriculumBatchSampler
 from kdcl.curriculum.scoring import (
     SCORERS,
     class_order_scores,
@@ -165,33 +165,18 @@ def build_curriculum(cfg: DictConfig, stage, dm, train_set: Dataset, student, te
         tmp = path.with_suffix(".tmp")
         torch.save({"scores": scores, "labels": labels, "scorer": c.scorer, "source": c.source}, tmp)
         tmp.replace(path)
-    seed = int(cfg.seed) + stage.index
-
-    def reorder(s: torch.Tensor) -> torch.Tensor:
-        return curriculum_order(s, labels, c.order, bool(c.balanced), seed)
-
+    ordering = OrderSettings(labels, c.order, bool(c.balanced), int(cfg.seed) + stage.index)
     pacing = {
         "name": c.pacing,
         "start": float(c.start),
         "full_at": float(c.full_at),
         "params": dict(c.get("params") or {}),
     }
-    sampler = CurriculumBatchSampler(reorder(scores), int(cfg.data.batch_size), stage.epochs, pacing, seed)
+    sampler = CurriculumBatchSampler(ordering(scores), int(cfg.data.batch_size), stage.epochs, pacing, ordering.seed)
     plot_pacing(sampler, stage_dir / "pacing.png", f"{stage.name}: {c.pacing} pacing, {c.order}")
-
-    def images(idx: torch.Tensor) -> torch.Tensor:
-        return torch.stack([base[int(i)][0] for i in idx]).float() / 255
-
-    rescore = None
-    if c.scorer == "student_loss":
-
-        def rescore(module) -> torch.Tensor:  # noqa: E306
-            return loss_scores(predict_logits(module.model, base, dm.normalize), labels)
-
     callback = CurriculumCallback(
-        sampler, scores, stage.name, advance=c.advance, threshold=float(c.threshold), jump=float(c.jump),
-        rescore=rescore, rescore_every=int(c.rescore_every), reorder=reorder,
-        on_start=lambda trainer, s: log_scores_to_tensorboard(trainer, s, images),
+        sampler, scores, ordering, stage.name, base, dm.normalize, advance=c.advance, threshold=float(c.threshold),
+        jump=float(c.jump), self_paced=c.scorer == "student_loss", rescore_every=int(c.rescore_every),
     )  # fmt: skip
     return sampler, callback
 

@@ -10,12 +10,15 @@ continues on the same curve.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.data import Dataset
 
-from kdcl.curriculum.sampler import CurriculumBatchSampler
+from kdcl.curriculum.sampler import CurriculumBatchSampler, curriculum_order
+from kdcl.curriculum.scoring import loss_scores, predict_logits
 
 ADVANCE = ("schedule", "on_plateau", "on_threshold")
 
@@ -29,24 +32,38 @@ def advance_clock(mode: str, clock: int, steps: int, acc: float, best: float, th
     return clock + steps
 
 
+@dataclass
+class OrderSettings:
+    """How scores become an order (kept as data, not a closure, so ddp_spawn can pickle the callback)."""
+
+    labels: torch.Tensor
+    order: str
+    balanced: bool
+    seed: int
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return curriculum_order(scores, self.labels, self.order, self.balanced, self.seed)
+
+
 class CurriculumCallback(pl.Callback):
     def __init__(
         self,
         sampler: CurriculumBatchSampler,
         scores: torch.Tensor,
+        ordering: OrderSettings,
         stage: str,
+        images: Dataset,  # the stage's un-augmented training images, for grids and self-paced re-scoring
+        normalize: Callable[[torch.Tensor], torch.Tensor],
         advance: str = "schedule",
         threshold: float = 0.9,
         jump: float = 0.1,
-        rescore: Callable[[pl.LightningModule], torch.Tensor] | None = None,
+        self_paced: bool = False,
         rescore_every: int = 1,
-        reorder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        on_start: Callable[[pl.Trainer, torch.Tensor], None] | None = None,
     ):
-        self.sampler, self.scores, self.stage = sampler, scores, stage
+        self.sampler, self.scores, self.ordering, self.stage = sampler, scores, ordering, stage
+        self.images, self.normalize = images, normalize
         self.advance, self.threshold, self.jump = advance, threshold, jump
-        self.rescore, self.rescore_every, self.reorder = rescore, rescore_every, reorder
-        self.on_start = on_start
+        self.self_paced, self.rescore_every = self_paced, rescore_every
         self.clock = 0
         self.best = float("-inf")
 
@@ -57,19 +74,20 @@ class CurriculumCallback(pl.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.clock, self.best = int(state["clock"]), float(state["best"])
         self.scores = state["scores"]
-        if self.reorder is not None:
-            self.sampler.order = self.reorder(self.scores)
+        self.sampler.order = self.ordering(self.scores)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.sampler.set_distributed(trainer.global_rank, trainer.world_size)
-        if trainer.global_step == 0 and self.on_start is not None and trainer.is_global_zero:
-            self.on_start(trainer, self.scores)
+        if trainer.global_step == 0 and trainer.is_global_zero:
+            log_scores_to_tensorboard(trainer, self.scores, self.images)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self.rescore is not None and epoch > 0 and epoch % self.rescore_every == 0:
-            self.scores = self.rescore(pl_module)  # self-paced: the current student judges difficulty
-            self.sampler.order = self.reorder(self.scores)
+        if self.self_paced and epoch > 0 and epoch % self.rescore_every == 0:
+            # self-paced: the current student judges difficulty (every rank computes the same scores)
+            logits = predict_logits(pl_module.model, self.images, self.normalize)
+            self.scores = loss_scores(logits, self.ordering.labels)
+            self.sampler.order = self.ordering(self.scores)
         self.sampler.clock_start = self.clock
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -95,11 +113,12 @@ class CurriculumCallback(pl.Callback):
         self.best = max(self.best, acc)
 
 
-def log_scores_to_tensorboard(
-    trainer: pl.Trainer, scores: torch.Tensor, images: Callable[[torch.Tensor], torch.Tensor]
-) -> None:
+def log_scores_to_tensorboard(trainer: pl.Trainer, scores: torch.Tensor, dataset: Dataset) -> None:
     """A histogram of the scores and grids of the 32 easiest and 32 hardest examples, at stage start."""
     from torchvision.utils import make_grid
+
+    def images(idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([dataset[int(i)][0] for i in idx]).float() / 255
 
     order = torch.argsort(scores, stable=True)
     for lg in trainer.loggers:
