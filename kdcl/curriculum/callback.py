@@ -66,20 +66,31 @@ class CurriculumCallback(pl.Callback):
         self.self_paced, self.rescore_every = self_paced, rescore_every
         self.clock = 0
         self.best = float("-inf")
+        self.next_epoch = 0
+        self.validated = False
+        self.logged_scores = False
 
-    # saved in every checkpoint: a resumed stage continues with the same clock and scores
+    # saved in every checkpoint: a resumed stage continues with the same clock, epoch and scores
     def state_dict(self) -> dict:
-        return {"clock": self.clock, "best": self.best, "scores": self.scores.clone()}
+        return {"clock": self.clock, "best": self.best, "scores": self.scores.clone(), "next_epoch": self.next_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.clock, self.best = int(state["clock"]), float(state["best"])
-        self.scores = state["scores"]
+        self.scores, self.next_epoch = state["scores"], int(state["next_epoch"])
+        self.logged_scores = True  # already in TensorBoard from the first start
+        # Lightning builds the first epoch's iterator before on_train_epoch_start: position the sampler now
         self.sampler.order = self.ordering(self.scores)
+        self.sampler.set_epoch(self.next_epoch)
+        self.sampler.clock_start = self.clock
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # before configure_optimizers reads the number of steps per epoch
+        self.sampler.set_distributed(trainer.global_rank, trainer.world_size)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.sampler.set_distributed(trainer.global_rank, trainer.world_size)
-        if trainer.global_step == 0 and trainer.is_global_zero:
+        if not self.logged_scores and trainer.is_global_zero:
             log_scores_to_tensorboard(trainer, self.scores, self.images)
+        self.logged_scores = True
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -88,7 +99,10 @@ class CurriculumCallback(pl.Callback):
             logits = predict_logits(pl_module.model, self.images, self.normalize)
             self.scores = loss_scores(logits, self.ordering.labels)
             self.sampler.order = self.ordering(self.scores)
+        # Lightning's own set_epoch does not reach a batch sampler without .sampler: set it here
+        self.sampler.set_epoch(epoch)
         self.sampler.clock_start = self.clock
+        self.validated = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step - 1  # the step this batch was drawn for
@@ -107,10 +121,19 @@ class CurriculumCallback(pl.Callback):
         if trainer.sanity_checking:
             return
         acc = trainer.callback_metrics.get(f"{self.stage}/val/acc")
-        acc = float(acc) if acc is not None else float("-inf")
-        self.clock = advance_clock(self.advance, self.clock, self.sampler.steps_per_epoch, acc, self.best,
+        self.end_epoch(trainer, self.advance, float(acc) if acc is not None else float("-inf"))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.validated:  # no validation this epoch (e.g. limit_val_batches=0): keep to the schedule
+            self.end_epoch(trainer, "schedule", float("-inf"))
+
+    def end_epoch(self, trainer: pl.Trainer, mode: str, acc: float) -> None:
+        """Advance the clock once per epoch, before the epoch's checkpoint is written."""
+        self.clock = advance_clock(mode, self.clock, self.sampler.steps_per_epoch, acc, self.best,
                                    self.threshold, round(self.jump * self.sampler.total_steps))  # fmt: skip
         self.best = max(self.best, acc)
+        self.next_epoch = trainer.current_epoch + 1
+        self.validated = True
 
 
 def log_scores_to_tensorboard(trainer: pl.Trainer, scores: torch.Tensor, dataset: Dataset) -> None:

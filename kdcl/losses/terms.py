@@ -256,6 +256,7 @@ class DistillLoss(nn.Module):
                 model.train(False)
                 model(example)
                 model.train(was_training)
+        self.taps[0].only_with_grad = True  # from now on: the student stores activations in training steps only
         for term in self.feature_terms:
             bridges = []
             for slot in range(1, len(models)):

@@ -50,21 +50,36 @@ def resolve_tap(model: nn.Module, tap, key: str, model_name: str) -> tuple[str, 
     raise KdclError(f"{key}='{tap}' is not a module of {model_name}{hint} (valid: {describe_taps(model)})")
 
 
-class FeatureTaps:
-    """Keeps the latest output (or input) of the tapped modules of one model, by module path."""
+class StoreHook:
+    """A forward (pre-)hook that stores one module's output (or input); a class, so ddp_spawn can pickle it."""
 
-    def __init__(self, model: nn.Module, taps: list[tuple[str, bool]]):
+    def __init__(self, taps: FeatureTaps, path: str, read_input: bool):
+        self.taps, self.path, self.read_input = taps, path, read_input
+
+    def __call__(self, module, args, out=None):
+        self.taps.store(self.path, args[0] if self.read_input else out)
+
+
+class FeatureTaps:
+    """Keeps the latest output (or input) of the tapped modules of one model, by module path.
+
+    With `only_with_grad` (the student), evaluation passes store nothing, so no activations of a large
+    validation batch are held until the next training step.
+    """
+
+    def __init__(self, model: nn.Module, taps: list[tuple[str, bool]], only_with_grad: bool = False):
         self.outputs: dict[str, torch.Tensor] = {}
+        self.only_with_grad = only_with_grad
         self.handles = []
         modules = dict(model.named_modules())
         for path, read_input in dict.fromkeys(taps):  # one hook per module, however many terms read it
-            if read_input:
-                hook = modules[path].register_forward_pre_hook(lambda m, args, p=path: self.store(p, args[0]))
-            else:
-                hook = modules[path].register_forward_hook(lambda m, args, out, p=path: self.store(p, out))
-            self.handles.append(hook)
+            hook = StoreHook(self, path, read_input)
+            register = modules[path].register_forward_pre_hook if read_input else modules[path].register_forward_hook
+            self.handles.append(register(hook))
 
     def store(self, path: str, value) -> None:
+        if self.only_with_grad and not torch.is_grad_enabled():
+            return
         self.outputs[path] = value[0] if isinstance(value, (tuple, list)) else value
 
     def __getitem__(self, path: str) -> torch.Tensor:
