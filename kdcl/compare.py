@@ -29,8 +29,13 @@ def find_runs(root: Path) -> list[Path]:
 
 def overrides_of(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
-    return [o for o in overrides or [] if not o.lstrip("+~").startswith(NOT_A_SETTING)]
+    try:
+        overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except yaml.YAMLError:
+        overrides = []
+    if not isinstance(overrides, list):
+        overrides = []
+    return sorted(str(o) for o in overrides if not str(o).lstrip("+~").startswith(NOT_A_SETTING))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

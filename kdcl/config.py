@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError, MissingMandatoryValue
 
 from kdcl.confdir import config_dir  # noqa: F401  (re-exported)
@@ -163,6 +163,20 @@ def check_curriculum(cfg: DictConfig, stages: list) -> None:
         if value not in options:
             raise KdclError(
                 f"curriculum.{key} '{value}' is not one of {'|'.join(options)}{did_you_mean(str(value), options)}"
+            )
+    if not isinstance(c.balanced, bool):
+        raise KdclError(f"curriculum.balanced={c.balanced} must be true or false")
+    if c.get("stages") is not None and not isinstance(c.stages, ListConfig):
+        raise KdclError(f"curriculum.stages={c.stages} must be a list of stage names, e.g. curriculum.stages=[student]")
+    if c.scorer == "class_order" and c.get("class_order") is not None:
+        order = c.class_order
+        if (
+            not isinstance(order, ListConfig)
+            or not all(isinstance(v, int) for v in order)
+            or len(set(order)) != len(order)
+        ):
+            raise KdclError(
+                f"curriculum.class_order={order} must list distinct class indices, easiest first, e.g. [0,1,2]"
             )
     fraction_in(c.threshold, "curriculum.threshold")
     fraction_in(c.jump, "curriculum.jump", low_open=False)

@@ -143,7 +143,11 @@ def as_tap_list(value, key: str) -> list:
 
 
 def parse_term(name: str, spec, key: str) -> Term:
-    spec = dict(spec or {})
+    if spec is None:
+        raise KdclError(f"{key}.{name} is null; remove the term with ~{key}.{name} or set its weight to 0")
+    if not isinstance(spec, Mapping):
+        raise KdclError(f"{key}.{name} must hold the term's settings (weight, parameters), not {spec!r}")
+    spec = dict(spec)
     kind = spec.pop("kind", name)
     if kind not in TERMS:
         raise KdclError(

@@ -87,6 +87,12 @@ CASES = {
         "has 3 scores but the stage trains on 1293 examples",
         "one score per training example",
     ),
+    "loss term set to null": (["distill.terms.kd=null"], "distill.terms.kd is null", "~distill.terms.kd"),
+    "class order not a list": (
+        ["curriculum=linear", "curriculum.scorer=class_order", "curriculum.class_order=5"],
+        "curriculum.class_order=5",
+        "distinct class indices",
+    ),
     "run directory in use": (["hydra.run.dir={tmp}/old"], "already holds kdcl runs", "new directory"),
 }
 
