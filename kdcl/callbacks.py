@@ -1,11 +1,16 @@
-"""Progress output: rich bars on a terminal, one line per epoch in logs and CI."""
+"""Stage callbacks: progress output (rich bars on a terminal, one line per epoch in logs and CI),
+checkpoints kept after chosen epochs, and the random state carried through a resume."""
 
 from __future__ import annotations
 
+import random
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import RichProgressBar
 
 
@@ -41,3 +46,44 @@ def progress_callbacks(mode: str, stage: str) -> tuple[list[pl.Callback], bool]:
     if mode == "lines":
         return [EpochSummary(stage)], False
     return [], False
+
+
+class SaveAfterEpochs(pl.Callback):
+    """Keeps the model after chosen epochs ({epoch: path}): teachers for `name@E` references (anchors)
+    and early-teacher curriculum scores. Lightning writes through a temporary file, so a kill mid-save
+    leaves no half-written checkpoint."""
+
+    def __init__(self, paths: dict[int, list[Path]]):
+        self.paths = paths
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for path in self.paths.get(trainer.current_epoch + 1, []):
+            trainer.save_checkpoint(path, weights_only=True)
+
+
+class KeepRandomState(pl.Callback):
+    """Stores the random generators (torch, CUDA, NumPy, Python) in every checkpoint and restores them
+    when a stage resumes, so shuffling, augmentation and dropout continue exactly as an uninterrupted
+    run would. Lightning does not keep them; plain containers keep the checkpoint weights_only-loadable."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, state, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(state), gauss_next],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore at once: Lightning restores callbacks just before it builds the resumed epoch's
+        data iterator (which draws the shuffle), with nothing random in between."""
+        s = state_dict
+        torch.set_rng_state(s["torch"])
+        if s["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
+        kind, keys, pos, has_gauss, gauss = s["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, state, gauss_next = s["python"]
+        random.setstate((version, tuple(state), gauss_next))

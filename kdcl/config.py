@@ -112,6 +112,9 @@ def check_values(cfg: DictConfig) -> None:
     parse_terms(cfg.distill.terms)
     if cfg.trainer.progress_bar not in ("auto", "rich", "lines", "none"):
         raise KdclError(f"trainer.progress_bar '{cfg.trainer.progress_bar}' must be auto|rich|lines|none")
+    batches = (cfg.get("report") or {}).get("latency_batches", [])
+    if not isinstance(batches, ListConfig) or not all(isinstance(b, int) and b >= 1 for b in batches):
+        raise KdclError(f"report.latency_batches={batches} must list batch sizes ≥ 1, e.g. [1,64] (or [] to skip)")
     stages = plan_stages(cfg)
     check_curriculum(cfg, stages)
     checked = set()
@@ -120,8 +123,14 @@ def check_values(cfg: DictConfig) -> None:
             continue
         checked.add(stage.model_key)
         check_model_cfg(stage.model, stage.model_key)
-        check_model_files(cfg[stage.model_key], stage.model_key)
+        check_model_files(stage.model, stage.model_key)
     check_feature_taps(stages, int(cfg.data.image_size))
+
+
+def train_classes(stage, dm) -> list[int] | None:
+    from kdcl.pipeline.presets import task_classes
+
+    return task_classes(stage.task, dm.num_classes)[0] if stage.task else None
 
 
 def check_feature_taps(stages: list, image_size: int) -> None:
@@ -136,7 +145,7 @@ def check_feature_taps(stages: list, image_size: int) -> None:
         loss = DistillLoss(stage.terms, stage.terms_key)
         if not (loss.feature_terms and stage.teachers):
             continue
-        names = [stage.model["name"], *(by_name[t].model["name"] for t in stage.teachers)]
+        names = [stage.model["name"], *(by_name[t].model["name"] for t in stage.teacher_stages)]
         models = [create_skeleton(name, image_size) for name in names]
         if any(m is None for m in models):
             continue  # the model cannot be built shape-only; its stage checks the taps at start instead
@@ -208,13 +217,15 @@ def check_curriculum(cfg: DictConfig, stages: list) -> None:
 
         dm = KdclDataModule(cfg.data, seed=cfg.seed)
         dm.setup()
-        check_curriculum_data(cfg, applied, lambda stage: len(dm.stage_subset(stage.fraction)))
+        check_curriculum_data(
+            cfg, applied, lambda stage: len(dm.stage_subset(stage.fraction, train_classes(stage, dm)))
+        )
     for stage in applied:
         if c.scorer.startswith("teacher") and not stage.teachers:
             raise KdclError(f"curriculum.scorer={c.scorer} needs a teacher but stage '{stage.name}' has none; "
                             "use scorer=student_loss|class_order|random|file")  # fmt: skip
         if c.source == "early":
-            for t in stage.teachers:
+            for t in stage.teacher_stages:
                 teacher = next(s for s in stages if s.name == t)
                 if not teacher.trains or teacher.epochs < c.early_epoch:
                     raise KdclError(f"curriculum.source=early needs stage '{t}' to train at least curriculum.early_epoch="

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import ce_loss
@@ -33,7 +33,11 @@ class DistillationModule(pl.LightningModule):
         stage: str,
         num_classes: int,
         hparams: dict,
+        seen_classes: list[int] | None = None,
+        distill_classes: list[int] | None = None,
     ):
+        """`seen_classes`: a class-incremental stage predicts only among these (None: all classes);
+        `distill_classes`: the teachers are matched on these outputs only (None: all)."""
         super().__init__()
         self.model = model
         self.teachers = [FrozenTeacher(t) for t in teachers]  # plain list: frozen, not saved, not optimised
@@ -47,6 +51,12 @@ class DistillationModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)  # per-class accuracy (forgetting)
+        self.test_per_class: dict[str, list[int]] = {}
+        unseen = torch.ones(num_classes, dtype=torch.bool)
+        unseen[list(range(num_classes)) if seen_classes is None else seen_classes] = False
+        self.unseen = unseen if unseen.any() else None
+        self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -67,11 +77,24 @@ class DistillationModule(pl.LightningModule):
         with torch.no_grad():
             return [t(x) for t in self.teachers]
 
+    def predict_seen(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits with classes not seen yet masked out (a large negative, not -inf, so the
+        softmax-based losses stay finite)."""
+        logits = self.model(x)
+        if self.unseen is None:
+            return logits
+        return logits.masked_fill(self.unseen.to(logits.device), -1e4)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x)
+        logits = self.predict_seen(x)
+        teacher_logits, distill_logits = self.teacher_logits(x), None
+        if self.distill_classes is not None and teacher_logits:
+            cols = self.distill_classes.to(logits.device)
+            distill_logits, teacher_logits = logits[:, cols], [t[:, cols] for t in teacher_logits]
         progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)  # for scheduled terms
-        total, parts = self.loss(TermInputs(logits, self.teacher_logits(x), y), progress)
+        inputs = TermInputs(logits, teacher_logits, y, distill_logits=distill_logits)
+        total, parts = self.loss(inputs, progress)
         prefix = f"{self.stage}/train"
         self.log(f"{prefix}/loss", total, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict({f"{prefix}/loss_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True)
@@ -82,18 +105,25 @@ class DistillationModule(pl.LightningModule):
         self.log(f"{prefix}/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return total
 
-    def evaluate(self, batch, split: str, metric: MulticlassAccuracy) -> None:
+    def evaluate(self, batch, split: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x)
+        logits = self.predict_seen(x)
         self.log(f"{self.stage}/{split}/loss", ce_loss(logits, y), on_epoch=True, prog_bar=split == "val")
         metric(logits, y)
         self.log(f"{self.stage}/{split}/acc", metric, on_epoch=True, prog_bar=split == "val")
+        return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "test", self.test_acc)
+        logits = self.evaluate(batch, "test", self.test_acc)
+        self.test_confusion.update(logits, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        confusion = self.test_confusion.compute()
+        self.test_per_class = {"correct": confusion.diag().tolist(), "total": confusion.sum(1).tolist()}
+        self.test_confusion.reset()
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -91,7 +91,7 @@ def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, tea
         models = teachers
     elif c.source == "early":
         models = []
-        for name in stage.teachers:
+        for name in stage.teacher_stages:
             path = run_dir / Path(handed[name]["checkpoint"]).parent / EARLY_CHECKPOINT
             if not path.is_file():
                 raise KdclError(f"curriculum.source=early: stage '{name}' saved no {EARLY_CHECKPOINT} (it did not run "
@@ -109,7 +109,7 @@ def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, tea
                 flush=True,
             )
             pl.seed_everything(int(cfg.seed) + 1000 + fold, workers=True, verbose=False)
-            model = make_teacher(stage.teachers[0], None)
+            model = make_teacher(stage.teacher_stages[0], None)
             train_fold_teacher(model, Subset(base, rest.tolist()), cfg, dm, int(c.fold_epochs), fold)
             logits[held] = predict_logits(model.to(device), Subset(base, held.tolist()), dm.normalize).float()
         return logits
@@ -179,17 +179,6 @@ def build_curriculum(cfg: DictConfig, stage, dm, train_set: Dataset, student, te
         jump=float(c.jump), self_paced=c.scorer == "student_loss", rescore_every=int(c.rescore_every),
     )  # fmt: skip
     return sampler, callback
-
-
-class SaveEarlyCheckpoint(pl.Callback):
-    """Keeps the model after `epoch` epochs, for `curriculum.source=early` scoring by later stages."""
-
-    def __init__(self, path: Path, epoch: int):
-        self.path, self.epoch = path, epoch
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch + 1 == self.epoch:
-            trainer.save_checkpoint(self.path, weights_only=True)
 
 
 def check_curriculum_data(cfg: DictConfig, stages: list, n_train: Callable[[object], int]) -> None:

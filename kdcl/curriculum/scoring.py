@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdcl.data.datamodule import dataset_labels
 from kdcl.errors import KdclError
 
 log = logging.getLogger("kdcl")
@@ -69,7 +70,7 @@ def predict_logits(model: nn.Module, dataset: Dataset, normalize, batch_size: in
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
-    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    return dataset_labels(dataset)
 
 
 def class_order_scores(labels: torch.Tensor, order: list[int] | None, seed: int) -> torch.Tensor:

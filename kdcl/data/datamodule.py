@@ -12,7 +12,7 @@ import math
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from kdcl.data.registry import ImageSplits, get_loader
 
@@ -29,6 +29,28 @@ class Augmented(Dataset):
     def __getitem__(self, i):
         x, y = self.base[i]
         return self.transform(x), y
+
+
+def dataset_labels(ds: Dataset) -> torch.Tensor:
+    """The label of every example of a (subset of a) dataset, without decoding images where the source
+    keeps its labels (in-memory tensors, ImageFolder targets)."""
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[torch.as_tensor(ds.indices, dtype=torch.long)]
+    if isinstance(ds, Augmented):
+        return dataset_labels(ds.base)
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1].long()
+    if hasattr(ds, "targets"):
+        return torch.as_tensor(ds.targets, dtype=torch.long)
+    return torch.as_tensor([int(ds[i][1]) for i in range(len(ds))], dtype=torch.long)
+
+
+def of_classes(ds: Dataset, classes: list[int] | None) -> Dataset:
+    """The examples of `ds` whose label is in `classes` (all of them for None)."""
+    if classes is None:
+        return ds
+    keep = torch.isin(dataset_labels(ds), torch.as_tensor(classes)).nonzero().flatten()
+    return Subset(ds, keep.tolist())
 
 
 def train_transform(cfg: DictConfig):
@@ -48,6 +70,7 @@ class KdclDataModule(pl.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
         self.stage_train_set: Dataset | None = None  # what the current stage trains on (set by use_stage)
         self.batch_sampler = None  # a curriculum sampler for the current stage, if any
+        self.eval_classes: list[int] | None = None  # class-incremental stages validate/test on seen classes
 
     # what models need to know -------------------------------------------------------------
     @property
@@ -90,16 +113,18 @@ class KdclDataModule(pl.LightningDataModule):
         keep = max(1, math.ceil(self.cfg.fraction * len(train_idx)))
         return sorted(train_idx[:keep]), sorted(val_idx), test
 
-    def stage_subset(self, fraction: float | None) -> Dataset:
-        """A stage's own seeded share of the training set (e.g. a data-limited student), or all of it."""
+    def stage_subset(self, fraction: float | None, classes: list[int] | None = None) -> Dataset:
+        """A stage's training examples: those of `classes` (a class-incremental task; None: all), then
+        a seeded share `fraction` of them (e.g. a data-limited student; None: all)."""
+        base = of_classes(self.train_set, classes)
         if fraction is None or fraction >= 1:
-            return self.train_set
-        n = len(self.train_set)
+            return base
+        n = len(base)
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 31337))[: math.ceil(fraction * n)]
-        return Subset(self.train_set, sorted(keep.tolist()))
+        return Subset(base, sorted(keep.tolist()))
 
-    def use_stage(self, train_set: Dataset, batch_sampler=None) -> None:
-        self.stage_train_set, self.batch_sampler = train_set, batch_sampler
+    def use_stage(self, train_set: Dataset, batch_sampler=None, eval_classes: list[int] | None = None) -> None:
+        self.stage_train_set, self.batch_sampler, self.eval_classes = train_set, batch_sampler, eval_classes
 
     # loaders --------------------------------------------------------------------------------
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
@@ -123,10 +148,10 @@ class KdclDataModule(pl.LightningDataModule):
                           pin_memory=torch.cuda.is_available())  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val_set, train=False)
+        return self.loader(of_classes(self.val_set, self.eval_classes), train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(self.test_set, train=False)
+        return self.loader(of_classes(self.test_set, self.eval_classes), train=False)
 
     # batches arrive as uint8 on the device; convert and normalise there, once per batch --------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,13 @@ class TermInputs:
     target: torch.Tensor
     # feature terms only: per teacher, the (student feature, teacher feature) pairs of the term's taps
     feature_pairs: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+    # the student's logits the teachers' are compared with, when that is not all of them (a
+    # class-incremental stage distils only the old classes' outputs); None: student_logits
+    distill_logits: torch.Tensor | None = None
+
+    @property
+    def student_for_teacher(self) -> torch.Tensor:
+        return self.student_logits if self.distill_logits is None else self.distill_logits
 
 
 TermFn = Callable[..., torch.Tensor]
@@ -80,26 +87,26 @@ def ce(inp: TermInputs, label_smoothing: float = 0.0) -> torch.Tensor:
 
 @register_term("kd")
 def kd(inp: TermInputs, temperature: float = 4.0) -> torch.Tensor:
-    return mean_over_teachers(lambda t: LF.kd_loss(inp.student_logits, t, temperature), inp.teacher_logits)
+    return mean_over_teachers(lambda t: LF.kd_loss(inp.student_for_teacher, t, temperature), inp.teacher_logits)
 
 
 @register_term("dkd")
 def dkd(inp: TermInputs, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
     return mean_over_teachers(
-        lambda t: LF.dkd_loss(inp.student_logits, t, inp.target, alpha, beta, temperature), inp.teacher_logits
+        lambda t: LF.dkd_loss(inp.student_for_teacher, t, inp.target, alpha, beta, temperature), inp.teacher_logits
     )
 
 
 @register_term("dist")
 def dist(inp: TermInputs, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
     return mean_over_teachers(
-        lambda t: LF.dist_loss(inp.student_logits, t, beta, gamma, temperature), inp.teacher_logits
+        lambda t: LF.dist_loss(inp.student_for_teacher, t, beta, gamma, temperature), inp.teacher_logits
     )
 
 
 @register_term("lskd")
 def lskd(inp: TermInputs, temperature: float = 2.0) -> torch.Tensor:
-    return mean_over_teachers(lambda t: LF.lskd_loss(inp.student_logits, t, temperature), inp.teacher_logits)
+    return mean_over_teachers(lambda t: LF.lskd_loss(inp.student_for_teacher, t, temperature), inp.teacher_logits)
 
 
 @register_term("at", features=4)

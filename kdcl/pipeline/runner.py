@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from kdcl import __version__
 from kdcl.data import KdclDataModule
 from kdcl.errors import KdclError
-from kdcl.io import atomic_write_json, atomic_write_text
+from kdcl.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.pipeline.manifest import Manifest
 from kdcl.pipeline.plan import Stage, plan_stages
+from kdcl.pipeline.presets import task_classes
 from kdcl.pipeline.stage import build_model, run_stage
 from kdcl.report import write_summary
 
@@ -69,6 +70,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     stages = plan_stages(cfg)
     manifest = Manifest(run_dir)
+    if stages and all(manifest.is_done(s.name) for s in stages) and (run_dir / "summary.json").is_file():
+        print(f"{run_dir} is already complete ({len(stages)} stages done); nothing to do, nothing changed", flush=True)
+        summary = read_json(run_dir / "summary.json")
+        print((run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else "", flush=True)
+        return summary
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest.save()  # claims the directory first: a second run started into it is refused
     if not (run_dir / "config.yaml").is_file():  # a resume keeps the original records
@@ -82,6 +88,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     image_size = int(cfg.data.image_size)
     pending = [s for s in stages if not manifest.is_done(s.name)]
     check_models_fit(pending, dm, image_size)
+    for s in stages:
+        if s.task:
+            task_classes(s.task, dm.num_classes)  # a bad class split fails now, not after earlier stages
 
     results: dict[str, dict] = {}
     for stage in stages:
@@ -91,7 +100,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
             continue
         what = "training" if stage.trains else "testing"
         teachers = f" from {', '.join(stage.teachers)}" if stage.teachers else ""
-        print(f"[{stage.name}] {what} {stage.model['name']}{teachers} for {stage.epochs} epochs", flush=True)
+        init = f", starting from {stage.init}" if stage.init else ""
+        print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
         manifest.mark_running(stage.name)
         results[stage.name] = run_stage(cfg, stage, dm, run_dir, results)
         manifest.mark_done(stage.name, results[stage.name])

@@ -11,15 +11,18 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from kdcl.callbacks import progress_callbacks
+from kdcl.callbacks import KeepRandomState, SaveAfterEpochs, progress_callbacks
 from kdcl.curriculum import builder as curriculum
-from kdcl.curriculum.builder import EARLY_CHECKPOINT, SaveEarlyCheckpoint
+from kdcl.curriculum.builder import EARLY_CHECKPOINT
 from kdcl.data import KdclDataModule
 from kdcl.io import atomic_write_json
 from kdcl.losses import DistillLoss
 from kdcl.models import count_params, create_model
+from kdcl.models.cost import model_cost
+from kdcl.models.factory import load_kdcl_checkpoint
 from kdcl.module import DistillationModule
-from kdcl.pipeline.plan import Stage
+from kdcl.pipeline.plan import Stage, split_ref
+from kdcl.pipeline.presets import task_classes
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:
@@ -75,6 +78,17 @@ def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, 
     )
 
 
+def teacher_checkpoint(ref: str, handed: dict[str, dict], run_dir: Path) -> str:
+    """The file a teacher reference points at: `name` → its chosen checkpoint, `name@E` → after epoch E."""
+    name, epoch = split_ref(ref)
+    relative = handed[name]["checkpoint"] if epoch is None else handed[name]["epoch_checkpoints"][str(epoch)]
+    return str(run_dir / relative)
+
+
+def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
+    return ckpt_dir / f"epoch-{epoch}.ckpt"
+
+
 def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
     """TensorBoard's HPARAMS tab needs the hyper-parameters written together with result metrics."""
     results = {f"hparams/{k.rsplit('/', 2)[-2]}_{k.rsplit('/', 1)[-1]}": float(v) for k, v in metrics.items()}
@@ -96,6 +110,14 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
     pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
     image_size = int(cfg.data.image_size)
     model = build_model(stage.model, dm, image_size, stage.model_key)
+    if stage.init:  # carry an earlier stage's weights on (fine-tune, anchors, class-incremental tasks)
+        state, _ = load_kdcl_checkpoint(
+            run_dir / handed[stage.init]["checkpoint"], f"pipeline.stages.{stage.name}.init"
+        )
+        model.load_state_dict(state)
+    classes = seen = old = None
+    if stage.task:
+        classes, seen, old = task_classes(stage.task, dm.num_classes)
 
     def make_teacher(name: str, checkpoint: str | None):
         """Stage `name`'s model: from `checkpoint`, or freshly initialised as its config says (None)."""
@@ -104,7 +126,7 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
             model_cfg["weights"] = None
         return build_model(model_cfg, dm, image_size, f"pipeline.stages.{name}")
 
-    teachers = [make_teacher(t, str(run_dir / handed[t]["checkpoint"])) for t in stage.teachers]
+    teachers = [make_teacher(split_ref(t)[0], teacher_checkpoint(t, handed, run_dir)) for t in stage.teachers]
     hparams = {
         "stage": stage.name,
         "model_key": stage.model_key,
@@ -115,12 +137,17 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         "teachers": list(stage.teachers),
         "terms": stage.terms,
         "fraction": stage.fraction,
+        "init": stage.init,
+        "classes": classes,
         "curriculum": OmegaConf.to_container(cfg.curriculum) if curriculum.applies(cfg, stage) else None,
         "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    module = DistillationModule(model, teachers, DistillLoss(stage.terms, stage.terms_key),
-                                cfg.optim, stage.name, dm.num_classes, hparams)  # fmt: skip
+    optim = cfg.optim
+    if stage.lr_scale != 1.0:
+        optim = OmegaConf.merge(cfg.optim, {"lr": float(cfg.optim.lr) * stage.lr_scale})
+    module = DistillationModule(model, teachers, DistillLoss(stage.terms, stage.terms_key), optim, stage.name,
+                                dm.num_classes, hparams, seen_classes=seen, distill_classes=old)  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -131,11 +158,14 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint] if stage.trains else []
+    callbacks = [checkpoint, KeepRandomState()] if stage.trains else []
+    keep_after: dict[int, list[Path]] = {e: [epoch_checkpoint(ckpt_dir, e)] for e in stage.save_epochs}
     curriculum_cfg = cfg.get("curriculum")
-    if stage.trains and curriculum_cfg and curriculum_cfg.pacing != "none" and curriculum_cfg.source == "early":
-        callbacks.append(SaveEarlyCheckpoint(ckpt_dir / EARLY_CHECKPOINT, int(curriculum_cfg.early_epoch)))
-    train_set = dm.stage_subset(stage.fraction)
+    if curriculum_cfg and curriculum_cfg.pacing != "none" and curriculum_cfg.source == "early":
+        keep_after.setdefault(int(curriculum_cfg.early_epoch), []).append(ckpt_dir / EARLY_CHECKPOINT)
+    if stage.trains and keep_after:
+        callbacks.append(SaveAfterEpochs(keep_after))
+    train_set = dm.stage_subset(stage.fraction, classes)
     sampler = None
     if curriculum.applies(cfg, stage):
         sampler, callback = curriculum.build_curriculum(
@@ -143,7 +173,7 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         )
         callbacks.append(callback)
         pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
-    dm.use_stage(train_set, sampler)
+    dm.use_stage(train_set, sampler, eval_classes=seen)
     trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks, own_sampler=sampler is not None)
 
     if stage.trains:
@@ -181,7 +211,18 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         else None,
         "test_acc": float(metrics[f"{stage.name}/test/acc"]),
         "test_loss": float(metrics[f"{stage.name}/test/loss"]),
+        "test_per_class": module.test_per_class,
+        "classes": classes,
+        "init": stage.init,
+        "epoch_checkpoints": {
+            str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), run_dir)
+            for e in stage.save_epochs
+            if epoch_checkpoint(ckpt_dir, e).is_file()
+        },
         "seconds": round(time.perf_counter() - started, 2),
     }
+    batches = [int(b) for b in (cfg.get("report") or {}).get("latency_batches", [1, 64])]
+    result.update(model_cost(module.model, dm.in_chans, image_size, batches))
+    result["seconds"] = round(time.perf_counter() - started, 2)
     atomic_write_json(stage_dir / "metrics.json", result)
     return result

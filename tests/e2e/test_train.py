@@ -123,9 +123,10 @@ def test_resuming_a_finished_run_changes_nothing(tiny_run):
     mtime = ckpt.stat().st_mtime_ns
     proc = run_kdcl(["train", f"resume={tiny_run}"], tiny_run.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "already done" in proc.stdout
-    assert json.loads((tiny_run / "summary.json").read_text())["stages"] == json.loads(before)["stages"]
+    assert "already complete" in proc.stdout and "nothing to do" in proc.stdout
+    assert (tiny_run / "summary.json").read_text() == before
     assert ckpt.stat().st_mtime_ns == mtime
+    assert not list(tiny_run.glob("environment-resume-*"))
 
 
 def test_multirun_gives_one_job_directory_per_point(tmp_path):

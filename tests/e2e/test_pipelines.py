@@ -1,0 +1,101 @@
+"""Every generated pipeline runs end to end on digits; its stages, hand-offs and report are visible."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, run_kdcl, summary_of
+
+FAST = [*TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[1,4]"]
+
+
+def run(tmp_path: Path, *args: str) -> tuple[dict, Path]:
+    run_dir = tmp_path / "run"
+    proc = run_kdcl(["train", *FAST, *args, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return summary_of(run_dir), run_dir
+
+
+def stages_of(summary: dict) -> dict[str, dict]:
+    return {s["name"]: s for s in summary["stages"]}
+
+
+def weights(run_dir: Path, stage: dict) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / stage["checkpoint"], weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+def test_takd_chains_assistants_and_reports_compression(tmp_path):
+    summary, run_dir = run(tmp_path, "pipeline=takd", "pipeline.assistants=[test_resnet,test_efficientnet]",
+                           "pipeline.finetune=true")  # fmt: skip
+    s = stages_of(summary)
+    assert list(s) == ["teacher", "assistant1", "assistant2", "student", "finetune"]
+    assert [s[n]["teachers"] for n in s] == [[], ["teacher"], ["assistant1"], ["assistant2"], []]
+    assert s["finetune"]["init"] == "student" and s["finetune"]["model"] == s["student"]["model"]
+    for stage in summary["stages"]:  # the compression columns, measured for every model
+        assert stage["macs"] > 0 and set(stage["latency_ms"]) == {"1", "4"}
+        assert all(v > 0 for v in stage["latency_ms"].values())
+        assert math.isclose(stage["compression"], s["teacher"]["params"] / stage["params"])
+        assert math.isclose(stage["acc_gap"], stage["test_acc"] - s["teacher"]["test_acc"])
+    assert s["student"]["params"] < s["teacher"]["params"] and s["student"]["compression"] > 1
+    md = (run_dir / "summary.md").read_text()
+    assert "MMACs" in md and "ms@4" in md and "compr." in md
+    # the fine-tune started from the student's chosen weights and moved on from them at a lower rate
+    config = json.loads((run_dir / "stages/04-finetune/metrics.json").read_text())
+    assert config["init"] == "student"
+    before, after = weights(run_dir, s["student"]), weights(run_dir, s["finetune"])
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dgkd_student_learns_from_the_teacher_and_every_assistant(tmp_path):
+    summary, _ = run(tmp_path, "pipeline=dgkd", "pipeline.assistants=[test_resnet,test_efficientnet]")
+    s = stages_of(summary)
+    assert s["assistant2"]["teachers"] == ["teacher", "assistant1"]
+    assert s["student"]["teachers"] == ["teacher", "assistant1", "assistant2"]
+
+
+def test_anchors_teach_the_student_along_the_teachers_route(tmp_path):
+    summary, run_dir = run(tmp_path, "pipeline=anchors", "trainer.max_epochs=3", "pipeline.anchors=3",
+                           "pipeline.epochs_per_anchor=1")  # fmt: skip
+    s = stages_of(summary)
+    assert list(s) == ["teacher", "student_anchor1", "student_anchor2", "student"]
+    assert [s[n]["teachers"] for n in s] == [[], ["teacher@1"], ["teacher@2"], ["teacher"]]
+    assert s["student_anchor2"]["init"] == "student_anchor1" and s["student"]["init"] == "student_anchor2"
+    teacher = json.loads((run_dir / "stages/00-teacher/metrics.json").read_text())
+    saved = {e: run_dir / p for e, p in teacher["epoch_checkpoints"].items()}
+    assert set(saved) == {"1", "2"} and all(p.is_file() for p in saved.values())
+    # the anchors are different teachers: the route's checkpoints differ from each other and the end
+    w1, w2 = (torch.load(saved[e], weights_only=True)["state_dict"] for e in ("1", "2"))
+    final = weights(run_dir, s["teacher"])
+    assert any(not torch.equal(w1[k], w2[k]) for k in final) and any(not torch.equal(w2[k], final[k]) for k in final)
+
+
+def test_born_again_generations_share_the_architecture(tmp_path):
+    summary, _ = run(tmp_path, "pipeline=born_again", "pipeline.generations=2")
+    s = stages_of(summary)
+    assert list(s) == ["gen0", "gen1", "gen2"]
+    assert [s[n]["teachers"] for n in s] == [[], ["gen0"], ["gen1"]]
+    assert len({st["model"] for st in summary["stages"]}) == 1
+
+
+@pytest.mark.parametrize("distill_weight", [1.0, 0.0], ids=["lwf", "no-distillation control"])
+def test_lifelong_reports_accuracy_on_seen_classes_and_forgetting(tmp_path, distill_weight):
+    summary, run_dir = run(tmp_path, "pipeline=lifelong", "pipeline.tasks=2", "trainer.max_epochs=2",
+                           "data.fraction=1.0", f"pipeline.distill_weight={distill_weight}")  # fmt: skip
+    s = stages_of(summary)
+    assert list(s) == ["task1", "task2"]
+    assert s["task2"]["teachers"] == (["task1"] if distill_weight else []) and s["task2"]["init"] == "task1"
+    first = json.loads((run_dir / "stages/00-task1/metrics.json").read_text())
+    assert first["classes"] == [0, 1, 2, 3, 4]
+    tested = [c for c, n in enumerate(first["test_per_class"]["total"]) if n]
+    assert tested == [0, 1, 2, 3, 4]  # task 1 is tested on its own classes only
+    assert first["test_acc"] > 0.5  # five classes, two epochs: well above chance
+    rows = summary["incremental"]
+    assert [len(r["task_acc"]) for r in rows] == [1, 2] and rows[0]["forgetting"] == 0
+    assert math.isclose(rows[1]["forgetting"], rows[0]["task_acc"][0] - rows[1]["task_acc"][0], abs_tol=1e-9)
+    assert "forgetting" in (run_dir / "summary.md").read_text()
