@@ -51,6 +51,8 @@ def check_data(d: DictConfig) -> None:
     positive_int(d.batch_size, "data.batch_size")
     positive_int(d.eval_batch_size, "data.eval_batch_size")
     positive_int(d.num_workers, "data.num_workers", 0)
+    if d.get("on_device", "auto") not in (True, False, "auto"):
+        raise KdclError(f"data.on_device={d.on_device} must be true, false or auto")
     positive_int(d.epochs, "data.epochs")
     if d.get("root") and not d.get("download") and not Path(d.root).exists():
         raise KdclError(
@@ -116,6 +118,7 @@ def check_values(cfg: DictConfig) -> None:
     if not isinstance(batches, ListConfig) or not all(isinstance(b, int) and b >= 1 for b in batches):
         raise KdclError(f"report.latency_batches={batches} must list batch sizes ≥ 1, e.g. [1,64] (or [] to skip)")
     stages = plan_stages(cfg)
+    check_teacher_outputs(cfg, stages)
     check_curriculum(cfg, stages)
     checked = set()
     for stage in stages:
@@ -125,6 +128,19 @@ def check_values(cfg: DictConfig) -> None:
         check_model_cfg(stage.model, stage.model_key)
         check_model_files(stage.model, stage.model_key)
     check_feature_taps(stages, int(cfg.data.image_size))
+
+
+def check_teacher_outputs(cfg: DictConfig, stages: list) -> None:
+    """`distill.teacher_outputs` is valid, and `cached` only where a stored logit is exact."""
+    from kdcl.losses import DistillLoss
+    from kdcl.teacher_outputs import choose_mode
+
+    mode = cfg.distill.get("teacher_outputs", "online")
+    choose_mode(mode, False, [])
+    for stage in stages:
+        loss = DistillLoss(stage.terms, stage.terms_key)
+        if stage.trains and stage.teachers and loss.needs_teacher:
+            choose_mode(mode, bool(cfg.data.augment), [t.name for t in loss.feature_terms])
 
 
 def train_classes(stage, dm) -> list[int] | None:

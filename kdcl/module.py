@@ -35,9 +35,12 @@ class DistillationModule(pl.LightningModule):
         hparams: dict,
         seen_classes: list[int] | None = None,
         distill_classes: list[int] | None = None,
+        cached_logits: torch.Tensor | None = None,
     ):
         """`seen_classes`: a class-incremental stage predicts only among these (None: all classes);
-        `distill_classes`: the teachers are matched on these outputs only (None: all)."""
+        `distill_classes`: the teachers are matched on these outputs only (None: all);
+        `cached_logits`: (teachers, examples, classes) stored teacher outputs, read by example position
+        instead of running the teachers (batches then carry positions)."""
         super().__init__()
         self.model = model
         self.teachers = [FrozenTeacher(t) for t in teachers]  # plain list: frozen, not saved, not optimised
@@ -57,6 +60,7 @@ class DistillationModule(pl.LightningModule):
         unseen[list(range(num_classes)) if seen_classes is None else seen_classes] = False
         self.unseen = unseen if unseen.any() else None
         self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
+        self.cached_logits = cached_logits  # a plain attribute: never in the checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -66,14 +70,20 @@ class DistillationModule(pl.LightningModule):
             t.to(self.device).train(False)
 
     def on_fit_start(self) -> None:
+        if self.cached_logits is not None:
+            self.cached_logits = self.cached_logits.to(self.device)
+            if not self.loss.feature_terms:
+                return  # the teachers are not needed on the device at all
         self.move_teachers()
 
     def on_test_start(self) -> None:
         self.move_teachers()
 
-    def teacher_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def teacher_logits(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
         if not (self.teachers and self.loss.needs_teacher):
             return []
+        if self.cached_logits is not None:
+            return list(self.cached_logits[:, positions])
         with torch.no_grad():
             return [t(x) for t in self.teachers]
 
@@ -86,9 +96,9 @@ class DistillationModule(pl.LightningModule):
         return logits.masked_fill(self.unseen.to(logits.device), -1e4)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
+        x, y, *positions = batch  # positions: only when teacher outputs are cached
         logits = self.predict_seen(x)
-        teacher_logits, distill_logits = self.teacher_logits(x), None
+        teacher_logits, distill_logits = self.teacher_logits(x, positions[0] if positions else None), None
         if self.distill_classes is not None and teacher_logits:
             cols = self.distill_classes.to(logits.device)
             distill_logits, teacher_logits = logits[:, cols], [t[:, cols] for t in teacher_logits]

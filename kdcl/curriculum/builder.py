@@ -84,9 +84,12 @@ def train_fold_teacher(model, dataset: Dataset, cfg: DictConfig, dm, epochs: int
 
 
 def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, teachers: list, make_teacher: Callable,
-                   run_dir: Path, handed: dict) -> torch.Tensor:  # fmt: skip
-    """The teachers' mean logits on every training example, from the configured source."""
+                   run_dir: Path, handed: dict, cached: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The teachers' mean logits on every training example, from the configured source (the stage's
+    stored teacher outputs when it has them: one teacher pass serves both)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if c.source == "final" and cached is not None:
+        return cached.mean(0)
     if c.source == "final":
         models = teachers
     elif c.source == "early":
@@ -116,7 +119,8 @@ def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, tea
     return torch.stack([predict_logits(m.to(device), base, dm.normalize) for m in models]).mean(0)
 
 
-def compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teacher, run_dir, handed) -> torch.Tensor:
+def compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teacher, run_dir, handed,
+                   cached=None) -> torch.Tensor:  # fmt: skip
     seed = int(cfg.seed) + stage.index
     if c.scorer == "random":
         return random_scores(len(base), seed)
@@ -126,7 +130,7 @@ def compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teac
         return file_scores(c.scores_file, len(base))
     if c.scorer == "student_loss":
         return loss_scores(predict_logits(student, base, dm.normalize), labels)
-    logits = teacher_logits(c, cfg, stage, base, dm, teachers, make_teacher, run_dir, handed)
+    logits = teacher_logits(c, cfg, stage, base, dm, teachers, make_teacher, run_dir, handed, cached)
     return SCORERS[c.scorer](logits, labels)
 
 
@@ -148,7 +152,8 @@ def plot_pacing(sampler: CurriculumBatchSampler, path: Path, title: str) -> None
 
 
 def build_curriculum(cfg: DictConfig, stage, dm, train_set: Dataset, student, teachers: list,
-                     make_teacher: Callable, stage_dir: Path, run_dir: Path, handed: dict):  # fmt: skip
+                     make_teacher: Callable, stage_dir: Path, run_dir: Path, handed: dict,
+                     cached: torch.Tensor | None = None):  # fmt: skip
     """(batch sampler, callback) for this stage; scores are read back from the stage directory on resume."""
     c = cfg.curriculum
     base = unaugmented(train_set)
@@ -158,7 +163,8 @@ def build_curriculum(cfg: DictConfig, stage, dm, train_set: Dataset, student, te
         scores = torch.load(path, weights_only=True)["scores"]
     else:
         print(f"[{stage.name}] curriculum: scoring {len(base)} examples ({c.scorer}, source {c.source})", flush=True)
-        scores = compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teacher, run_dir, handed)
+        scores = compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teacher, run_dir, handed,
+                                cached)  # fmt: skip
         if c.scorer in TEACHER_SCORERS:
             warn_if_degenerate(scores, c.scorer, c.source)
         stage_dir.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ SOURCES = ("final", "early", "folds")
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict_logits(model: nn.Module, dataset: Dataset, normalize, batch_size: int = 256) -> torch.Tensor:
     """Logits of `model` for every example of `dataset`, in order, in eval mode (restored afterwards)."""
     device = next(model.parameters()).device

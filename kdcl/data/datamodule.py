@@ -31,6 +31,77 @@ class Augmented(Dataset):
         return self.transform(x), y
 
 
+class Indexed(Dataset):
+    """Yields (image, label, position): stored per-example teacher outputs are looked up by position."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return x, y, i
+
+
+class DeviceTensors(Dataset):
+    """A whole training (sub)set as two tensors on the training device, gathered one batch at a time
+    (`__getitems__`): no per-sample Python, no collation, no loader workers, no host-to-device copy.
+    With `positions`, batches also carry each example's position (like Indexed)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, positions: bool):
+        self.images, self.labels, self.positions = images, labels, positions
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices, device=self.images.device)
+        return (self.images[idx], self.labels[idx], idx) if self.positions else (self.images[idx], self.labels[idx])
+
+    def __getitem__(self, i: int):
+        return tuple(t[0] for t in self.__getitems__([i]))
+
+
+def whole_batch(batch):
+    """collate_fn of DeviceTensors: the batch is already one set of tensors."""
+    return batch
+
+
+def in_memory_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(images, labels) of a (subset of an) in-memory TensorDataset, without augmentation; else None."""
+    if isinstance(ds, Subset):
+        inner = in_memory_tensors(ds.dataset)
+        if inner is None:
+            return None
+        idx = torch.as_tensor(ds.indices, dtype=torch.long)
+        return inner[0][idx], inner[1][idx]
+    if isinstance(ds, (Augmented, Indexed)):
+        return in_memory_tensors(ds.base)
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[0], ds.tensors[1].long()
+    return None
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, hflip: bool) -> torch.Tensor:
+    """A batch's random crops with zero padding (and horizontal flips), drawn per image, on x's device:
+    the batched counterpart of train_transform."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]
+    if hflip:
+        flip = torch.rand(n, device=x.device) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out
+
+
 def dataset_labels(ds: Dataset) -> torch.Tensor:
     """The label of every example of a (subset of a) dataset, without decoding images where the source
     keeps its labels (in-memory tensors, ImageFolder targets)."""
@@ -71,6 +142,8 @@ class KdclDataModule(pl.LightningDataModule):
         self.stage_train_set: Dataset | None = None  # what the current stage trains on (set by use_stage)
         self.batch_sampler = None  # a curriculum sampler for the current stage, if any
         self.eval_classes: list[int] | None = None  # class-incremental stages validate/test on seen classes
+        self.augment_on_device = False  # set by train_dataloader: batches are augmented after transfer
+        self.channels_last = False  # trainer.channels_last: batches in the models' memory format
 
     # what models need to know -------------------------------------------------------------
     @property
@@ -123,8 +196,11 @@ class KdclDataModule(pl.LightningDataModule):
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 31337))[: math.ceil(fraction * n)]
         return Subset(base, sorted(keep.tolist()))
 
-    def use_stage(self, train_set: Dataset, batch_sampler=None, eval_classes: list[int] | None = None) -> None:
-        self.stage_train_set, self.batch_sampler, self.eval_classes = train_set, batch_sampler, eval_classes
+    def use_stage(self, train_set: Dataset, batch_sampler=None, eval_classes: list[int] | None = None,
+                  with_index: bool = False) -> None:  # fmt: skip
+        """What the next fit trains on; `with_index`: batches also carry each example's position."""
+        self.stage_train_set = Indexed(train_set) if with_index else train_set
+        self.batch_sampler, self.eval_classes = batch_sampler, eval_classes
 
     # loaders --------------------------------------------------------------------------------
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
@@ -139,8 +215,34 @@ class KdclDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def on_device(self, ds: Dataset) -> bool:
+        """data.on_device: true | false | auto (an in-memory dataset that takes under a quarter of the
+        accelerator's free memory; on a CPU it is in memory already)."""
+        mode = self.cfg.get("on_device", "auto")
+        if mode is False or mode == "false" or in_memory_tensors(ds) is None:
+            return False
+        if mode is True or mode == "true":
+            return True
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type != "cuda":
+            return True
+        images = in_memory_tensors(ds)[0]
+        return images.numel() * images.element_size() < torch.cuda.mem_get_info(device)[0] / 4
+
+    def device_loader(self, ds: Dataset) -> DataLoader:
+        images, labels = in_memory_tensors(ds)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        data = DeviceTensors(images.to(device), labels.to(device), positions=isinstance(ds, Indexed))
+        self.augment_on_device = bool(self.cfg.augment)
+        if self.batch_sampler is not None:
+            return DataLoader(data, batch_sampler=self.batch_sampler, collate_fn=whole_batch)
+        return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch)
+
     def train_dataloader(self) -> DataLoader:
         ds = self.stage_train_set if self.stage_train_set is not None else self.train_set
+        self.augment_on_device = False
+        if self.on_device(ds):
+            return self.device_loader(ds)
         if self.batch_sampler is None:
             return self.loader(ds, train=True)
         workers = int(self.cfg.num_workers)
@@ -161,5 +263,10 @@ class KdclDataModule(pl.LightningDataModule):
         return (x.float().div_(255) - mean) / std
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, y = batch
-        return self.normalize(x), y
+        x, *rest = batch
+        if self.augment_on_device and self.trainer is not None and self.trainer.training:
+            x = random_crop_flip(x, max(1, int(self.cfg.image_size) // 8), bool(self.cfg.get("hflip", False)))
+        x = self.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, *rest

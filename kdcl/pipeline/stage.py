@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -23,6 +24,7 @@ from kdcl.models.factory import load_kdcl_checkpoint
 from kdcl.module import DistillationModule
 from kdcl.pipeline.plan import Stage, split_ref
 from kdcl.pipeline.presets import task_classes
+from kdcl.teacher_outputs import cached_logits, choose_mode
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:
@@ -89,6 +91,19 @@ def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
     return ckpt_dir / f"epoch-{epoch}.ckpt"
 
 
+def speed_up(module: DistillationModule, t: DictConfig, dm: KdclDataModule) -> None:
+    """GPU switches: channels-last memory format (models and batches) and torch.compile of the student and
+    the teachers. nn.Module.compile keeps state-dict keys, so checkpoints and hand-offs are unchanged."""
+    if t.get("channels_last"):
+        for m in (module.model, *(teacher.model for teacher in module.teachers)):
+            m.to(memory_format=torch.channels_last)
+        dm.channels_last = True
+    if t.get("compile"):
+        module.model.compile()
+        for teacher in module.teachers:
+            teacher.model.compile()
+
+
 def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
     """TensorBoard's HPARAMS tab needs the hyper-parameters written together with result metrics."""
     results = {f"hparams/{k.rsplit('/', 2)[-2]}_{k.rsplit('/', 1)[-1]}": float(v) for k, v in metrics.items()}
@@ -146,8 +161,18 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
     optim = cfg.optim
     if stage.lr_scale != 1.0:
         optim = OmegaConf.merge(cfg.optim, {"lr": float(cfg.optim.lr) * stage.lr_scale})
-    module = DistillationModule(model, teachers, DistillLoss(stage.terms, stage.terms_key), optim, stage.name,
-                                dm.num_classes, hparams, seen_classes=seen, distill_classes=old)  # fmt: skip
+    loss = DistillLoss(stage.terms, stage.terms_key)
+    train_set = dm.stage_subset(stage.fraction, classes)
+    cached = None
+    if stage.trains and teachers and loss.needs_teacher:
+        mode = choose_mode(cfg.distill.get("teacher_outputs", "online"), bool(cfg.data.augment),
+                           [t.name for t in loss.feature_terms])  # fmt: skip
+        if mode == "cached":
+            cached = cached_logits(teachers, curriculum.unaugmented(train_set), dm, cfg, stage_dir, stage.name)
+    hparams["teacher_outputs"] = "cached" if cached is not None else "online"
+    module = DistillationModule(model, teachers, loss, optim, stage.name, dm.num_classes, hparams,
+                                seen_classes=seen, distill_classes=old, cached_logits=cached)  # fmt: skip
+    speed_up(module, cfg.trainer, dm)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -165,15 +190,14 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         keep_after.setdefault(int(curriculum_cfg.early_epoch), []).append(ckpt_dir / EARLY_CHECKPOINT)
     if stage.trains and keep_after:
         callbacks.append(SaveAfterEpochs(keep_after))
-    train_set = dm.stage_subset(stage.fraction, classes)
     sampler = None
     if curriculum.applies(cfg, stage):
         sampler, callback = curriculum.build_curriculum(
-            cfg, stage, dm, train_set, model, teachers, make_teacher, stage_dir, run_dir, handed
+            cfg, stage, dm, train_set, model, teachers, make_teacher, stage_dir, run_dir, handed, cached
         )
         callbacks.append(callback)
         pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
-    dm.use_stage(train_set, sampler, eval_classes=seen)
+    dm.use_stage(train_set, sampler, eval_classes=seen, with_index=cached is not None)
     trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks, own_sampler=sampler is not None)
 
     if stage.trains:

@@ -18,8 +18,8 @@ PRESETS = sorted(p.stem for p in (Path(config_dir()) / "distill").glob("*.yaml")
 def test_every_preset_trains_and_logs_each_term(tmp_path):
     assert {"kd", "dkd", "dist", "lskd", "fitnet", "at", "rkd", "none", "kd+at"} <= set(PRESETS)
     sweep = tmp_path / "sweep"
-    proc = run_kdcl(["train", "-m", *TINY, "trainer.max_epochs=1", f"distill={','.join(PRESETS)}",
-                     f"hydra.sweep.dir={sweep}"], tmp_path, timeout=900)  # fmt: skip
+    proc = run_kdcl(["train", "-m", *TINY, "trainer.max_epochs=2", "data.fraction=0.5", "report.latency_batches=[]",
+                     f"distill={','.join(PRESETS)}", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for job, preset in enumerate(PRESETS):
         job_dir = sweep / str(job)
@@ -29,10 +29,12 @@ def test_every_preset_trains_and_logs_each_term(tmp_path):
         assert student["teachers"] == ["teacher"]
         metrics = json.loads((job_dir / "stages" / "01-student" / "metrics.json").read_text())
         assert metrics["terms"] == config["distill"]["terms"]
-        assert math.isfinite(student["test_loss"]) and student["test_acc"] > 0.1  # learned something in 1 epoch
+        assert math.isfinite(student["test_loss"])
         events = EventAccumulator(str(job_dir / "tensorboard" / "01-student"))
         events.Reload()
         tags = set(events.Tags()["scalars"])
+        first, second = (e.value for e in events.Scalars("student/train/loss_epoch"))
+        assert second < first, (preset, first, second)  # the student makes progress on its objective
         for term in config["distill"]["terms"]:
             values = [e.value for e in events.Scalars(f"student/train/loss_{term}_epoch")]
             assert values and all(math.isfinite(v) for v in values), (preset, term)

@@ -93,6 +93,11 @@ CASES = {
         "curriculum.class_order=5",
         "distinct class indices",
     ),
+    "cached teacher outputs with augmentation": (
+        ["distill.teacher_outputs=cached", "data.augment=true"],
+        "distill.teacher_outputs=cached with data.augment=true",
+        "new random view",
+    ),
     "run directory in use": (["hydra.run.dir={tmp}/old"], "already holds kdcl runs", "new directory"),
 }
 

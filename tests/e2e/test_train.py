@@ -109,10 +109,13 @@ def test_eval_reproduces_the_student_test_accuracy_exactly(tiny_run):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["test_acc"] == summary_of(tiny_run)["stages"][0]["test_acc"]
 
 
-def test_same_seed_gives_identical_metrics(tiny_run, tmp_path):
-    proc = run_kdcl(["train", *TINY, "trainer.max_epochs=3"], tmp_path)
+def test_same_seed_gives_identical_metrics_whether_teacher_outputs_are_cached_or_online(tiny_run, tmp_path):
+    # tiny_run (no augmentation, distill.teacher_outputs=auto) read stored teacher logits; this run the teacher
+    assert (tiny_run / "stages/01-student/teacher_logits.pt").is_file()
+    proc = run_kdcl(["train", *TINY, "trainer.max_epochs=3", "distill.teacher_outputs=online"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = summary_of(run_dir_of(proc))
+    assert not (run_dir_of(proc) / "stages/01-student/teacher_logits.pt").exists()
     for first, second in zip(summary_of(tiny_run)["stages"], again["stages"], strict=True):
         assert {k: first[k] for k in METRICS} == {k: second[k] for k in METRICS}
 

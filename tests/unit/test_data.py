@@ -119,3 +119,34 @@ def test_image_folder_missing_root_is_a_clear_error(tmp_path):
     dm = KdclDataModule(data_cfg("image_folder", root=str(tmp_path / "nope")), seed=0)
     with pytest.raises(KdclError, match="data.root .* is not a directory"):
         dm.setup()
+
+
+def test_device_tensors_gather_whole_batches_like_the_per_sample_path():
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    from kdcl.data.datamodule import DeviceTensors, Indexed, in_memory_tensors, whole_batch
+
+    images = torch.arange(10 * 4, dtype=torch.uint8).view(10, 1, 2, 2)
+    base = Subset(TensorDataset(images, torch.arange(10)), [1, 3, 5, 7])
+    got = in_memory_tensors(Indexed(base))
+    assert torch.equal(got[0], images[[1, 3, 5, 7]]) and got[1].tolist() == [1, 3, 5, 7]
+    device = DataLoader(DeviceTensors(*got, positions=True), batch_size=3, collate_fn=whole_batch)
+    per_sample = DataLoader(Indexed(base), batch_size=3)
+    for a, b in zip(device, per_sample, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_batched_random_crop_is_a_shifted_window_of_the_padded_image():
+    from kdcl.data.datamodule import random_crop_flip
+
+    torch.manual_seed(0)
+    x = torch.randint(1, 255, (16, 2, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, pad=2, hflip=False)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for img, crop in zip(padded, out, strict=True):
+        windows = [img[:, i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
+        assert any(torch.equal(crop, w) for w in windows)
+    assert not all(torch.equal(a, b) for a, b in zip(out, x, strict=True))  # not every image left in place
+    flipped = random_crop_flip(x, pad=2, hflip=True)
+    assert flipped.shape == x.shape

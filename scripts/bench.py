@@ -1,0 +1,209 @@
+"""Step-time benchmark of distillation in kdcl, measured side by side in one process.
+
+For one teacher → student pair at one resolution and batch size, on synthetic data of that shape:
+
+  (a) the student alone on hard labels           (kdcl's LightningModule, Lightning Trainer)
+  (b) KD with the teacher run on every batch     (kdcl, distill.teacher_outputs=online)
+  (c) KD reading stored teacher outputs          (kdcl, distill.teacher_outputs=cached)
+  (d) a hand-written PyTorch loop doing exactly (c)'s computation (same model, loss, optimizer,
+      schedule and data loader) — what kdcl's machinery costs on top of the arithmetic
+  plus the one teacher pass that fills the cache, per example.
+
+Each variant runs `--warmup` steps, then the median of `--steps` step times (wall time from one
+batch start to the next: data, forward, backward, optimizer, hooks, logging). On a GPU the clock is
+read after torch.cuda.synchronize(). Prints a table with c/a, b/a and c/d and writes JSON.
+
+    python scripts/bench.py --teacher resnet18 --student mobilenetv3_small_100 --size 28 --batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import timm
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from kdcl.losses import DistillLoss
+from kdcl.losses.functional import ce_loss, kd_loss
+from kdcl.module import DistillationModule
+from kdcl.optim import build_optimizer
+from kdcl.teacher_outputs import teacher_pass
+
+KD_TERMS = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}  # the kd preset
+OPTIM = OmegaConf.create({"name": "adamw", "lr": 3e-3, "weight_decay": 0.05, "scheduler": "onecycle", "warmup": 0.15})
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb() -> float:
+    """GPU: peak allocated since the last reset; CPU: the process's peak resident set (monotonic)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepTimer(pl.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+        self.last: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        sync()
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+        self.last = now
+
+
+def make_model(name: str, args) -> torch.nn.Module:
+    model = timm.create_model(name, num_classes=args.classes, in_chans=args.chans)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def lightning_variant(args, data, teacher, cached, terms) -> list[float]:
+    torch.manual_seed(0)
+    student = make_model(args.student, args)
+    hparams = {"in_chans": args.chans, "image_size": args.size}
+    teachers = [teacher] if teacher is not None else []
+    module = DistillationModule(student, teachers, DistillLoss(terms), OPTIM, "bench", args.classes, hparams,
+                                cached_logits=cached)  # fmt: skip
+    if args.compile:
+        module.model = torch.compile(module.model)
+        for t in module.teachers:
+            t.model = torch.compile(t.model)
+    timer = StepTimer()
+    trainer = pl.Trainer(max_steps=args.warmup + args.steps + 1, accelerator="auto", devices=1, precision=args.precision,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
+                         log_every_n_steps=10)  # fmt: skip
+    trainer.fit(module, DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True))
+    return timer.times[args.warmup :]
+
+
+def plain_loop(args, data, cached) -> list[float]:
+    """(c) by hand: student forward, 0.1·CE + 0.9·KD on the stored logits, backward, AdamW, one-cycle."""
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    student = make_model(args.student, args).to(device).train()
+    if args.compile:
+        student = torch.compile(student)
+    steps = args.warmup + args.steps + 1
+    opt_cfg = build_optimizer([p for p in student.parameters()], OPTIM, steps, "lr")
+    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    cached = cached.to(device)
+    dtype = torch.bfloat16 if args.precision.startswith("bf16") else None
+    times, last = [], None
+    loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True)
+    for step, (x, y, i) in enumerate(loader):
+        sync()
+        now = time.perf_counter()
+        if last is not None:
+            times.append(now - last)
+        last = now
+        if step >= steps:
+            break
+        x, y, i = x.to(device, non_blocking=True), y.to(device, non_blocking=True), i.to(device)
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+            logits = student(x)
+            loss = 0.1 * ce_loss(logits, y) + 0.9 * kd_loss(logits, cached[0, i], 4.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return times[args.warmup :]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="resnet18")
+    parser.add_argument("--student", default="mobilenetv3_small_100")
+    parser.add_argument("--size", type=int, default=28, help="image side (Fashion-MNIST's native 28)")
+    parser.add_argument("--chans", type=int, default=1)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=128, help="kdcl's default for Fashion-MNIST")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--epoch-examples", type=int, default=54000, help="examples per epoch (Fashion-MNIST's train part)"
+    )
+    parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on a GPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    args = parser.parse_args()
+
+    n = args.batch * (args.warmup + args.steps + 2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, args.chans, args.size, args.size, generator=g)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, args.classes, (n,), generator=g)
+    data = TensorDataset(x, y, torch.arange(n))  # (image, label, position), as kdcl's cached batches
+
+    torch.manual_seed(1)
+    teacher = make_model(args.teacher, args).eval().requires_grad_(False)
+    results: dict = {}
+    sync()
+    start = time.perf_counter()
+    cached = teacher_pass([teacher], TensorDataset(x, y), lambda t: t, batch_size=512)
+    sync()
+    pass_s = time.perf_counter() - start
+    results["teacher_pass_ms_per_example"] = 1000 * pass_s / n
+
+    variants = {
+        "a_student_alone": lambda: lightning_variant(args, data, None, None, {"ce": {"weight": 1.0}}),
+        "b_kd_online": lambda: lightning_variant(args, data, teacher, None, KD_TERMS),
+        "c_kd_cached": lambda: lightning_variant(args, data, teacher, cached, KD_TERMS),
+        "d_plain_pytorch_cached": lambda: plain_loop(args, data, cached),
+    }
+    for name, run in variants.items():
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        times = run()
+        results[name] = {"median_ms": 1000 * statistics.median(times), "steps": len(times),
+                         "peak_memory_mb": round(peak_memory_mb(), 1)}  # fmt: skip
+        print(f"{name:>24}: {results[name]['median_ms']:8.1f} ms/step", flush=True)
+
+    a, b, c, d = (results[k]["median_ms"] for k in variants)
+    steps_per_epoch = args.epoch_examples / args.batch
+    results["ratios"] = {"c/a": c / a, "b/a": b / a, "c/d": d and c / d}
+    results["per_epoch_s"] = {
+        "teacher_share_of_online_kd (b-a)": (b - a) * steps_per_epoch / 1000,
+        "teacher_pass": results["teacher_pass_ms_per_example"] * args.epoch_examples / 1000,
+    }
+    results["setup"] = {**vars(args), "out": str(args.out), "device": torch.cuda.get_device_name(0)
+                        if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+                        "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+    print()
+    print(f"{args.teacher} → {args.student}, {args.size}x{args.size}x{args.chans}, batch {args.batch}, "
+          f"{args.precision}{', compiled' if args.compile else ''} on {results['setup']['device']}")  # fmt: skip
+    print("| variant | ms/step | peak memory (MB) |\n|---|---|---|")
+    for k in variants:
+        print(f"| {k} | {results[k]['median_ms']:.1f} | {results[k]['peak_memory_mb']:.0f} |")
+    r = results["ratios"]
+    print(f"\nc/a = {r['c/a']:.3f} (target ≤ 1.10)   b/a = {r['b/a']:.3f}   c/d = {r['c/d']:.3f} (target ≤ 1.05)")
+    e = results["per_epoch_s"]
+    print(f"per epoch of {args.epoch_examples} examples: teacher pass {e['teacher_pass']:.1f} s vs the teacher's share "
+          f"of online KD {e['teacher_share_of_online_kd (b-a)']:.1f} s")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{args.teacher}-{args.student}-{args.size}-{args.batch}-{args.precision}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
