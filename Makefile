@@ -25,7 +25,7 @@ train: $(STAMP)  ## run the main job: ResNet-18 → MobileNetV3 on the bundled d
 	$(BIN)/kdcl train $(ARGS)
 
 test: $(STAMP)  ## run the whole test suite
-	$(BIN)/python -m pytest tests $(ARGS)
+	$(BIN)/python -m pytest tests --durations=10 $(ARGS)
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest tests/unit $(ARGS)

@@ -18,8 +18,14 @@ PRESETS = sorted(p.stem for p in (Path(config_dir()) / "distill").glob("*.yaml")
 def test_every_preset_trains_and_logs_each_term(tmp_path):
     assert {"kd", "dkd", "dist", "lskd", "fitnet", "at", "rkd", "none", "kd+at"} <= set(PRESETS)
     sweep = tmp_path / "sweep"
-    proc = run_kdcl(["train", "-m", *TINY, "trainer.max_epochs=2", "data.fraction=0.5", "report.latency_batches=[]",
-                     f"distill={','.join(PRESETS)}", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=900)  # fmt: skip
+    fast = [
+        "trainer.max_epochs=2",
+        "pipeline.stages.teacher.epochs=1",
+        "data.fraction=0.5",
+        "report.latency_batches=[]",
+    ]
+    proc = run_kdcl(["train", "-m", *TINY, *fast, f"distill={','.join(PRESETS)}", f"hydra.sweep.dir={sweep}"],
+                    tmp_path, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for job, preset in enumerate(PRESETS):
         job_dir = sweep / str(job)
