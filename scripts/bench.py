@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import timm
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import ce_loss, kd_loss
@@ -157,6 +157,7 @@ def main() -> None:
     torch.manual_seed(1)
     teacher = make_model(args.teacher, args).eval().requires_grad_(False)
     results: dict = {}
+    teacher_pass([teacher], Subset(TensorDataset(x, y), range(512)), lambda t: t, batch_size=512)  # warm-up
     sync()
     start = time.perf_counter()
     cached = teacher_pass([teacher], TensorDataset(x, y), lambda t: t, batch_size=512)
