@@ -12,8 +12,8 @@ import time
 
 from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
 
-# teacher → assistant1 → student: three stages, three epochs each
-ARGS = [*TINY, "trainer.max_epochs=3", "pipeline=takd", "pipeline.assistants=[test_resnet]"]
+# teacher → assistant1 → student: three stages, four epochs each
+ARGS = [*TINY, "trainer.max_epochs=4", "pipeline=takd", "pipeline.assistants=[test_resnet]"]
 METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint")
 
 
@@ -25,18 +25,25 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     args = [sys.executable, "-m", "kdcl.cli", "train", *ARGS, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    first_epoch = run_dir / "stages" / "01-assistant1" / "checkpoints" / "last.ckpt"
+    last = run_dir / "stages" / "01-assistant1" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
-    while not first_epoch.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    delay = random.uniform(0.0, 2.5)  # somewhere in the second stage's later epochs, mid-batch or not
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    first = last.stat().st_mtime_ns  # epoch 1 saved; time epoch 2 to learn how long an epoch takes here
+    started = time.time()
+    while last.stat().st_mtime_ns == first and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    epoch = time.time() - started
+    delay = random.uniform(0.0, 0.9 * epoch)  # a random step of epoch 3 of 4: the stage is still running
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["stages"]["teacher"]["status"] == "done"
-    assert manifest["stages"]["assistant1"]["status"] == "running", f"killed {delay:.2f}s after epoch 1"
+    assert manifest["stages"]["assistant1"]["status"] == "running", (
+        f"killed {delay:.2f}s after epoch 2 (epoch {epoch:.2f}s)"
+    )
     assert "student" not in manifest["stages"]
     teacher_ckpt = run_dir / "stages/00-teacher/checkpoints/best.ckpt"
     teacher_mtime = teacher_ckpt.stat().st_mtime_ns
@@ -46,8 +53,8 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     assert run_dir_of(resumed) == run_dir
     out = resumed.stdout
     assert "[teacher] already done" in out and "[teacher] epoch" not in out
-    assert "[assistant1] epoch 1/3" not in out and "[assistant1] epoch 3/3" in out  # continued, not restarted
+    assert "[assistant1] epoch 1/4" not in out and "[assistant1] epoch 4/4" in out  # continued, not restarted
     assert teacher_ckpt.stat().st_mtime_ns == teacher_mtime  # a finished stage is never rewritten
     expected = [{k: s[k] for k in METRICS} for s in summary_of(tmp_path / "reference")["stages"]]
     got = [{k: s[k] for k in METRICS} for s in summary_of(run_dir)["stages"]]
-    assert got == expected, f"killed {delay:.2f}s after the second stage's first epoch"
+    assert got == expected, f"killed {delay:.2f}s after the second stage's second epoch"
