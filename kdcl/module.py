@@ -17,6 +17,7 @@ from kdcl.losses.functional import ce_loss
 from kdcl.losses.terms import TermInputs
 from kdcl.models import FrozenTeacher
 from kdcl.optim import build_optimizer
+from kdcl.teacher_outputs import TeacherOutputs
 
 
 def architecture(model: nn.Module) -> str:
@@ -35,12 +36,12 @@ class DistillationModule(pl.LightningModule):
         hparams: dict,
         seen_classes: list[int] | None = None,
         distill_classes: list[int] | None = None,
-        cached_logits: torch.Tensor | None = None,
+        teacher_outputs: TeacherOutputs | None = None,
     ):
         """`seen_classes`: a class-incremental stage predicts only among these (None: all classes);
         `distill_classes`: the teachers are matched on these outputs only (None: all);
-        `cached_logits`: (teachers, examples, classes) stored teacher outputs, read by example position
-        instead of running the teachers (batches then carry positions)."""
+        `teacher_outputs`: the stage's store of teacher logits, read by example position instead of
+        running the teachers, and filled where empty (batches then carry positions)."""
         super().__init__()
         self.model = model
         self.teachers = [FrozenTeacher(t) for t in teachers]  # plain list: frozen, not saved, not optimised
@@ -60,7 +61,7 @@ class DistillationModule(pl.LightningModule):
         unseen[list(range(num_classes)) if seen_classes is None else seen_classes] = False
         self.unseen = unseen if unseen.any() else None
         self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
-        self.cached_logits = cached_logits  # a plain attribute: never in the checkpoint
+        self.teacher_outputs = teacher_outputs  # a plain attribute: never in the checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -69,12 +70,25 @@ class DistillationModule(pl.LightningModule):
         for t in self.teachers:
             t.to(self.device).train(False)
 
+    def teachers_needed(self) -> bool:
+        """Whether training still runs the teachers: not once every example's logits are stored."""
+        outputs = self.teacher_outputs
+        return bool(self.loss.feature_terms) or outputs is None or not outputs.complete
+
     def on_fit_start(self) -> None:
-        if self.cached_logits is not None:
-            self.cached_logits = self.cached_logits.to(self.device)
-            if not self.loss.feature_terms:
-                return  # the teachers are not needed on the device at all
-        self.move_teachers()
+        if self.teacher_outputs is not None:
+            self.teacher_outputs.to(self.device)
+        if self.teachers_needed():
+            self.move_teachers()
+
+    def on_train_epoch_end(self) -> None:
+        if self.teacher_outputs is None:
+            return
+        if self.trainer.is_global_zero:
+            self.teacher_outputs.save()  # a resumed stage reads what this epoch stored
+        if not self.teachers_needed():
+            for t in self.teachers:  # free the device's memory for the rest of the stage
+                t.to("cpu")
 
     def on_test_start(self) -> None:
         self.move_teachers()
@@ -82,8 +96,11 @@ class DistillationModule(pl.LightningModule):
     def teacher_logits(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
         if not (self.teachers and self.loss.needs_teacher):
             return []
-        if self.cached_logits is not None:
-            return list(self.cached_logits[:, positions])
+        if self.teacher_outputs is not None:  # the teachers run only on examples with nothing stored
+            return self.teacher_outputs.read(positions, lambda rows: self.run_teachers(x if rows.all() else x[rows]))
+        return self.run_teachers(x)
+
+    def run_teachers(self, x: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
             return [t(x) for t in self.teachers]
 
@@ -96,7 +113,7 @@ class DistillationModule(pl.LightningModule):
         return logits.masked_fill(self.unseen.to(logits.device), -1e4)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y, *positions = batch  # positions: only when teacher outputs are cached
+        x, y, *positions = batch  # positions: only when teacher outputs are stored
         logits = self.predict_seen(x)
         teacher_logits, distill_logits = self.teacher_logits(x, positions[0] if positions else None), None
         if self.distill_classes is not None and teacher_logits:

@@ -1,12 +1,17 @@
-"""One teacher pass per stage: the logits of every training example, stored and reused.
+"""Stored teacher outputs: the logits of every training example, computed once per stage and reused.
 
-With `distill.teacher_outputs=cached` the distillation terms read these stored logits instead of
-running the teachers on every batch, so a distillation step costs what a student-only step costs;
-the curriculum's teacher scorers read the same pass. The cache lives in the stage directory under a
-key over the teachers' weights, the training examples, the transforms and the resolution: a cache
-whose key differs is recomputed, never used. A stored logit belongs to one view of an image, so the
-cache is refused with random augmentation, and feature terms (which need the teachers' activations)
-keep the teachers online. `auto` picks `cached` exactly when it is exact.
+With `distill.teacher_outputs=cached` the distillation terms read stored logits instead of running
+the teachers on every batch. They are stored as they are first needed: during the first epoch the
+teachers run on each batch's examples that have no stored outputs yet (so that epoch costs what an
+online epoch costs), and every later epoch reads them (so it costs what training the student alone
+costs). A curriculum scored by the stage's own teachers needs one pass over the training set before
+training anyway; that pass fills the store, and training reads it from the first step.
+
+The store lives in the stage directory under a key over the teachers' weights, the training
+examples, the data settings and the normalisation: a store whose key differs is started again, never
+used. A stored logit belongs to one view of an image, so storing is refused with random
+augmentation, and feature terms (which need the teachers' activations) keep the teachers online.
+`auto` picks `cached` exactly when it is exact.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from kdcl.data.datamodule import source_indices
 from kdcl.errors import KdclError, did_you_mean
 
 log = logging.getLogger("kdcl")
@@ -51,13 +58,17 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:
     return "cached"
 
 
-def source_indices(ds: Dataset) -> list[int]:
-    """Positions of a (nested) subset's examples in the underlying dataset."""
-    if isinstance(ds, Subset):
-        inner = source_indices(ds.dataset)
-        return [inner[i] for i in ds.indices]
-    base = getattr(ds, "base", None)
-    return source_indices(base) if base is not None else list(range(len(ds)))
+def predict_logits(model: nn.Module, dataset: Dataset, normalize, batch_size: int = 256) -> torch.Tensor:
+    """`model`'s logits for every example of `dataset`, in order, in eval and inference mode, on the
+    model's device. The random state is left as it was (the loader draws a seed), so a run that scores
+    or stores outputs shuffles exactly like one that does not."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        logits = [model(normalize(x.to(device))).float().cpu() for x, *_ in DataLoader(dataset, batch_size)]
+    model.train(was_training)
+    return torch.cat(logits).clone()  # a normal tensor again: a loss may save it for backward
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -82,40 +93,81 @@ def cache_key(teachers: list[nn.Module], dataset: Dataset, data_cfg: DictConfig,
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def teacher_pass(teachers: list[nn.Module], dataset: Dataset, normalize, batch_size: int) -> torch.Tensor:
-    """(teachers, examples, classes) logits on the plain images, in dataset order, in eval mode."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = []
-    with torch.random.fork_rng(devices=[]):  # the pass leaves the random state as it found it, so a
-        for model in teachers:  # cached run shuffles exactly like an online one
-            was_training = model.training
-            model = model.to(device).eval()
-            loader = DataLoader(dataset, batch_size=batch_size)
-            with torch.inference_mode():
-                logits = [model(normalize(x.to(device))).float().cpu() for x, _ in loader]
-            out.append(torch.cat(logits).clone())  # a normal tensor again: the loss may save it for backward
-            model.train(was_training)
-    return torch.stack(out)
+class TeacherOutputs:
+    """Stored logits (teachers, examples, classes) of one stage's training examples, and which are filled."""
 
+    def __init__(self, size: int, key: str = "", path: Path | None = None, logits: torch.Tensor | None = None,
+                 filled: torch.Tensor | None = None):  # fmt: skip
+        self.key, self.path = key, path
+        self.logits = logits  # allocated at the first store, when the number of classes is known
+        self.filled = torch.zeros(size, dtype=torch.bool) if filled is None else filled
+        self.changed = False
 
-def cached_logits(teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, stage_dir: Path,
-                  stage_name: str) -> torch.Tensor:  # fmt: skip
-    """The stage's stored teacher logits, computed now unless a cache with the same key is there."""
-    src = dm.load()
-    key = cache_key(teachers, dataset, cfg.data, int(cfg.seed), src.mean, src.std)
-    path = stage_dir / CACHE_FILE
-    if path.is_file():
-        try:
-            stored = torch.load(path, weights_only=True)
-        except Exception:  # a damaged cache is only a cache: compute it again
-            stored = {}
-        if stored.get("key") == key:
-            return stored["logits"]
-        log.warning("[%s] stored teacher outputs do not match this stage (key differs); recomputing", stage_name)
-    print(f"[{stage_name}] teacher outputs: one pass over {len(dataset)} examples, stored for the stage", flush=True)
-    logits = teacher_pass(teachers, dataset, dm.normalize, int(cfg.data.eval_batch_size))
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "logits": logits}, tmp)
-    tmp.replace(path)
-    return logits
+    @classmethod
+    def open(cls, teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, stage_dir: Path,
+             stage_name: str) -> TeacherOutputs:  # fmt: skip
+        """The stage's store: what an earlier attempt of this stage stored under the same key, else empty."""
+        src = dm.load()
+        key = cache_key(teachers, dataset, cfg.data, int(cfg.seed), src.mean, src.std)
+        path = stage_dir / CACHE_FILE
+        outputs = cls(len(dataset), key, path)
+        if path.is_file():
+            try:
+                stored = torch.load(path, weights_only=True)
+            except Exception:  # a damaged store is only a store: fill it again
+                stored = {}
+            if stored.get("key") == key and len(stored["filled"]) == len(dataset):
+                outputs = cls(len(dataset), key, path, stored["logits"], stored["filled"])
+            else:
+                log.warning("[%s] stored teacher outputs do not match this stage (key differs); starting again",
+                            stage_name)  # fmt: skip
+        done = int(outputs.filled.sum())
+        print(f"[{stage_name}] teacher outputs: {done} of {len(dataset)} examples stored"
+              f"{'' if outputs.complete else '; the rest are stored as the first epoch meets them'}", flush=True)  # fmt: skip
+        return outputs
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.filled.all())
+
+    def to(self, device) -> TeacherOutputs:
+        self.filled = self.filled.to(device)
+        self.logits = None if self.logits is None else self.logits.to(device)
+        return self
+
+    def store(self, positions: torch.Tensor, logits: list[torch.Tensor]) -> None:
+        stacked = torch.stack([t.detach().float() for t in logits])
+        if self.logits is None:
+            self.logits = stacked.new_zeros(len(stacked), len(self.filled), stacked.shape[-1])
+        positions = positions.to(self.filled.device)
+        self.logits[:, positions] = stacked.to(self.logits.device)
+        self.filled[positions] = True
+        self.changed = True
+
+    def read(self, positions: torch.Tensor, run_teachers: Callable[[torch.Tensor], list[torch.Tensor]]):
+        """The teachers' logits of these examples; `run_teachers(rows)` computes those not stored yet."""
+        missing = ~self.filled[positions]
+        if missing.any():
+            self.store(positions[missing], run_teachers(missing))
+        return list(self.logits[:, positions])
+
+    def fill(self, teachers: list[nn.Module], dataset: Dataset, normalize, batch_size: int, stage_name: str) -> None:
+        """One pass of the teachers over the examples not stored yet (a curriculum's scoring pass)."""
+        rows = (~self.filled).nonzero().squeeze(1)
+        if not len(rows):
+            return
+        print(f"[{stage_name}] teacher outputs: one pass over {len(rows)} examples", flush=True)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        subset = Subset(dataset, rows.tolist())
+        self.store(rows, [predict_logits(t.to(device), subset, normalize, batch_size) for t in teachers])
+        self.save()
+
+    def save(self) -> None:
+        """Write what is stored (atomically), if anything changed since the last save."""
+        if not self.changed or self.path is None or self.logits is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"key": self.key, "logits": self.logits.cpu(), "filled": self.filled.cpu()}, tmp)
+        tmp.replace(self.path)
+        self.changed = False

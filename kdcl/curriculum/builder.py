@@ -27,11 +27,12 @@ from kdcl.curriculum.scoring import (
     file_scores,
     labels_of,
     loss_scores,
-    predict_logits,
     random_scores,
     warn_if_degenerate,
 )
+from kdcl.data.datamodule import unaugmented
 from kdcl.errors import KdclError
+from kdcl.teacher_outputs import TeacherOutputs, predict_logits
 
 log = logging.getLogger("kdcl")
 EARLY_CHECKPOINT = "early.ckpt"
@@ -45,15 +46,6 @@ def applies(cfg: DictConfig, stage) -> bool:
         return False
     names = c.get("stages")
     return stage.name in names if names else bool(stage.teachers)
-
-
-def unaugmented(dataset: Dataset) -> Dataset:
-    """Scores are computed on the plain images, never on a random augmented view."""
-    from kdcl.data.datamodule import Augmented
-
-    if isinstance(dataset, Subset):
-        return Subset(unaugmented(dataset.dataset), dataset.indices)
-    return dataset.base if isinstance(dataset, Augmented) else dataset
 
 
 class Normalized(Dataset):
@@ -84,12 +76,13 @@ def train_fold_teacher(model, dataset: Dataset, cfg: DictConfig, dm, epochs: int
 
 
 def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, teachers: list, make_teacher: Callable,
-                   run_dir: Path, handed: dict, cached: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """The teachers' mean logits on every training example, from the configured source (the stage's
-    stored teacher outputs when it has them: one teacher pass serves both)."""
+                   run_dir: Path, handed: dict, outputs: TeacherOutputs | None = None) -> torch.Tensor:  # fmt: skip
+    """The teachers' mean logits on every training example, from the configured source (when the stage
+    stores teacher outputs, its teachers' pass fills the store: one pass serves both)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if c.source == "final" and cached is not None:
-        return cached.mean(0)
+    if c.source == "final" and outputs is not None:
+        outputs.fill(teachers, base, dm.normalize, int(cfg.data.eval_batch_size), stage.name)
+        return outputs.logits.mean(0).cpu()
     if c.source == "final":
         models = teachers
     elif c.source == "early":
@@ -120,7 +113,7 @@ def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, tea
 
 
 def compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teacher, run_dir, handed,
-                   cached=None) -> torch.Tensor:  # fmt: skip
+                   outputs=None) -> torch.Tensor:  # fmt: skip
     seed = int(cfg.seed) + stage.index
     if c.scorer == "random":
         return random_scores(len(base), seed)
@@ -130,7 +123,7 @@ def compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teac
         return file_scores(c.scores_file, len(base))
     if c.scorer == "student_loss":
         return loss_scores(predict_logits(student, base, dm.normalize), labels)
-    logits = teacher_logits(c, cfg, stage, base, dm, teachers, make_teacher, run_dir, handed, cached)
+    logits = teacher_logits(c, cfg, stage, base, dm, teachers, make_teacher, run_dir, handed, outputs)
     return SCORERS[c.scorer](logits, labels)
 
 
@@ -153,7 +146,7 @@ def plot_pacing(sampler: CurriculumBatchSampler, path: Path, title: str) -> None
 
 def build_curriculum(cfg: DictConfig, stage, dm, train_set: Dataset, student, teachers: list,
                      make_teacher: Callable, stage_dir: Path, run_dir: Path, handed: dict,
-                     cached: torch.Tensor | None = None):  # fmt: skip
+                     outputs: TeacherOutputs | None = None):  # fmt: skip
     """(batch sampler, callback) for this stage; scores are read back from the stage directory on resume."""
     c = cfg.curriculum
     base = unaugmented(train_set)
@@ -164,7 +157,7 @@ def build_curriculum(cfg: DictConfig, stage, dm, train_set: Dataset, student, te
     else:
         print(f"[{stage.name}] curriculum: scoring {len(base)} examples ({c.scorer}, source {c.source})", flush=True)
         scores = compute_scores(c, cfg, stage, base, labels, dm, student, teachers, make_teacher, run_dir, handed,
-                                cached)  # fmt: skip
+                                outputs)  # fmt: skip
         if c.scorer in TEACHER_SCORERS:
             warn_if_degenerate(scores, c.scorer, c.source)
         stage_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 
 from kdcl.curriculum.sampler import CurriculumBatchSampler, curriculum_order
-from kdcl.curriculum.scoring import loss_scores, predict_logits
+from kdcl.curriculum.scoring import loss_scores
+from kdcl.teacher_outputs import predict_logits
 
 ADVANCE = ("schedule", "on_plateau", "on_threshold")
 

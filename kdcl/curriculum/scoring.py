@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kdcl.data.datamodule import dataset_labels
 from kdcl.errors import KdclError
@@ -56,18 +55,6 @@ SCORERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 MODEL_FREE = ("class_order", "random", "file")
 ALL_SCORERS = (*SCORERS, *MODEL_FREE)
 SOURCES = ("final", "early", "folds")
-
-
-@torch.no_grad()
-@torch.no_grad()
-def predict_logits(model: nn.Module, dataset: Dataset, normalize, batch_size: int = 256) -> torch.Tensor:
-    """Logits of `model` for every example of `dataset`, in order, in eval mode (restored afterwards)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [model(normalize(x.to(device))).float().cpu() for x, _ in DataLoader(dataset, batch_size=batch_size)]
-    model.train(was_training)
-    return torch.cat(out)
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:

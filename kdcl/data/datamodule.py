@@ -69,19 +69,34 @@ def whole_batch(batch):
     return batch
 
 
+def unwrap(ds: Dataset) -> tuple[Dataset, list[int]]:
+    """(the dataset under every Subset/Augmented/Indexed wrapper, the positions of ds's examples in it)."""
+    if isinstance(ds, Subset):
+        base, inner = unwrap(ds.dataset)
+        return base, [inner[i] for i in ds.indices]
+    if isinstance(ds, (Augmented, Indexed)):
+        return unwrap(ds.base)
+    return ds, list(range(len(ds)))
+
+
+def source_indices(ds: Dataset) -> list[int]:
+    """Positions of a (wrapped) subset's examples in the underlying dataset."""
+    return unwrap(ds)[1]
+
+
+def unaugmented(ds: Dataset) -> Dataset:
+    """The same examples, in the same order, as plain (image, label) pairs: no augmentation, no positions."""
+    base, indices = unwrap(ds)
+    return Subset(base, indices)
+
+
 def in_memory_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(images, labels) of a (subset of an) in-memory TensorDataset, without augmentation; else None."""
-    if isinstance(ds, Subset):
-        inner = in_memory_tensors(ds.dataset)
-        if inner is None:
-            return None
-        idx = torch.as_tensor(ds.indices, dtype=torch.long)
-        return inner[0][idx], inner[1][idx]
-    if isinstance(ds, (Augmented, Indexed)):
-        return in_memory_tensors(ds.base)
-    if isinstance(ds, TensorDataset):
-        return ds.tensors[0], ds.tensors[1].long()
-    return None
+    base, indices = unwrap(ds)
+    if not isinstance(base, TensorDataset):
+        return None
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    return base.tensors[0][idx], base.tensors[1][idx].long()
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, hflip: bool) -> torch.Tensor:

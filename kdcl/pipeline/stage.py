@@ -16,6 +16,7 @@ from kdcl.callbacks import KeepRandomState, SaveAfterEpochs, progress_callbacks
 from kdcl.curriculum import builder as curriculum
 from kdcl.curriculum.builder import EARLY_CHECKPOINT
 from kdcl.data import KdclDataModule
+from kdcl.data.datamodule import unaugmented
 from kdcl.io import atomic_write_json
 from kdcl.losses import DistillLoss
 from kdcl.models import count_params, create_model
@@ -24,7 +25,7 @@ from kdcl.models.factory import load_kdcl_checkpoint
 from kdcl.module import DistillationModule
 from kdcl.pipeline.plan import Stage, split_ref
 from kdcl.pipeline.presets import task_classes
-from kdcl.teacher_outputs import cached_logits, choose_mode
+from kdcl.teacher_outputs import TeacherOutputs, choose_mode
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:
@@ -163,15 +164,15 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         optim = OmegaConf.merge(cfg.optim, {"lr": float(cfg.optim.lr) * stage.lr_scale})
     loss = DistillLoss(stage.terms, stage.terms_key)
     train_set = dm.stage_subset(stage.fraction, classes)
-    cached = None
+    outputs = None
     if stage.trains and teachers and loss.needs_teacher:
         mode = choose_mode(cfg.distill.get("teacher_outputs", "online"), bool(cfg.data.augment),
                            [t.name for t in loss.feature_terms])  # fmt: skip
         if mode == "cached":
-            cached = cached_logits(teachers, curriculum.unaugmented(train_set), dm, cfg, stage_dir, stage.name)
-    hparams["teacher_outputs"] = "cached" if cached is not None else "online"
+            outputs = TeacherOutputs.open(teachers, unaugmented(train_set), dm, cfg, stage_dir, stage.name)
+    hparams["teacher_outputs"] = "cached" if outputs is not None else "online"
     module = DistillationModule(model, teachers, loss, optim, stage.name, dm.num_classes, hparams,
-                                seen_classes=seen, distill_classes=old, cached_logits=cached)  # fmt: skip
+                                seen_classes=seen, distill_classes=old, teacher_outputs=outputs)  # fmt: skip
     speed_up(module, cfg.trainer, dm)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -193,11 +194,11 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
     sampler = None
     if curriculum.applies(cfg, stage):
         sampler, callback = curriculum.build_curriculum(
-            cfg, stage, dm, train_set, model, teachers, make_teacher, stage_dir, run_dir, handed, cached
+            cfg, stage, dm, train_set, model, teachers, make_teacher, stage_dir, run_dir, handed, outputs
         )
         callbacks.append(callback)
         pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
-    dm.use_stage(train_set, sampler, eval_classes=seen, with_index=cached is not None)
+    dm.use_stage(train_set, sampler, eval_classes=seen, with_index=outputs is not None)
     trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks, own_sampler=sampler is not None)
 
     if stage.trains:

@@ -1,4 +1,4 @@
-"""Stored teacher outputs: when caching is allowed, and that a stale cache is never used."""
+"""Stored teacher outputs: when storing is allowed, filling as examples are met, and never a stale store."""
 
 import pytest
 import timm
@@ -6,12 +6,13 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Subset, TensorDataset
 
+from kdcl.data.datamodule import source_indices
 from kdcl.errors import KdclError
-from kdcl.teacher_outputs import CACHE_FILE, cached_logits, choose_mode, source_indices, teacher_pass
+from kdcl.teacher_outputs import CACHE_FILE, TeacherOutputs, choose_mode, predict_logits
 
 
 class FakeDataModule:
-    """The two things cached_logits asks of kdcl's datamodule: the source's statistics and normalize."""
+    """The two things TeacherOutputs asks of kdcl's datamodule: the source's statistics and normalize."""
 
     class Source:
         mean, std = (0.5,), (0.25,)
@@ -37,6 +38,12 @@ def setup():
     return data, teacher
 
 
+def teacher_on(teacher, data, rows) -> torch.Tensor:
+    x = torch.stack([data[int(i)][0] for i in rows])
+    with torch.no_grad():
+        return teacher(FakeDataModule.normalize(x))
+
+
 def test_choose_mode():
     assert choose_mode("auto", augment=False, feature_terms=[]) == "cached"
     assert choose_mode("auto", augment=True, feature_terms=[]) == "online"  # a stored logit fits one view only
@@ -50,33 +57,68 @@ def test_choose_mode():
         choose_mode("cache", augment=False, feature_terms=[])
 
 
-def test_the_pass_matches_the_teacher_and_leaves_the_random_state_alone(setup):
+def test_a_pass_matches_the_teacher_and_leaves_the_random_state_alone(setup):
     data, teacher = setup
     state = torch.get_rng_state()
-    logits = teacher_pass([teacher, teacher], data, FakeDataModule.normalize, batch_size=5)
+    logits = predict_logits(teacher, data, FakeDataModule.normalize, batch_size=5)
     assert torch.equal(torch.get_rng_state(), state)
-    assert logits.shape == (2, 16, 3)
-    x = torch.stack([data[i][0] for i in range(16)])
-    with torch.no_grad():
-        assert torch.allclose(logits[0], teacher(FakeDataModule.normalize(x)), atol=1e-5)
+    assert not logits.is_inference() and logits.shape == (16, 3)
+    assert torch.allclose(logits, teacher_on(teacher, data, range(16)), atol=1e-5)
     assert source_indices(data) == list(range(2, 18))
 
 
-def test_a_cache_is_reused_only_while_teacher_and_examples_are_the_same(setup, tmp_path):
+def test_batches_store_what_is_missing_and_then_only_read(setup):
     data, teacher = setup
-    first = cached_logits([teacher], data, FakeDataModule(), CFG, tmp_path, "student")
+    outputs, asked = TeacherOutputs(len(data)), []
+
+    def run_teachers(positions):
+        def run(rows):
+            asked.append(positions[rows].tolist())
+            return [teacher_on(teacher, data, positions[rows])]
+
+        return run
+
+    first = torch.tensor([3, 0, 7])
+    got = outputs.read(first, run_teachers(first))
+    assert asked == [[3, 0, 7]] and torch.allclose(got[0], teacher_on(teacher, data, first), atol=1e-5)
+    second = torch.tensor([7, 1, 3, 2])  # 7 and 3 are stored: the teacher runs on 1 and 2 only
+    got = outputs.read(second, run_teachers(second))
+    assert asked[1] == [1, 2] and torch.allclose(got[0], teacher_on(teacher, data, second), atol=1e-5)
+    assert not outputs.complete and outputs.filled.sum() == 5
+    rest = torch.arange(16)
+    outputs.read(rest, run_teachers(rest))
+    assert outputs.complete and len(asked[2]) == 11
+    outputs.read(rest.flip(0), run_teachers(rest))
+    assert len(asked) == 3  # every example stored: the teacher does not run again
+
+
+def test_a_store_is_reopened_only_while_teacher_and_examples_are_the_same(setup, tmp_path):
+    data, teacher = setup
+    dm = FakeDataModule()
+    outputs = TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student")
+    rows = torch.tensor([4, 5, 6])
+    outputs.read(rows, lambda r: [teacher_on(teacher, data, rows[r])])
+    outputs.save()  # an epoch ends, the run is killed: the next attempt goes on from here
+    again = TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student")
+    assert again.filled.nonzero().squeeze(1).tolist() == [4, 5, 6]
+    assert torch.equal(again.logits[:, rows], outputs.logits[:, rows])
+
+    again.fill([teacher], data, dm.normalize, 7, "student")  # a curriculum's scoring pass: the rest
+    assert again.complete and torch.allclose(again.logits[0], teacher_on(teacher, data, range(16)), atol=1e-5)
     stamp = (tmp_path / CACHE_FILE).stat().st_mtime_ns
-    again = cached_logits([teacher], data, FakeDataModule(), CFG, tmp_path, "student")
-    assert torch.equal(first, again) and (tmp_path / CACHE_FILE).stat().st_mtime_ns == stamp  # read back
+    full = TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student")
+    full.fill([teacher], data, dm.normalize, 7, "student")
+    assert full.complete and (tmp_path / CACHE_FILE).stat().st_mtime_ns == stamp  # read back, not recomputed
 
+    bias = teacher.get_classifier().bias
+    kept = bias.detach().clone()
     with torch.no_grad():
-        teacher.get_classifier().bias.add_(1.0)  # another teacher: the stored logits are stale
-    changed = cached_logits([teacher], data, FakeDataModule(), CFG, tmp_path, "student")
-    assert torch.allclose(changed, first + 1.0, atol=1e-5)
-
+        bias.add_(1.0)  # another teacher: what is stored is stale
+    assert not TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").filled.any()
+    with torch.no_grad():
+        bias.copy_(kept)
+    assert TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").complete
     other = Subset(data.dataset, list(range(0, 16)))  # other examples (same count): stale too
-    moved = cached_logits([teacher], other, FakeDataModule(), CFG, tmp_path, "student")
-    assert not torch.equal(moved, changed)
-
-    (tmp_path / CACHE_FILE).write_bytes(b"not a checkpoint")  # a damaged cache is recomputed, not trusted
-    assert torch.equal(cached_logits([teacher], other, FakeDataModule(), CFG, tmp_path, "student"), moved)
+    assert not TeacherOutputs.open([teacher], other, dm, CFG, tmp_path, "student").filled.any()
+    (tmp_path / CACHE_FILE).write_bytes(b"not a checkpoint")  # a damaged store is started again, not trusted
+    assert not TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").filled.any()
