@@ -25,6 +25,7 @@ def curriculum_run(tmp_path_factory) -> Path:
     proc = run_kdcl(["train", *CURRICULUM], cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[student] curriculum: scoring" in proc.stdout
+    assert "[student] teacher outputs: one pass over" in proc.stdout  # the scoring pass fills the store
     return run_dir_of(proc)
 
 
@@ -50,6 +51,17 @@ def test_scores_and_pacing_plot_are_saved_in_the_stage_directory(curriculum_run)
     assert saved["scorer"] == "teacher_confidence" and saved["source"] == "final"
     assert len(saved["scores"]) == len(saved["labels"]) and float(saved["scores"].min()) >= 0
     assert (stage / "pacing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soft_labels_from_the_scoring_pass_train_exactly_like_an_online_teacher(curriculum_run, tmp_path):
+    stored = torch.load(curriculum_run / "stages/01-student/teacher_logits.pt", weights_only=True)
+    assert stored["filled"].all()
+    proc = run_kdcl(["train", *CURRICULUM, "distill.teacher_outputs=online"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "teacher outputs" not in proc.stdout
+    want, got = summary_of(curriculum_run)["stages"], summary_of(run_dir_of(proc))["stages"]
+    for key in ("test_acc", "test_loss", "best_val_acc"):
+        assert [s[key] for s in got] == [s[key] for s in want], key
 
 
 def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tmp_path):
