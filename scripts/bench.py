@@ -12,9 +12,10 @@ For one teacher → student pair at one resolution and batch size, on synthetic 
   plus one teacher pass over the data before training (what a teacher-scored curriculum runs, and
   what then fills the store), per example: the median of three passes.
 
-Each variant runs `--warmup` steps, then the median of `--steps` step times (wall time from one
-batch start to the next: data, forward, backward, optimizer, hooks, logging). On a GPU the clock is
-read after torch.cuda.synchronize(). Prints a table with c/a, b/a and c/d and writes JSON.
+Each variant runs `--warmup` steps, then `--steps` timed steps (wall time from one batch start to the
+next: data, forward, backward, optimizer, hooks, logging), `--rounds` times in a rotated order, and
+reports the median over all timed steps. On a GPU the clock is read after torch.cuda.synchronize().
+Prints a table with c/a, b/a, c/d and c1/b, the teacher's cost per epoch each way, and writes JSON.
 
     python scripts/bench.py --teacher resnet18 --student mobilenetv3_small_100 --size 28 --batch 128
 """
@@ -139,7 +140,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128, help="kdcl's default for Fashion-MNIST")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every variant, in a rotated order")
     parser.add_argument(
         "--epoch-examples", type=int, default=54000, help="examples per epoch (Fashion-MNIST's train part)"
     )
@@ -181,13 +183,18 @@ def main() -> None:
         "c_kd_cached": lambda: lightning_variant(args, data, teacher, stored(), KD_TERMS),
         "d_plain_pytorch_cached": lambda: plain_loop(args, data, cached),
     }
-    for name, run in variants.items():
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        times = run()
-        results[name] = {"median_ms": 1000 * statistics.median(times), "steps": len(times),
-                         "peak_memory_mb": round(peak_memory_mb(), 1)}  # fmt: skip
-        print(f"{name:>24}: {results[name]['median_ms']:8.1f} ms/step", flush=True)
+    names, times, peaks = list(variants), {k: [] for k in variants}, dict.fromkeys(variants, 0.0)
+    for r in range(args.rounds):  # a rotated order each round: drift of a shared machine hits every variant
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            got = variants[name]()
+            times[name] += got
+            peaks[name] = max(peaks[name], peak_memory_mb())
+            print(f"round {r + 1}: {name:>24} {1000 * statistics.median(got):8.1f} ms/step", flush=True)
+    for name in names:
+        results[name] = {"median_ms": 1000 * statistics.median(times[name]), "steps": len(times[name]),
+                         "peak_memory_mb": round(peaks[name], 1)}  # fmt: skip
 
     a, b, c1, c, d = (results[k]["median_ms"] for k in variants)
     steps_per_epoch = args.epoch_examples / args.batch
