@@ -51,11 +51,12 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def peak_memory_mb() -> float:
-    """GPU: peak allocated since the last reset; CPU: the process's peak resident set (monotonic)."""
+def peak_memory_mb() -> float | None:
+    """GPU: peak allocated since the last reset. CPU: None — the process's peak resident set only
+    grows, so it cannot be told apart per variant (reported once for the whole run)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
 
 
 class StepTimer(pl.Callback):
@@ -95,7 +96,7 @@ def lightning_variant(args, data, teacher, outputs: TeacherOutputs | None, terms
                          enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
                          log_every_n_steps=10)  # fmt: skip
     trainer.fit(module, DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True))
-    return timer.times[args.warmup :]
+    return timer.times[args.warmup : args.warmup + args.steps]
 
 
 def plain_loop(args, data, cached) -> list[float]:
@@ -128,7 +129,7 @@ def plain_loop(args, data, cached) -> list[float]:
         loss.backward()
         opt.step()
         sched.step()
-    return times[args.warmup :]
+    return times[args.warmup : args.warmup + args.steps]
 
 
 def main() -> None:
@@ -163,7 +164,7 @@ def main() -> None:
     teacher = make_model(args.teacher, args).eval().requires_grad_(False)
     results: dict = {}
     teacher = teacher.to("cuda" if torch.cuda.is_available() else "cpu")
-    predict_logits(teacher, Subset(TensorDataset(x, y), range(512)), lambda t: t, batch_size=512)  # warm-up
+    predict_logits(teacher, Subset(TensorDataset(x, y), range(min(512, n))), lambda t: t, batch_size=512)  # warm-up
     pass_s = []
     for _ in range(3):
         sync()
@@ -190,11 +191,13 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             got = variants[name]()
             times[name] += got
-            peaks[name] = max(peaks[name], peak_memory_mb())
+            peak = peak_memory_mb()
+            peaks[name] = None if peak is None else max(peaks[name], peak)
             print(f"round {r + 1}: {name:>24} {1000 * statistics.median(got):8.1f} ms/step", flush=True)
     for name in names:
         results[name] = {"median_ms": 1000 * statistics.median(times[name]), "steps": len(times[name]),
-                         "peak_memory_mb": round(peaks[name], 1)}  # fmt: skip
+                         "peak_memory_mb": peaks[name] and round(peaks[name], 1)}  # fmt: skip
+    results["process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     a, b, c1, c, d = (results[k]["median_ms"] for k in variants)
     steps_per_epoch = args.epoch_examples / args.batch
@@ -212,7 +215,9 @@ def main() -> None:
           f"{args.precision}{', compiled' if args.compile else ''} on {results['setup']['device']}")  # fmt: skip
     print("| variant | ms/step | peak memory (MB) |\n|---|---|---|")
     for k in variants:
-        print(f"| {k} | {results[k]['median_ms']:.1f} | {results[k]['peak_memory_mb']:.0f} |")
+        peak = results[k]["peak_memory_mb"]
+        print(f"| {k} | {results[k]['median_ms']:.1f} | {'-' if peak is None else f'{peak:.0f}'} |")
+    print(f"process peak resident memory: {results['process_peak_rss_mb']:.0f} MB")
     r = results["ratios"]
     print(f"\nc/a = {r['c/a']:.3f} (target ≤ 1.10)   b/a = {r['b/a']:.3f}   c/d = {r['c/d']:.3f} (target ≤ 1.05)   "
           f"c1/b = {r['c1/b']:.3f}")  # fmt: skip
