@@ -146,6 +146,20 @@ def test_multirun_gives_one_job_directory_per_point(tmp_path):
     assert temps == ["2", "4"]
 
 
+def test_gpu_switches_bf16_channels_last_and_compile_run_end_to_end(tmp_path):
+    # the switches trainer=gpu sets, here on the CPU: a compiled, channels-last, bf16-mixed run trains,
+    # tests, and saves checkpoints with the model's own keys (nn.Module.compile adds no _orig_mod prefix)
+    proc = run_kdcl(["train", *TINY, "trainer.max_epochs=1", "trainer.precision=bf16-mixed",
+                     "trainer.channels_last=true", "trainer.compile=true"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = run_dir_of(proc)
+    assert [s["name"] for s in summary_of(run)["stages"]] == ["teacher", "student"]
+    state = torch.load(run / "stages/01-student/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert state and not any("_orig_mod" in k for k in state)
+    evaluated = run_kdcl(["eval", str(run)], tmp_path)  # an uncompiled fp32 model loads those weights
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
 def test_resnet50_teacher_mobilenet_student(tmp_path):
     proc = run_kdcl(
         ["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "trainer.progress_bar=lines"], tmp_path
