@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -80,27 +82,40 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(teachers: list[nn.Module], dataset: Dataset, data_cfg: DictConfig, seed: int, mean, std) -> str:
-    """Teachers' weights + which examples, in which order + how they are read, resized and normalised."""
-    data = OmegaConf.to_container(data_cfg, resolve=True)
+def cache_key(teachers: list[nn.Module], dataset: Dataset, cfg: DictConfig, mean, std) -> str:
+    """Teachers' weights + which examples, in which order + how they are read, resized and normalised
+    + the precision the teachers run in."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
     what = {
         "teachers": [weights_digest(t) for t in teachers],
         "examples": hashlib.sha256(json.dumps(source_indices(dataset)).encode()).hexdigest(),
         "data": {k: data.get(k) for k in ("name", "root", "image_size", "fraction", "val_fraction", "test_fraction")},
-        "seed": seed,
+        "seed": int(cfg.seed),
         "transforms": {"augment": bool(data.get("augment")), "mean": list(mean), "std": list(std)},
+        "precision": str(cfg.trainer.precision),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
+def pass_device() -> torch.device:
+    """Where a pass before training runs: this process's GPU (its DDP rank's), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 class TeacherOutputs:
-    """Stored logits (teachers, examples, classes) of one stage's training examples, and which are filled."""
+    """Stored logits (teachers, examples, classes) of one stage's training examples, and which are filled.
+
+    Logits keep the dtype the teachers gave (bf16 under bf16-mixed), so a stored logit is exactly the
+    online one."""
 
     def __init__(self, size: int, key: str = "", path: Path | None = None, logits: torch.Tensor | None = None,
                  filled: torch.Tensor | None = None):  # fmt: skip
         self.key, self.path = key, path
         self.logits = logits  # allocated at the first store, when the number of classes is known
         self.filled = torch.zeros(size, dtype=torch.bool) if filled is None else filled
+        self.full = bool(self.filled.all())  # a plain flag: no device sync per step once everything is stored
         self.changed = False
 
     @classmethod
@@ -108,7 +123,7 @@ class TeacherOutputs:
              stage_name: str) -> TeacherOutputs:  # fmt: skip
         """The stage's store: what an earlier attempt of this stage stored under the same key, else empty."""
         src = dm.load()
-        key = cache_key(teachers, dataset, cfg.data, int(cfg.seed), src.mean, src.std)
+        key = cache_key(teachers, dataset, cfg, src.mean, src.std)
         path = stage_dir / CACHE_FILE
         outputs = cls(len(dataset), key, path)
         if path.is_file():
@@ -116,19 +131,21 @@ class TeacherOutputs:
                 stored = torch.load(path, weights_only=True)
             except Exception:  # a damaged store is only a store: fill it again
                 stored = {}
-            if stored.get("key") == key and len(stored["filled"]) == len(dataset):
+            fits = isinstance(stored, dict) and stored.keys() >= {"key", "logits", "filled"}
+            if fits and stored["key"] == key and len(stored["filled"]) == len(dataset):
                 outputs = cls(len(dataset), key, path, stored["logits"], stored["filled"])
             else:
-                log.warning("[%s] stored teacher outputs do not match this stage (key differs); starting again",
+                log.warning("[%s] stored teacher outputs are for other teachers, data or settings; starting again",
                             stage_name)  # fmt: skip
         done = int(outputs.filled.sum())
         print(f"[{stage_name}] teacher outputs: {done} of {len(dataset)} examples stored"
-              f"{'' if outputs.complete else '; the rest are stored as the first epoch meets them'}", flush=True)  # fmt: skip
+              f"{'' if outputs.complete else '; the rest are stored as training meets them'}", flush=True)  # fmt: skip
         return outputs
 
     @property
     def complete(self) -> bool:
-        return bool(self.filled.all())
+        self.full = self.full or bool(self.filled.all())
+        return self.full
 
     def to(self, device) -> TeacherOutputs:
         self.filled = self.filled.to(device)
@@ -136,38 +153,39 @@ class TeacherOutputs:
         return self
 
     def store(self, positions: torch.Tensor, logits: list[torch.Tensor]) -> None:
-        stacked = torch.stack([t.detach().float() for t in logits])
+        stacked = torch.stack([t.detach() for t in logits])
         if self.logits is None:
             self.logits = stacked.new_zeros(len(stacked), len(self.filled), stacked.shape[-1])
         positions = positions.to(self.filled.device)
-        self.logits[:, positions] = stacked.to(self.logits.device)
+        self.logits[:, positions] = stacked.to(self.logits.device, self.logits.dtype)
         self.filled[positions] = True
         self.changed = True
 
     def read(self, positions: torch.Tensor, run_teachers: Callable[[torch.Tensor], list[torch.Tensor]]):
         """The teachers' logits of these examples; `run_teachers(rows)` computes those not stored yet."""
-        missing = ~self.filled[positions]
-        if missing.any():
-            self.store(positions[missing], run_teachers(missing))
+        if not self.full:
+            missing = ~self.filled[positions]
+            if missing.any():
+                self.store(positions[missing], run_teachers(missing))
         return list(self.logits[:, positions])
 
     def fill(self, teachers: list[nn.Module], dataset: Dataset, normalize, batch_size: int, stage_name: str) -> None:
-        """One pass of the teachers over the examples not stored yet (a curriculum's scoring pass)."""
+        """One pass of the teachers over the examples not stored yet, before training."""
         rows = (~self.filled).nonzero().squeeze(1)
         if not len(rows):
             return
         print(f"[{stage_name}] teacher outputs: one pass over {len(rows)} examples", flush=True)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         subset = Subset(dataset, rows.tolist())
-        self.store(rows, [predict_logits(t.to(device), subset, normalize, batch_size) for t in teachers])
+        self.store(rows, [predict_logits(t.to(pass_device()), subset, normalize, batch_size) for t in teachers])
+        self.full = bool(self.filled.all())
         self.save()
 
     def save(self) -> None:
-        """Write what is stored (atomically), if anything changed since the last save."""
-        if not self.changed or self.path is None or self.logits is None:
+        """Write what is stored (atomically; only the first process of a DDP run), if anything changed."""
+        if not self.changed or self.path is None or self.logits is None or rank_zero_only.rank != 0:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"key": self.key, "logits": self.logits.cpu(), "filled": self.filled.cpu()}, tmp)
         tmp.replace(self.path)
         self.changed = False

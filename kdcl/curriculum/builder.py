@@ -77,12 +77,11 @@ def train_fold_teacher(model, dataset: Dataset, cfg: DictConfig, dm, epochs: int
 
 def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, teachers: list, make_teacher: Callable,
                    run_dir: Path, handed: dict, outputs: TeacherOutputs | None = None) -> torch.Tensor:  # fmt: skip
-    """The teachers' mean logits on every training example, from the configured source (when the stage
-    stores teacher outputs, its teachers' pass fills the store: one pass serves both)."""
+    """The teachers' mean logits on every training example, from the configured source (the stage's
+    stored teacher outputs when it has them, filled by one pass before training: one pass serves both)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if c.source == "final" and outputs is not None:
-        outputs.fill(teachers, base, dm.normalize, int(cfg.data.eval_batch_size), stage.name)
-        return outputs.logits.mean(0).cpu()
+    if c.source == "final" and outputs is not None and outputs.complete:
+        return outputs.logits.float().mean(0).cpu()
     if c.source == "final":
         models = teachers
     elif c.source == "early":
@@ -107,7 +106,7 @@ def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, tea
             pl.seed_everything(int(cfg.seed) + 1000 + fold, workers=True, verbose=False)
             model = make_teacher(stage.teacher_stages[0], None)
             train_fold_teacher(model, Subset(base, rest.tolist()), cfg, dm, int(c.fold_epochs), fold)
-            logits[held] = predict_logits(model.to(device), Subset(base, held.tolist()), dm.normalize).float()
+            logits[held] = predict_logits(model.to(device), Subset(base, held.tolist()), dm.normalize)
         return logits
     return torch.stack([predict_logits(m.to(device), base, dm.normalize) for m in models]).mean(0)
 

@@ -25,8 +25,9 @@ class FakeDataModule:
         return (x.float() / 255 - 0.5) / 0.25
 
 
-CFG = OmegaConf.create({"seed": 0, "data": {"name": "digits", "image_size": 32, "fraction": 1.0, "augment": False,
-                                             "val_fraction": 0.1, "test_fraction": 0.2, "eval_batch_size": 7}})  # fmt: skip
+CFG = OmegaConf.create({"seed": 0, "trainer": {"precision": "32-true"},
+                       "data": {"name": "digits", "image_size": 32, "fraction": 1.0, "augment": False,
+                                "val_fraction": 0.1, "test_fraction": 0.2, "eval_batch_size": 7}})  # fmt: skip
 
 
 @pytest.fixture
@@ -120,5 +121,16 @@ def test_a_store_is_reopened_only_while_teacher_and_examples_are_the_same(setup,
     assert TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").complete
     other = Subset(data.dataset, list(range(0, 16)))  # other examples (same count): stale too
     assert not TeacherOutputs.open([teacher], other, dm, CFG, tmp_path, "student").filled.any()
+    bf16 = OmegaConf.merge(CFG, {"trainer": {"precision": "bf16-mixed"}})  # other precision: other logits
+    assert not TeacherOutputs.open([teacher], data, dm, bf16, tmp_path, "student").filled.any()
     (tmp_path / CACHE_FILE).write_bytes(b"not a checkpoint")  # a damaged store is started again, not trusted
     assert not TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").filled.any()
+    torch.save({"key": again.key, "logits": again.logits}, tmp_path / CACHE_FILE)  # an older format: no 'filled'
+    assert not TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").filled.any()
+
+
+def test_stored_logits_keep_the_teachers_dtype():
+    outputs = TeacherOutputs(4)
+    online = torch.randn(2, 3).bfloat16()
+    got = outputs.read(torch.tensor([1, 2]), lambda rows: [online])
+    assert got[0].dtype == torch.bfloat16 and torch.equal(got[0], online)  # bf16-mixed: exactly the online logits
