@@ -21,9 +21,11 @@ class EpochSummary(pl.Callback):
         self.stage, self.start = stage, time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
-        m = trainer.callback_metrics
+        m = trainer.callback_metrics  # on every rank: computing a logged metric syncs it across ranks
+        if not trainer.is_global_zero:
+            return
 
         def fmt(key: str) -> str:
             v = m.get(f"{self.stage}/{key}")

@@ -61,6 +61,7 @@ class DistillationModule(pl.LightningModule):
         unseen[list(range(num_classes)) if seen_classes is None else seen_classes] = False
         self.unseen = unseen if unseen.any() else None
         self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
+        self.num_classes = num_classes
         self.teacher_outputs = teacher_outputs  # a plain attribute: never in the checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,11 +85,28 @@ class DistillationModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self.teacher_outputs is None:
             return
+        if self.trainer.world_size > 1 and not self.teacher_outputs.full:
+            self.share_teacher_outputs()
         if self.trainer.is_global_zero:
             self.teacher_outputs.save()  # a resumed stage reads what this epoch stored
         if not self.teachers_needed():
             for t in self.teachers:  # free the device's memory for the rest of the stage
                 t.to("cpu")
+
+    def share_teacher_outputs(self) -> None:
+        """DDP: every rank receives the teacher logits the other ranks stored this epoch, so each
+        example's logits are computed once in all and the store is complete after one epoch."""
+        outputs = self.teacher_outputs
+        positions, logits = outputs.take_new(len(self.teachers), self.num_classes)
+        longest = int(self.all_gather(torch.tensor(len(positions), device=self.device)).max())
+        padded_positions = torch.full((longest,), -1, dtype=torch.long, device=self.device)
+        padded_positions[: len(positions)] = positions
+        padded_logits = logits.new_zeros(logits.shape[0], longest, logits.shape[-1], dtype=torch.float32)
+        padded_logits[:, : len(positions)] = logits  # float32: not every backend gathers bf16
+        every_position = self.all_gather(padded_positions)  # (ranks, longest)
+        every_logit = self.all_gather(padded_logits).transpose(0, 1)  # (teachers, ranks, longest, classes)
+        real = every_position >= 0
+        outputs.store(every_position[real], list(every_logit[:, real]), shared=True)
 
     def on_test_start(self) -> None:
         self.move_teachers()

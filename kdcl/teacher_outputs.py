@@ -117,6 +117,7 @@ class TeacherOutputs:
         self.filled = torch.zeros(size, dtype=torch.bool) if filled is None else filled
         self.full = bool(self.filled.all())  # a plain flag: no device sync per step once everything is stored
         self.changed = False
+        self.new: list[torch.Tensor] = []  # positions stored by this process since the last share (DDP)
 
     @classmethod
     def open(cls, teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, stage_dir: Path,
@@ -148,11 +149,13 @@ class TeacherOutputs:
         return self.full
 
     def to(self, device) -> TeacherOutputs:
-        self.filled = self.filled.to(device)
-        self.logits = None if self.logits is None else self.logits.to(device)
+        """This process's own copy on `device` (a spawned DDP worker would otherwise share CPU storage)."""
+        self.filled = self.filled.to(device, copy=True)
+        self.logits = None if self.logits is None else self.logits.to(device, copy=True)
         return self
 
-    def store(self, positions: torch.Tensor, logits: list[torch.Tensor]) -> None:
+    def store(self, positions: torch.Tensor, logits: list[torch.Tensor], shared: bool = False) -> None:
+        """Store logits (one (rows, classes) tensor per teacher); `shared`: received from other ranks."""
         stacked = torch.stack([t.detach() for t in logits])
         if self.logits is None:
             self.logits = stacked.new_zeros(len(stacked), len(self.filled), stacked.shape[-1])
@@ -160,6 +163,17 @@ class TeacherOutputs:
         self.logits[:, positions] = stacked.to(self.logits.device, self.logits.dtype)
         self.filled[positions] = True
         self.changed = True
+        if not shared:
+            self.new.append(positions)
+
+    def take_new(self, teachers: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions, (teachers, rows, classes) logits) stored by this process since the last call."""
+        device = self.filled.device
+        positions = torch.cat(self.new) if self.new else torch.zeros(0, dtype=torch.long, device=device)
+        self.new = []
+        if self.logits is None:
+            return positions, torch.zeros(teachers, 0, classes, device=device)
+        return positions, self.logits[:, positions]
 
     def read(self, positions: torch.Tensor, run_teachers: Callable[[torch.Tensor], list[torch.Tensor]]):
         """The teachers' logits of these examples; `run_teachers(rows)` computes those not stored yet."""
@@ -177,7 +191,7 @@ class TeacherOutputs:
         print(f"[{stage_name}] teacher outputs: one pass over {len(rows)} examples", flush=True)
         subset = Subset(dataset, rows.tolist())
         self.store(rows, [predict_logits(t.to(pass_device()), subset, normalize, batch_size) for t in teachers])
-        self.full = bool(self.filled.all())
+        self.full, self.new = bool(self.filled.all()), []  # every DDP rank runs this pass: nothing to share
         self.save()
 
     def save(self) -> None:

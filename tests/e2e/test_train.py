@@ -160,6 +160,19 @@ def test_gpu_switches_bf16_channels_last_and_compile_run_end_to_end(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
 
+def test_ddp_ranks_share_the_teacher_outputs_they_store(tmp_path):
+    # two CPU processes (gloo): each rank meets half the examples in the epoch and stores their teacher
+    # logits; at the epoch's end the ranks exchange them, so the saved store is complete after one epoch
+    proc = run_kdcl(["train", *TINY, "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.strategy=ddp_spawn"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = run_dir_of(proc)
+    assert [s["name"] for s in summary_of(run)["stages"]] == ["teacher", "student"]
+    stored = torch.load(run / "stages/01-student/teacher_logits.pt", weights_only=True)
+    assert stored["filled"].all()
+    assert (stored["logits"].abs().sum(-1) > 0).all()  # no example's row was left empty
+
+
 def test_resnet50_teacher_mobilenet_student(tmp_path):
     proc = run_kdcl(
         ["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "trainer.progress_bar=lines"], tmp_path
