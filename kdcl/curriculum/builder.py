@@ -32,7 +32,7 @@ from kdcl.curriculum.scoring import (
 )
 from kdcl.data.datamodule import unaugmented
 from kdcl.errors import KdclError
-from kdcl.teacher_outputs import TeacherOutputs, predict_logits
+from kdcl.teacher_outputs import TeacherOutputs, pass_device, predict_logits
 
 log = logging.getLogger("kdcl")
 EARLY_CHECKPOINT = "early.ckpt"
@@ -79,7 +79,7 @@ def teacher_logits(c: DictConfig, cfg: DictConfig, stage, base: Dataset, dm, tea
                    run_dir: Path, handed: dict, outputs: TeacherOutputs | None = None) -> torch.Tensor:  # fmt: skip
     """The teachers' mean logits on every training example, from the configured source (the stage's
     stored teacher outputs when it has them, filled by one pass before training: one pass serves both)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pass_device()
     if c.source == "final" and outputs is not None and outputs.complete:
         return outputs.logits.float().mean(0).cpu()
     if c.source == "final":

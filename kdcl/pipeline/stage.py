@@ -169,9 +169,10 @@ def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, 
         mode = choose_mode(cfg.distill.get("teacher_outputs", "online"), bool(cfg.data.augment),
                            [t.name for t in loss.feature_terms])  # fmt: skip
         if mode == "cached":
-            outputs = TeacherOutputs.open(teachers, unaugmented(train_set), dm, cfg, stage_dir, stage.name)
+            plain = unaugmented(train_set)
+            outputs = TeacherOutputs.open(teachers, plain, dm, cfg, stage_dir, stage.name)
             if curriculum.applies(cfg, stage):  # paced epochs meet the data piecemeal: store it all in one pass
-                outputs.fill(teachers, unaugmented(train_set), dm.normalize, int(cfg.data.eval_batch_size), stage.name)
+                outputs.fill(teachers, plain, dm.normalize, int(cfg.data.eval_batch_size), stage.name)
     hparams["teacher_outputs"] = "cached" if outputs is not None else "online"
     module = DistillationModule(model, teachers, loss, optim, stage.name, dm.num_classes, hparams,
                                 seen_classes=seen, distill_classes=old, teacher_outputs=outputs)  # fmt: skip
