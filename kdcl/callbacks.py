@@ -40,7 +40,7 @@ class EpochSummary(pl.Callback):
 
 
 def progress_callbacks(mode: str, stage: str) -> tuple[list[pl.Callback], bool]:
-    """(callbacks, enable_progress_bar) for trainer.progress_bar = auto | rich | lines | none."""
+    """(callbacks, enable_progress_bar) for progress_bar = auto | rich | lines | none."""
     if mode == "auto":
         mode = "rich" if sys.stdout.isatty() else "lines"
     if mode == "rich":

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import logging
 import re
 import sys
-import warnings
 from pathlib import Path
 
 from kdcl import __version__
@@ -33,17 +31,6 @@ examples:
 """
 COMMANDS = ("train", "eval", "models", "report")
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal for kdcl's own lines: Lightning's banners and known-harmless warnings go."""
-    import pytorch_lightning  # noqa: F401  (sets its loggers to INFO when imported: import first, then lower)
-
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                    ".*LeafSpec.*", ".*isinstance.*treespec.*"):  # fmt: skip
-        warnings.filterwarnings("ignore", message=pattern)
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -133,6 +120,11 @@ def check_point(overrides: list[str], group_overrides: list[str]) -> None:
     try:
         cfg = compose(overrides)
     except HydraException as exc:
+        from kdcl.config import schema_error
+
+        typed = schema_error(exc)
+        if typed is not None:
+            raise typed from None
         msg = str(exc)
         m = re.search(r"Could not override '([^']+)'", msg)
         if m:
@@ -183,7 +175,6 @@ def train(rest: list[str]) -> None:
         if resumed is not None:
             rest = resumed
         elif not (informational or custom):
-            quiet_libraries()
             precheck(args.overrides)
     except KdclError as err:
         exit_with(err)
@@ -200,23 +191,25 @@ def train_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from kdcl.trainer import quiet_libraries
+
     quiet_libraries()
     try:
         from kdcl.config import check_config
         from kdcl.pipeline.manifest import Manifest
         from kdcl.pipeline.runner import run_pipeline
+        from kdcl.schema import TrainConfig
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if cfg.get("resume"):
             run_dir = Path(cfg.resume)
-            cfg = OmegaConf.load(run_dir / "config.yaml")
+            cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml"))
             print(f"resuming {run_dir}", flush=True)
         elif Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix or overwrite them
             raise KdclError(
                 f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
             )
-        check_config(cfg)
-        run_pipeline(cfg, run_dir)
+        run_pipeline(check_config(cfg), run_dir)
     except KdclError as err:
         exit_with(err)
     print(f"run directory: {run_dir}", flush=True)
@@ -260,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             train(rest)
         elif command == "eval":
             from kdcl.evaluate import eval_command
+            from kdcl.trainer import quiet_libraries
 
             quiet_libraries()
             eval_command(rest)

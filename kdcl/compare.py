@@ -20,7 +20,7 @@ from rich.table import Table
 from kdcl.errors import KdclError
 from kdcl.io import atomic_write_text
 
-NOT_A_SETTING = ("seed=", "hydra.", "trainer.progress_bar=", "paths.", "name=", "resume=")
+NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "paths.", "name=", "resume=")
 
 
 def find_runs(root: Path) -> list[Path]:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 def config_dir() -> Path:
     """conf/ ships inside the wheel as kdcl/conf; in a source checkout it sits next to kdcl/."""
+    from kdcl.schema import register
+
+    register()  # train.yaml's defaults start with the structured schema, which Hydra must know first
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "train.yaml").is_file():

@@ -1,20 +1,30 @@
-"""Check a composed config before any heavy work: every mistake is one KdclError naming the key."""
+"""Check a composed config before any heavy work and plan it, once: every mistake is one KdclError
+naming the key.
+
+Types and enumerations are declared in kdcl/schema.py (Hydra refuses a wrong type while composing;
+`schema_error` names the key). Here: ranges, cross-field and file checks. `check_values` needs neither
+torch nor Lightning, so a typo is answered in a fraction of a second; `check_config` then builds the
+`Plan` (loss terms parsed, stages, curriculum) and checks what needs models, files or Lightning.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError, MissingMandatoryValue
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    ValidationError,
+)
 
 from kdcl.confdir import config_dir  # noqa: F401  (re-exported)
-from kdcl.data.registry import get_loader
-from kdcl.errors import KdclError, did_you_mean
-from kdcl.io import check_weights_file
-from kdcl.losses.terms import parse_terms
-from kdcl.models import check_model_cfg
-from kdcl.optim import check_optim
-from kdcl.pipeline.plan import plan_stages
+from kdcl.errors import KdclError, did_you_mean, show
+from kdcl.schema import TrainConfig
+
+GROUPS = tuple(TrainConfig.__dataclass_fields__)
 
 
 def fraction_in(value, key: str, low_open: bool = True, high_closed: bool = True) -> None:
@@ -22,12 +32,32 @@ def fraction_in(value, key: str, low_open: bool = True, high_closed: bool = True
     ok = ok and (value > 0 if low_open else value >= 0) and (value <= 1 if high_closed else value < 1)
     if not ok:
         rng = ("(0" if low_open else "[0") + ", " + ("1]" if high_closed else "1)")
-        raise KdclError(f"{key}={value} must be a fraction in {rng}")
+        raise KdclError(f"{key}={show(value)} must be a fraction in {rng}")
 
 
 def positive_int(value, key: str, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise KdclError(f"{key}={value} must be an integer ≥ {minimum}")
+
+
+TYPE_WORDS = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
+
+
+def schema_error(exc: Exception) -> KdclError | None:
+    """The one-line error for OmegaConf's schema ValidationError somewhere in `exc`'s causes (or None)."""
+    while exc is not None and not isinstance(exc, ValidationError):
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return None
+    key, text = exc.full_key, str(exc).splitlines()[0]
+    if text.startswith("Invalid value"):  # an enumeration: "Invalid value 'x', expected one of [a, b]"
+        value = text.split("'")[1]
+        options = text.split("[", 1)[1].rstrip("]").split(", ")
+        return KdclError(f"{key}={value} must be one of {'|'.join(options)}{did_you_mean(value, options)}")
+    if "could not be converted to" in text:  # "Value 'abc' of type 'str' could not be converted to Float"
+        value, wanted = text.split("'")[1], text.rsplit(" ", 1)[-1]
+        return KdclError(f"{key}={value} must be {TYPE_WORDS.get(wanted, wanted)}; check the override")
+    return KdclError(f"{key}: {text}; check the override")
 
 
 def resolve_all(cfg: DictConfig) -> None:
@@ -36,13 +66,14 @@ def resolve_all(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:
         key = exc.full_key
+        if key in GROUPS:  # a deleted group (`~optim`) leaves the schema's MISSING behind
+            raise KdclError(f"the config has no '{key}'; do not delete it (~{key}) or choose an option") from None
         raise KdclError(f"{key} is required here and has no value; set it on the command line ({key}=...)") from None
     except InterpolationResolutionError as exc:
         raise KdclError(f"{exc.full_key}: cannot resolve its value ({exc.msg}); fix or override the key") from None
 
 
 def check_data(d: DictConfig) -> None:
-    get_loader(d.name)
     fraction_in(d.fraction, "data.fraction")
     fraction_in(d.val_fraction, "data.val_fraction", low_open=False, high_closed=False)
     if d.get("test_fraction") is not None:
@@ -51,8 +82,6 @@ def check_data(d: DictConfig) -> None:
     positive_int(d.batch_size, "data.batch_size")
     positive_int(d.eval_batch_size, "data.eval_batch_size")
     positive_int(d.num_workers, "data.num_workers", 0)
-    if d.get("on_device", "auto") not in (True, False, "auto"):
-        raise KdclError(f"data.on_device={d.on_device} must be true, false or auto")
     positive_int(d.epochs, "data.epochs")
     if d.get("root") and not d.get("download") and not Path(d.root).exists():
         raise KdclError(
@@ -60,96 +89,119 @@ def check_data(d: DictConfig) -> None:
         )
 
 
-def check_model_files(node: DictConfig, key: str) -> None:
+def check_optim(o: DictConfig) -> None:
+    if o.lr <= 0:
+        raise KdclError(f"optim.lr={show(o.lr)} must be > 0 (e.g. 3e-3)")
+    for key in ("weight_decay", "momentum"):
+        if o[key] < 0:
+            raise KdclError(f"optim.{key}={show(o[key])} must be ≥ 0")
+    if not 0 <= o.warmup < 1:
+        raise KdclError(f"optim.warmup={show(o.warmup)} must be in [0, 1)")
+    if o.name == "sgd" and o.nesterov and o.momentum <= 0:
+        raise KdclError(f"optim.momentum={show(o.momentum)} with optim.nesterov=true: Nesterov needs momentum > 0; "
+                        "set optim.momentum=0.9 or optim.nesterov=false")  # fmt: skip
+
+
+def check_curriculum(c: DictConfig) -> None:
+    """The curriculum's own values; which stages it applies to is checked by the plan."""
+    from kdcl.curriculum.pacing import check_pacing
+
+    check_pacing(c.pacing, c.start, c.full_at, OmegaConf.to_container(c.params))
+    if c.pacing == "none":
+        return
+    order = c.get("class_order")
+    if c.scorer == "class_order" and order is not None and len(set(order)) != len(order):
+        raise KdclError(f"curriculum.class_order={order} must list distinct class indices, easiest first, e.g. [0,1,2]")
+    fraction_in(c.threshold, "curriculum.threshold")
+    fraction_in(c.jump, "curriculum.jump", low_open=False)
+    positive_int(c.folds, "curriculum.folds", 2)
+    for key in ("fold_epochs", "early_epoch", "rescore_every"):
+        positive_int(c[key], f"curriculum.{key}")
+    if c.scorer == "file":
+        if not c.scores_file:
+            raise KdclError("curriculum.scorer=file needs curriculum.scores_file=PATH (one score per training example)")
+        if not Path(c.scores_file).is_file():
+            raise KdclError(
+                f"curriculum.scores_file '{c.scores_file}' does not exist; give a .pt, .npy or text file of scores"
+            )
+
+
+def latency_batches(cfg: DictConfig) -> list[int]:
+    """report.latency_batches; without a `report` node (`~report`) no latency is measured."""
+    return [int(b) for b in (cfg.get("report") or {}).get("latency_batches") or []]
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Everything that needs no torch, Lightning, models or data (a few milliseconds)."""
+    from kdcl.trainer import check_trainer_keys
+
+    resolve_all(cfg)
+    check_data(cfg.data)
+    check_optim(cfg.optim)
+    positive_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs")
+    check_trainer_keys(cfg.trainer)
+    temperature = cfg.distill.get("temperature")
+    if temperature is not None and temperature <= 0:
+        raise KdclError(f"distill.temperature={show(temperature)} must be > 0 (e.g. 4)")
+    if any(b < 1 for b in latency_batches(cfg)):
+        raise KdclError(f"report.latency_batches={cfg.report.latency_batches} must list batch sizes ≥ 1, e.g. [1,64] "
+                        "(or [] to skip)")  # fmt: skip
+    check_curriculum(cfg.curriculum)
+
+
+_PLANS: dict[str, object] = {}  # config text -> its Plan: a job checked before Hydra starts is not planned twice
+
+
+def check_config(cfg: DictConfig):
+    """Validate `cfg` and return its Plan (kdcl.pipeline.plan.Plan), whose config holds plain values."""
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=False)
+        if text not in _PLANS:
+            check_values(cfg)
+            _PLANS[text] = plan_checked(plain(cfg))
+        return _PLANS[text]
+    except (ConfigAttributeError, ConfigKeyError) as exc:
+        raise KdclError(f"the config has no '{exc.full_key}'; do not delete it (~{exc.full_key}) or set it") from None
+    except ValidationError as exc:
+        raise schema_error(exc) from None
+
+
+def plain(cfg: DictConfig) -> DictConfig:
+    """The same config without the schema's types: enumerations become plain strings, so the config can be
+    saved in checkpoints as plain containers."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+
+
+def plan_checked(cfg: DictConfig):
+    """The Plan, and the checks that need torch, timm, Lightning or the data."""
+    from kdcl.data.registry import get_loader
+    from kdcl.models import check_model_cfg
+    from kdcl.pipeline.plan import build_plan
+    from kdcl.trainer import check_trainer_values
+
+    get_loader(cfg.data.name)
+    plan = build_plan(cfg)
+    checked = set()
+    for stage in plan.stages:
+        if stage.model_key not in checked:
+            checked.add(stage.model_key)
+            check_model_cfg(stage.model, stage.model_key)
+            check_model_files(stage.model, stage.model_key)
+    check_feature_taps(plan.stages, int(cfg.data.image_size))
+    check_scores_file(plan)
+    check_trainer_values(cfg.trainer)
+    return plan
+
+
+def check_model_files(node: dict, key: str) -> None:
+    from kdcl.io import check_weights_file
+
     for field in ("weights", "checkpoint"):
         if node.get(field):
             check_weights_file(node[field], f"{key}.{field}")
 
 
-_TRAINER_OK: set[str] = set()  # settings Lightning accepted already in this process (sweeps repeat them)
-
-
-def check_trainer(t: DictConfig) -> None:
-    """Let Lightning itself judge accelerator, devices, strategy and precision (no GPU work)."""
-    import pytorch_lightning as pl
-
-    settings = repr([t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision])
-    if settings in _TRAINER_OK:
-        return
-    try:
-        pl.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                   precision=t.precision, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                   enable_model_summary=False)  # fmt: skip
-    except Exception as exc:
-        what = f"accelerator={t.accelerator} devices={t.devices} strategy={t.strategy} precision={t.precision}"
-        raise KdclError(
-            f"trainer ({what}): {str(exc).splitlines()[0][:200]}; on a CPU-only machine use trainer=cpu"
-        ) from None
-    _TRAINER_OK.add(settings)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Validate everything that can be validated without data or models (milliseconds)."""
-    try:
-        check_values(cfg)
-    except ConfigAttributeError as exc:
-        raise KdclError(f"the config has no '{exc.full_key}'; do not delete it (~{exc.full_key}) or set it") from None
-    except (TypeError, ValueError) as exc:
-        raise KdclError(
-            f"a config value has the wrong type ({str(exc).splitlines()[0][:160]}); check the overrides"
-        ) from None
-
-
-def check_values(cfg: DictConfig) -> None:
-    resolve_all(cfg)
-    if not isinstance(cfg.seed, int):
-        raise KdclError(f"seed={cfg.seed} must be an integer")
-    check_data(cfg.data)
-    check_optim(cfg.optim)
-    positive_int(cfg.trainer.max_epochs, "trainer.max_epochs")
-    check_trainer(cfg.trainer)
-    temperature = cfg.distill.get("temperature")
-    if temperature is not None and (not isinstance(temperature, (int, float)) or temperature <= 0):
-        raise KdclError(f"distill.temperature={temperature} must be > 0 (e.g. 4)")
-    parse_terms(cfg.distill.terms)
-    if cfg.trainer.progress_bar not in ("auto", "rich", "lines", "none"):
-        raise KdclError(f"trainer.progress_bar '{cfg.trainer.progress_bar}' must be auto|rich|lines|none")
-    batches = (cfg.get("report") or {}).get("latency_batches", [])
-    if not isinstance(batches, ListConfig) or not all(isinstance(b, int) and b >= 1 for b in batches):
-        raise KdclError(f"report.latency_batches={batches} must list batch sizes ≥ 1, e.g. [1,64] (or [] to skip)")
-    stages = plan_stages(cfg)
-    check_teacher_outputs(cfg, stages)
-    check_curriculum(cfg, stages)
-    checked = set()
-    for stage in stages:
-        if stage.model_key in checked:
-            continue
-        checked.add(stage.model_key)
-        check_model_cfg(stage.model, stage.model_key)
-        check_model_files(stage.model, stage.model_key)
-    check_feature_taps(stages, int(cfg.data.image_size))
-
-
-def check_teacher_outputs(cfg: DictConfig, stages: list) -> None:
-    """`distill.teacher_outputs` is valid, and `cached` only where a stored logit is exact."""
-    from kdcl.losses import DistillLoss
-    from kdcl.teacher_outputs import choose_mode
-
-    mode = cfg.distill.get("teacher_outputs", "online")
-    choose_mode(mode, False, [])
-    for stage in stages:
-        loss = DistillLoss(stage.terms, stage.terms_key)
-        if stage.trains and stage.teachers and loss.needs_teacher:
-            choose_mode(mode, bool(cfg.data.augment), [t.name for t in loss.feature_terms])
-
-
-def train_classes(stage, dm) -> list[int] | None:
-    from kdcl.pipeline.presets import task_classes
-
-    return task_classes(stage.task, dm.num_classes)[0] if stage.task else None
-
-
-def check_feature_taps(stages: list, image_size: int) -> None:
+def check_feature_taps(stages, image_size: int) -> None:
     """Resolve every feature tap on shape-only (meta-device) models: a bad tap fails before any training."""
     import torch
 
@@ -158,7 +210,7 @@ def check_feature_taps(stages: list, image_size: int) -> None:
 
     by_name = {s.name: s for s in stages}
     for stage in stages:
-        loss = DistillLoss(stage.terms, stage.terms_key)
+        loss = DistillLoss(stage.loss_terms, stage.terms_key)
         if not (loss.feature_terms and stage.teachers):
             continue
         names = [stage.model["name"], *(by_name[t].model["name"] for t in stage.teacher_stages)]
@@ -168,81 +220,18 @@ def check_feature_taps(stages: list, image_size: int) -> None:
         loss.attach(models[0], models[1:], torch.empty(1, 3, image_size, image_size, device="meta"), names)
 
 
-def check_curriculum(cfg: DictConfig, stages: list) -> None:
-    """Pacing, order, scorer and source, and that the stages it applies to can be scored."""
-    from kdcl.curriculum import builder
-    from kdcl.curriculum.callback import ADVANCE
-    from kdcl.curriculum.pacing import check_pacing
-    from kdcl.curriculum.sampler import ORDERS
-    from kdcl.curriculum.scoring import ALL_SCORERS, SOURCES
-
-    c = cfg.get("curriculum")
-    if not c:
+def check_scores_file(plan) -> None:
+    """scorer=file: one score per training example of every stage the curriculum applies to (needs the data)."""
+    c = plan.cfg.curriculum
+    if c.pacing == "none" or c.scorer != "file":
         return
-    params = OmegaConf.to_container(c.params) if c.get("params") else {}
-    check_pacing(c.pacing, c.start, c.full_at, params)
-    if c.pacing == "none":
-        return
-    for key, value, options in (("order", c.order, ORDERS), ("scorer", c.scorer, ALL_SCORERS),
-                                ("source", c.source, SOURCES), ("advance", c.advance, ADVANCE)):  # fmt: skip
-        if value not in options:
-            raise KdclError(
-                f"curriculum.{key} '{value}' is not one of {'|'.join(options)}{did_you_mean(str(value), options)}"
-            )
-    if not isinstance(c.balanced, bool):
-        raise KdclError(f"curriculum.balanced={c.balanced} must be true or false")
-    if c.get("stages") is not None and not isinstance(c.stages, ListConfig):
-        raise KdclError(f"curriculum.stages={c.stages} must be a list of stage names, e.g. curriculum.stages=[student]")
-    if c.scorer == "class_order" and c.get("class_order") is not None:
-        order = c.class_order
-        if (
-            not isinstance(order, ListConfig)
-            or not all(isinstance(v, int) for v in order)
-            or len(set(order)) != len(order)
-        ):
-            raise KdclError(
-                f"curriculum.class_order={order} must list distinct class indices, easiest first, e.g. [0,1,2]"
-            )
-    fraction_in(c.threshold, "curriculum.threshold")
-    fraction_in(c.jump, "curriculum.jump", low_open=False)
-    positive_int(c.folds, "curriculum.folds", 2)
-    positive_int(c.fold_epochs, "curriculum.fold_epochs")
-    positive_int(c.early_epoch, "curriculum.early_epoch")
-    positive_int(c.rescore_every, "curriculum.rescore_every")
-    if c.scorer == "file":
-        if not c.scores_file:
-            raise KdclError("curriculum.scorer=file needs curriculum.scores_file=PATH (one score per training example)")
-        if not Path(c.scores_file).is_file():
-            raise KdclError(
-                f"curriculum.scores_file '{c.scores_file}' does not exist; give a .pt, .npy or text file of scores"
-            )
-    names = [s.name for s in stages]
-    for name in c.get("stages") or []:
-        if name not in names:
-            raise KdclError(
-                f"curriculum.stages: '{name}' is not a stage{did_you_mean(str(name), names)} (stages: {', '.join(names)})"
-            )
-    applied = [s for s in stages if builder.applies(cfg, s)]
-    if not applied:
-        raise KdclError(
-            f"curriculum={c.name} applies to no stage (none has a teacher); set curriculum.stages=[{names[-1]}]"
-        )
-    if c.scorer == "file":  # the one curriculum check that needs the data: one score per training example
-        from kdcl.curriculum.builder import check_curriculum_data
-        from kdcl.data import KdclDataModule
+    from kdcl.curriculum.scoring import file_scores
+    from kdcl.data import KdclDataModule
+    from kdcl.pipeline.presets import task_classes
 
-        dm = KdclDataModule(cfg.data, seed=cfg.seed)
-        dm.setup()
-        check_curriculum_data(
-            cfg, applied, lambda stage: len(dm.stage_subset(stage.fraction, train_classes(stage, dm)))
-        )
-    for stage in applied:
-        if c.scorer.startswith("teacher") and not stage.teachers:
-            raise KdclError(f"curriculum.scorer={c.scorer} needs a teacher but stage '{stage.name}' has none; "
-                            "use scorer=student_loss|class_order|random|file")  # fmt: skip
-        if c.source == "early":
-            for t in stage.teacher_stages:
-                teacher = next(s for s in stages if s.name == t)
-                if not teacher.trains or teacher.epochs < c.early_epoch:
-                    raise KdclError(f"curriculum.source=early needs stage '{t}' to train at least curriculum.early_epoch="
-                                    f"{c.early_epoch} epochs; lower early_epoch or use source=final|folds")  # fmt: skip
+    dm = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
+    dm.setup()
+    for stage in plan.stages:
+        if stage.curriculum:
+            classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
+            file_scores(c.scores_file, len(dm.stage_subset(stage.fraction, classes)))

@@ -16,6 +16,11 @@ class KdclError(Exception):
     """
 
 
+def show(value) -> str:
+    """A value as the user typed it: OmegaConf keeps `0` in a float field as 0.0; print it as 0."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
     """' (did you mean a, b?)' for the closest options, or '' when none is close."""
     close = difflib.get_close_matches(str(word), list(options), n=n, cutoff=0.6)

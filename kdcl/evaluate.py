@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.confdir import config_dir
 from kdcl.config import check_data
 from kdcl.data import KdclDataModule
+from kdcl.data.datamodule import StagePart
 from kdcl.errors import KdclError, did_you_mean
 from kdcl.io import read_json
 from kdcl.losses import DistillLoss
@@ -19,6 +19,7 @@ from kdcl.models import create_model, load_kdcl_checkpoint
 from kdcl.module import DistillationModule
 from kdcl.pipeline.manifest import Manifest
 from kdcl.pipeline.plan import HARD_LABELS
+from kdcl.trainer import build_trainer
 
 
 def locate(target: str, stage: str | None) -> tuple[Path, DictConfig, dict]:
@@ -104,17 +105,13 @@ def eval_command(args: list[str]) -> dict:
         )
     model_cfg = OmegaConf.create({**hp["model"], "checkpoint": str(ckpt), "weights": None})
     model = create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), "checkpoint")
-    module = DistillationModule(model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp)
+    seen = hp.get("seen_classes")  # a class-incremental stage is tested among the classes it had seen
+    module = DistillationModule(model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp,
+                                seen_classes=seen)  # fmt: skip
     gpu = torch.cuda.is_available()  # a GPU-trained run can be checked on a laptop, and the other way round
-    trainer = pl.Trainer(
-        accelerator="gpu" if gpu else "cpu",
-        devices=1,
-        precision=cfg.trainer.precision if gpu else "32-true",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
+    trainer = build_trainer(cfg.trainer, accelerator="gpu" if gpu else "cpu", devices=1, num_nodes=1, strategy="auto",
+                            precision=cfg.trainer.precision if gpu else "32-true")  # fmt: skip
+    metrics = trainer.test(module, datamodule=dm.for_stage(StagePart(eval_classes=seen)), verbose=False)[0]
     result = {
         "stage": hp["stage"],
         "model": hp["model"]["name"],

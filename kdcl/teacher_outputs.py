@@ -30,34 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdcl.data.datamodule import source_indices
-from kdcl.errors import KdclError, did_you_mean
 
 log = logging.getLogger("kdcl")
-MODES = ("online", "cached", "auto")
 CACHE_FILE = "teacher_logits.pt"
-
-
-def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:
-    """online | cached for a stage whose loss needs teachers; errors name the setting that forbids caching."""
-    if mode not in MODES:
-        raise KdclError(
-            f"distill.teacher_outputs '{mode}' must be one of {'|'.join(MODES)}{did_you_mean(str(mode), MODES)}"
-        )
-    if mode == "online":
-        return "online"
-    if mode == "auto":
-        return "online" if augment or feature_terms else "cached"
-    if augment:
-        raise KdclError(
-            "distill.teacher_outputs=cached with data.augment=true would pair a stored logit with a new random "
-            "view of each image; use distill.teacher_outputs=auto|online or data.augment=false"
-        )
-    if feature_terms:
-        raise KdclError(
-            f"distill.teacher_outputs=cached: the feature terms {', '.join(feature_terms)} need the teachers' "
-            "activations on every batch; use distill.teacher_outputs=auto|online"
-        )
-    return "cached"
 
 
 def predict_logits(model: nn.Module, dataset: Dataset, normalize, batch_size: int = 256) -> torch.Tensor:

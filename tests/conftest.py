@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # Small but real: timm's tiny test models on the real digits data, two short epochs per stage.
-TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "trainer.progress_bar=lines"]
+TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "progress_bar=lines"]
 
 
 def run_kdcl(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import inspect
 import math
 from collections.abc import Callable
 
-from kdcl.errors import KdclError, did_you_mean
+from kdcl.errors import KdclError, did_you_mean, show
 
 # Each function: (x = progress towards full_at in [0, 1], t = step, start, **params) -> fraction.
 
@@ -70,9 +70,13 @@ def check_pacing(name, start, full_at, params: dict, key: str = "curriculum") ->
             f"{key}.pacing '{name}' is not a pacing function{did_you_mean(str(name), PACING)}; use {'|'.join(PACING)}"
         )
     if not isinstance(start, (int, float)) or isinstance(start, bool) or not 0 < start <= 1:
-        raise KdclError(f"{key}.start={start} must be in (0, 1] (the fraction of the data available at the start)")
+        raise KdclError(
+            f"{key}.start={show(start)} must be in (0, 1] (the fraction of the data available at the start)"
+        )
     if not isinstance(full_at, (int, float)) or isinstance(full_at, bool) or not 0 < full_at <= 1:
-        raise KdclError(f"{key}.full_at={full_at} must be in (0, 1] (the point of the stage where all data is used)")
+        raise KdclError(
+            f"{key}.full_at={show(full_at)} must be in (0, 1] (the point of the stage where all data is used)"
+        )
     for param, value in params.items():
         if param not in pacing_params(name):
             allowed = ", ".join(pacing_params(name)) or "none"

@@ -54,7 +54,12 @@ SCORERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 MODEL_FREE = ("class_order", "random", "file")
 ALL_SCORERS = (*SCORERS, *MODEL_FREE)
-SOURCES = ("final", "early", "folds")
+
+
+def held_out_folds(n: int, k: int, seed: int) -> list[torch.Tensor]:
+    """A seeded split of n examples into k folds: the positions each out-of-fold model scores."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return [perm[fold::k].sort().values for fold in range(k)]
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:

@@ -8,6 +8,8 @@ train or test; `fraction` then keeps a seeded subset of the remaining training e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -148,17 +150,40 @@ def train_transform(cfg: DictConfig):
     return v2.Compose(steps)
 
 
+@dataclass(frozen=True)
+class StagePart:
+    """What one stage trains and evaluates on, within the splits every stage shares."""
+
+    train_set: Dataset | None = None  # the stage's training examples (None: the whole training part)
+    batch_sampler: Any = None  # a curriculum batch sampler, if the stage has one
+    eval_classes: list[int] | None = None  # class-incremental stages validate and test on the seen classes
+    with_index: bool = False  # batches also carry each example's position (stored teacher outputs)
+    channels_last: bool = False  # speed.channels_last: batches in the models' memory format
+
+
 class KdclDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DictConfig, seed: int):
+    """The loaded splits (once per job) served as one stage's part of them: `for_stage` gives each stage
+    its own view over the same loaded data, so no stage changes what another one sees."""
+
+    def __init__(self, cfg: DictConfig, seed: int, part: StagePart | None = None):
         super().__init__()
         self.cfg, self.seed = cfg, int(seed)
+        self.part = part or StagePart()
         self.source: ImageSplits | None = None
         self.train_set = self.val_set = self.test_set = None
-        self.stage_train_set: Dataset | None = None  # what the current stage trains on (set by use_stage)
-        self.batch_sampler = None  # a curriculum sampler for the current stage, if any
-        self.eval_classes: list[int] | None = None  # class-incremental stages validate/test on seen classes
-        self.augment_on_device = False  # set by train_dataloader: batches are augmented after transfer
-        self.channels_last = False  # trainer.channels_last: batches in the models' memory format
+        self.augment_on_device = False  # decided by train_dataloader: batches are augmented after transfer
+
+    def for_stage(self, part: StagePart) -> KdclDataModule:
+        """A view of the same loaded splits for one stage."""
+        self.setup()
+        view = KdclDataModule(self.cfg, self.seed, part)
+        view.source, view.train_set, view.val_set, view.test_set = (
+            self.source,
+            self.train_set,
+            self.val_set,
+            self.test_set,
+        )
+        return view
 
     # what models need to know -------------------------------------------------------------
     @property
@@ -211,12 +236,6 @@ class KdclDataModule(pl.LightningDataModule):
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 31337))[: math.ceil(fraction * n)]
         return Subset(base, sorted(keep.tolist()))
 
-    def use_stage(self, train_set: Dataset, batch_sampler=None, eval_classes: list[int] | None = None,
-                  with_index: bool = False) -> None:  # fmt: skip
-        """What the next fit trains on; `with_index`: batches also carry each example's position."""
-        self.stage_train_set = Indexed(train_set) if with_index else train_set
-        self.batch_sampler, self.eval_classes = batch_sampler, eval_classes
-
     # loaders --------------------------------------------------------------------------------
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
         workers = int(self.cfg.num_workers)
@@ -249,26 +268,27 @@ class KdclDataModule(pl.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         data = DeviceTensors(images.to(device), labels.to(device), positions=isinstance(ds, Indexed))
         self.augment_on_device = bool(self.cfg.augment)
-        if self.batch_sampler is not None:
-            return DataLoader(data, batch_sampler=self.batch_sampler, collate_fn=whole_batch)
+        if self.part.batch_sampler is not None:
+            return DataLoader(data, batch_sampler=self.part.batch_sampler, collate_fn=whole_batch)
         return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch)
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.stage_train_set if self.stage_train_set is not None else self.train_set
+        ds = self.part.train_set if self.part.train_set is not None else self.train_set
+        ds = Indexed(ds) if self.part.with_index else ds
         self.augment_on_device = False
         if self.on_device(ds):
             return self.device_loader(ds)
-        if self.batch_sampler is None:
+        if self.part.batch_sampler is None:
             return self.loader(ds, train=True)
         workers = int(self.cfg.num_workers)
-        return DataLoader(ds, batch_sampler=self.batch_sampler, num_workers=workers, persistent_workers=workers > 0,
+        return DataLoader(ds, batch_sampler=self.part.batch_sampler, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available())  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(of_classes(self.val_set, self.eval_classes), train=False)
+        return self.loader(of_classes(self.val_set, self.part.eval_classes), train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(of_classes(self.test_set, self.eval_classes), train=False)
+        return self.loader(of_classes(self.test_set, self.part.eval_classes), train=False)
 
     # batches arrive as uint8 on the device; convert and normalise there, once per batch --------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -282,6 +302,6 @@ class KdclDataModule(pl.LightningDataModule):
         if self.augment_on_device and self.trainer is not None and self.trainer.training:
             x = random_crop_flip(x, max(1, int(self.cfg.image_size) // 8), bool(self.cfg.get("hflip", False)))
         x = self.normalize(x)
-        if self.channels_last:
+        if self.part.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, *rest

@@ -225,10 +225,12 @@ def make_bridge(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Modu
 class DistillLoss(nn.Module):
     """Σ weight·term over the configured terms; returns the total and each term's value for logging."""
 
-    def __init__(self, terms_cfg: Mapping, key: str = "distill.terms"):
+    def __init__(self, terms: Mapping | tuple[Term, ...] | list[Term], key: str = "distill.terms"):
+        """`terms`: already parsed (a stage of the plan), or a terms config to parse."""
         super().__init__()
         self.key = key
-        self.terms = [t for t in parse_terms(terms_cfg, key) if t.weight > 0 or "weight" in t.schedule]
+        parsed = list(terms) if isinstance(terms, (list, tuple)) else parse_terms(terms, key)
+        self.terms = [t for t in parsed if t.weight > 0 or "weight" in t.schedule]
         self.bridges = nn.ModuleDict()  # term name -> one regressor per (teacher, tap pair)
         self.taps: list[FeatureTaps] = []  # [student, teacher 1, ...] once attached
         self.paths: dict[tuple[str, int], list[tuple[str, bool]]] = {}  # (term, model slot) -> resolved taps

@@ -16,9 +16,9 @@ from kdcl.data import KdclDataModule
 from kdcl.errors import KdclError
 from kdcl.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.pipeline.manifest import Manifest
-from kdcl.pipeline.plan import Stage, plan_stages
+from kdcl.pipeline.plan import Plan, Stage
 from kdcl.pipeline.presets import task_classes
-from kdcl.pipeline.stage import build_model, run_stage
+from kdcl.pipeline.stage import StageContext, StageResult, run_stage
 from kdcl.report import write_summary
 
 log = logging.getLogger("kdcl")
@@ -47,63 +47,73 @@ def environment() -> dict:
     }
 
 
-def check_models_fit(stages: list[Stage], dm: KdclDataModule, image_size: int) -> None:
+def check_models_fit(stages: list[Stage], ctx: StageContext) -> None:
     """Build every model once and run a tiny forward: a wrong name, file or input size fails now, not mid-run."""
+    size, data = int(ctx.cfg.data.image_size), ctx.data
     for stage in stages:
-        model = build_model(stage.model, dm, image_size, stage.model_key).eval()
-        x = torch.zeros(2, dm.in_chans, image_size, image_size)
+        model = ctx.build_model(stage.model, stage.model_key).eval()
         try:
             with torch.no_grad():
-                out = model(x)
+                out = model(torch.zeros(2, data.in_chans, size, size))
         except Exception as exc:
             raise KdclError(
-                f"{stage.model_key}.name={stage.model['name']} cannot take {image_size}x{image_size} images "
+                f"{stage.model_key}.name={stage.model['name']} cannot take {size}x{size} images "
                 f"({str(exc)[:120]}); set data.image_size to 32 or more"
             ) from None
-        if out.shape != (2, dm.num_classes):
+        if out.shape != (2, data.num_classes):
             raise KdclError(
-                f"{stage.model_key}.name={stage.model['name']} gives outputs {tuple(out.shape)}, not (N, {dm.num_classes})"
+                f"{stage.model_key}.name={stage.model['name']} gives outputs {tuple(out.shape)}, not (N, {data.num_classes})"
             )
+        if stage.task:
+            task_classes(stage.task, data.num_classes)  # a bad class split fails now, not after earlier stages
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    stages = plan_stages(cfg)
+def finished(plan: Plan, run_dir: Path) -> dict | None:
+    """The summary of a run whose stages are all done (printed again), else None."""
     manifest = Manifest(run_dir)
-    if stages and all(manifest.is_done(s.name) for s in stages) and (run_dir / "summary.json").is_file():
-        print(f"{run_dir} is already complete ({len(stages)} stages done); nothing to do, nothing changed", flush=True)
-        summary = read_json(run_dir / "summary.json")
-        print((run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else "", flush=True)
-        return summary
+    if not (all(manifest.is_done(s.name) for s in plan.stages) and (run_dir / "summary.json").is_file()):
+        return None
+    print(f"{run_dir} is already complete ({len(plan.stages)} stages done); nothing to do, nothing changed", flush=True)
+    print((run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else "", flush=True)
+    return read_json(run_dir / "summary.json")
+
+
+def claim(cfg: DictConfig, run_dir: Path) -> Manifest:
+    """Create the run directory and its records; a resume keeps the original config and adds its environment."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(run_dir)
     manifest.save()  # claims the directory first: a second run started into it is refused
-    if not (run_dir / "config.yaml").is_file():  # a resume keeps the original records
+    if not (run_dir / "config.yaml").is_file():
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(run_dir / "environment.json", environment())
     else:
         atomic_write_json(run_dir / f"environment-resume-{time.strftime('%Y%m%d-%H%M%S')}.json", environment())
+    return manifest
 
-    dm = KdclDataModule(cfg.data, seed=cfg.seed)
-    dm.setup()
-    image_size = int(cfg.data.image_size)
-    pending = [s for s in stages if not manifest.is_done(s.name)]
-    check_models_fit(pending, dm, image_size)
-    for s in stages:
-        if s.task:
-            task_classes(s.task, dm.num_classes)  # a bad class split fails now, not after earlier stages
 
-    results: dict[str, dict] = {}
-    for stage in stages:
+def run_pipeline(plan: Plan, run_dir: Path) -> dict:
+    """Run every stage not done yet, in order, and write the run's summary."""
+    run_dir = Path(run_dir)
+    done = finished(plan, run_dir)
+    if done is not None:
+        return done
+    manifest = claim(plan.cfg, run_dir)
+    data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
+    data.setup()
+    ctx = StageContext(plan, data, run_dir, {})
+    check_models_fit([s for s in plan.stages if not manifest.is_done(s.name)], ctx)
+    for stage in plan.stages:
         if manifest.is_done(stage.name):
-            results[stage.name] = manifest.result(stage.name)
-            print(f"[{stage.name}] already done (test acc {results[stage.name]['test_acc']:.4f}), skipped", flush=True)
+            ctx.handed[stage.name] = StageResult.from_json(manifest.result(stage.name))
+            print(f"[{stage.name}] already done (test acc {ctx.handed[stage.name].test_acc:.4f}), skipped", flush=True)
             continue
         what = "training" if stage.trains else "testing"
         teachers = f" from {', '.join(stage.teachers)}" if stage.teachers else ""
         init = f", starting from {stage.init}" if stage.init else ""
         print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
         manifest.mark_running(stage.name)
-        results[stage.name] = run_stage(cfg, stage, dm, run_dir, results)
-        manifest.mark_done(stage.name, results[stage.name])
-        print(f"[{stage.name}] test acc {results[stage.name]['test_acc']:.4f}", flush=True)
-    return write_summary(cfg, run_dir, [results[s.name] for s in stages])
+        ctx.handed[stage.name] = run_stage(ctx, stage)
+        manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
+        print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
+    results = [ctx.handed[s.name].to_json() for s in plan.stages if s.in_summary]
+    return write_summary(plan.cfg, run_dir, results)

@@ -1,8 +1,13 @@
-"""One stage = one Lightning Trainer fit + test, written under <run>/stages/NN-<name>/."""
+"""One stage = one Lightning Trainer fit + test, written under <run>/stages/NN-<name>/.
+
+`run_stage` reads top to bottom: build the stage's parts, fit, test, record. What a stage hands on to
+later stages is a typed `StageResult`.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -11,21 +16,105 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import Dataset, Subset
 
-from kdcl.callbacks import KeepRandomState, SaveAfterEpochs, progress_callbacks
-from kdcl.curriculum import builder as curriculum
-from kdcl.curriculum.builder import EARLY_CHECKPOINT
+from kdcl.callbacks import KeepRandomState, SaveAfterEpochs
+from kdcl.config import latency_batches
+from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
+from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
-from kdcl.data.datamodule import unaugmented
+from kdcl.data.datamodule import StagePart, unaugmented
 from kdcl.io import atomic_write_json
 from kdcl.losses import DistillLoss
 from kdcl.models import count_params, create_model
 from kdcl.models.cost import model_cost
 from kdcl.models.factory import load_kdcl_checkpoint
 from kdcl.module import DistillationModule
-from kdcl.pipeline.plan import Stage, split_ref
+from kdcl.pipeline.plan import FOLD_SEED, Plan, Stage, split_ref
 from kdcl.pipeline.presets import task_classes
-from kdcl.teacher_outputs import TeacherOutputs, choose_mode
+from kdcl.teacher_outputs import TeacherOutputs
+from kdcl.trainer import build_trainer
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a finished stage hands on (and records in metrics.json and run.json); paths relative to the run."""
+
+    name: str
+    index: int
+    model: str
+    model_key: str
+    model_cfg: dict
+    params: int
+    teachers: list[str]
+    terms: dict
+    trained: bool
+    epochs: int
+    checkpoint: str  # the chosen checkpoint: tested, handed on, exported
+    select: str
+    best_val_acc: float | None
+    test_acc: float
+    test_loss: float
+    test_per_class: dict
+    classes: list[int] | None
+    init: str | None
+    epoch_checkpoints: dict[str, str] = field(default_factory=dict)  # "E" -> checkpoint after epoch E
+    macs: int | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> StageResult:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage reads from its run: the plan, the loaded data, where the run lives, earlier results."""
+
+    plan: Plan
+    data: KdclDataModule
+    run_dir: Path
+    handed: dict[str, StageResult]
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.plan.cfg
+
+    def stage_dir(self, stage: Stage) -> Path:
+        return self.run_dir / "stages" / stage.dirname
+
+    def checkpoint_of(self, ref: str) -> Path:
+        """The file a reference points at: `name` → its chosen checkpoint, `name@E` → after epoch E."""
+        name, epoch = split_ref(ref)
+        result = self.handed[name]
+        return self.run_dir / (result.checkpoint if epoch is None else result.epoch_checkpoints[str(epoch)])
+
+    def build_model(self, model_cfg: dict, key: str, checkpoint: Path | None = None) -> nn.Module:
+        if checkpoint is not None:  # the weights come from the checkpoint, not from a pretrained file
+            model_cfg = {**model_cfg, "checkpoint": str(checkpoint), "weights": None}
+        image_size = int(self.cfg.data.image_size)
+        return create_model(OmegaConf.create(model_cfg), self.data.num_classes, self.data.in_chans, image_size, key)
+
+    def load_stage_model(self, ref: str) -> nn.Module:
+        name = split_ref(ref)[0]
+        return self.build_model(self.handed[name].model_cfg, f"pipeline.stages.{name}", self.checkpoint_of(ref))
+
+
+@dataclass
+class StageParts:
+    """A stage ready to fit: its module, its view of the data, its callbacks."""
+
+    module: DistillationModule
+    data: KdclDataModule
+    callbacks: list[pl.Callback]
+    checkpoint: ModelCheckpoint
+    classes: list[int] | None
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:
@@ -37,72 +126,178 @@ def relative_to_run(path: Path, run_dir: Path) -> str:
         return str(path)
 
 
-def build_model(model_cfg: dict, dm: KdclDataModule, image_size: int, key: str):
-    return create_model(OmegaConf.create(model_cfg), dm.num_classes, dm.in_chans, image_size, key)
-
-
-def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
-    """Each configured logger writes to <run>/<logger>/<NN-stage>/ (e.g. tensorboard/01-student)."""
-    loggers = []
-    for name, spec in (cfg.get("logger") or {}).items():
-        if spec is None:
-            continue
-        loggers.append(instantiate(spec, save_dir=str(run_dir / name), name=stage.dirname, version=""))
-    return loggers
-
-
-def make_trainer(cfg: DictConfig, stage: Stage, stage_dir: Path, run_dir: Path, callbacks: list,
-                 own_sampler: bool = False) -> pl.Trainer:  # fmt: skip
-    t = cfg.trainer
-    progress, bar = progress_callbacks(t.progress_bar, stage.name)
-    loggers = build_loggers(cfg, run_dir, stage)
-    if stage.trains and loggers:
-        callbacks = [*callbacks, LearningRateMonitor(logging_interval="step")]  # needs a logger to write to
-    return pl.Trainer(
-        max_epochs=stage.epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        log_every_n_steps=t.log_every_n_steps,
-        gradient_clip_val=t.gradient_clip_val,
-        deterministic=t.deterministic,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_test_batches,
-        callbacks=callbacks + progress,
-        logger=loggers or False,
-        enable_progress_bar=bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(stage_dir),
-        use_distributed_sampler=not own_sampler,  # a curriculum sampler splits batches across ranks itself
-    )
-
-
-def teacher_checkpoint(ref: str, handed: dict[str, dict], run_dir: Path) -> str:
-    """The file a teacher reference points at: `name` → its chosen checkpoint, `name@E` → after epoch E."""
-    name, epoch = split_ref(ref)
-    relative = handed[name]["checkpoint"] if epoch is None else handed[name]["epoch_checkpoints"][str(epoch)]
-    return str(run_dir / relative)
-
-
 def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
     return ckpt_dir / f"epoch-{epoch}.ckpt"
 
 
-def speed_up(module: DistillationModule, t: DictConfig, dm: KdclDataModule) -> None:
-    """GPU switches: channels-last memory format (models and batches) and torch.compile of the student and
-    the teachers. nn.Module.compile keeps state-dict keys, so checkpoints and hand-offs are unchanged."""
-    if t.get("channels_last"):
-        for m in (module.model, *(teacher.model for teacher in module.teachers)):
+def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
+    """Fit (unless the model is a given checkpoint) and test one stage."""
+    started = time.perf_counter()
+    parts = build_parts(ctx, stage)
+    trainer = stage_trainer(ctx, stage, parts)
+    if stage.trains:
+        chosen = fit(trainer, parts, stage, ctx.stage_dir(stage) / "checkpoints")
+    else:
+        chosen = Path(stage.model["checkpoint"]).resolve()
+    metrics = test(trainer, parts, chosen if stage.trains else None)
+    return record(ctx, stage, parts, trainer, metrics, chosen, started)
+
+
+# build ---------------------------------------------------------------------------------------------
+def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
+    cfg = ctx.cfg
+    pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
+    model = ctx.build_model(stage.model, stage.model_key)
+    if stage.init:  # carry an earlier stage's weights on (fine-tune, anchors, class-incremental tasks)
+        state, _ = load_kdcl_checkpoint(ctx.checkpoint_of(stage.init), f"pipeline.stages.{stage.name}.init")
+        model.load_state_dict(state)
+    teachers = [ctx.load_stage_model(t) for t in stage.teachers]
+    classes, seen, old = task_classes(stage.task, ctx.data.num_classes) if stage.task else (None, None, None)
+    train_set = training_examples(ctx, stage, classes)
+    outputs = teacher_store(ctx, stage, teachers, train_set)
+    loss = DistillLoss(stage.loss_terms, stage.terms_key)
+    module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
+                                stage_hparams(ctx, stage, classes, seen, outputs), seen_classes=seen,
+                                distill_classes=old, teacher_outputs=outputs)  # fmt: skip
+    speed_up(module, cfg.get("speed") or {})
+    checkpoint, callbacks = stage_callbacks(ctx, stage)
+    sampler = None
+    if stage.curriculum:
+        inputs = CurriculumInputs(stage.name, stage.epochs, int(cfg.data.batch_size), int(cfg.seed) + stage.index,
+                                  train_set, ctx.data.normalize, model, lambda: scoring_models(ctx, stage, teachers),
+                                  outputs)  # fmt: skip
+        sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
+        callbacks.append(callback)
+        pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
+    part = StagePart(train_set, sampler, seen, outputs is not None, bool((cfg.get("speed") or {}).get("channels_last")))
+    return StageParts(module, ctx.data.for_stage(part), callbacks, checkpoint, classes)
+
+
+def training_examples(ctx: StageContext, stage: Stage, classes: list[int] | None) -> Dataset:
+    """The stage's training examples: its classes and share of the training set; an out-of-fold stage
+    leaves out the fold it will score."""
+    examples = ctx.data.stage_subset(stage.fraction, classes)
+    if stage.holdout is None:
+        return examples
+    fold, k = stage.holdout
+    held = set(held_out_folds(len(examples), k, int(ctx.cfg.seed) + FOLD_SEED)[fold].tolist())
+    return Subset(examples, [i for i in range(len(examples)) if i not in held])
+
+
+def scoring_models(ctx: StageContext, stage: Stage, teachers: list[nn.Module]) -> list[ScoringModel]:
+    """The curriculum's scoring models (the plan names them): the stage's own teachers, their early
+    checkpoints, or out-of-fold models each with the positions it never trained on."""
+    if stage.scorers == stage.teachers:
+        return [ScoringModel(t) for t in teachers]
+    n = len(training_examples(ctx, stage, task_classes(stage.task, ctx.data.num_classes)[0] if stage.task else None))
+    models = []
+    for ref in stage.scorers:
+        holdout = ctx.plan.stage(split_ref(ref)[0]).holdout
+        positions = None
+        if holdout is not None:
+            positions = held_out_folds(n, holdout[1], int(ctx.cfg.seed) + FOLD_SEED)[holdout[0]]
+        models.append(ScoringModel(ctx.load_stage_model(ref), positions))
+    return models
+
+
+def teacher_store(ctx: StageContext, stage: Stage, teachers: list, train_set: Dataset) -> TeacherOutputs | None:
+    """The stage's stored teacher outputs (distill.teacher_outputs=cached|auto), or None for online."""
+    if stage.teacher_outputs != "cached":
+        return None
+    plain = unaugmented(train_set)
+    outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, ctx.stage_dir(stage), stage.name)
+    if stage.curriculum:  # paced epochs meet the data piecemeal: store it all in one pass
+        outputs.fill(teachers, plain, ctx.data.normalize, int(ctx.cfg.data.eval_batch_size), stage.name)
+    return outputs
+
+
+def stage_optim(cfg: DictConfig, stage: Stage) -> DictConfig:
+    if stage.lr_scale == 1.0:
+        return cfg.optim
+    return OmegaConf.merge(cfg.optim, {"lr": float(cfg.optim.lr) * stage.lr_scale})
+
+
+def stage_hparams(ctx: StageContext, stage: Stage, classes, seen, outputs) -> dict:
+    """Saved in every checkpoint as plain containers: what `kdcl eval` needs to rebuild and test the model."""
+    cfg = ctx.cfg
+    return {
+        "stage": stage.name,
+        "model_key": stage.model_key,
+        "model": stage.model,
+        "num_classes": ctx.data.num_classes,
+        "in_chans": ctx.data.in_chans,
+        "image_size": int(cfg.data.image_size),
+        "teachers": list(stage.teachers),
+        "terms": stage.terms,
+        "fraction": stage.fraction,
+        "init": stage.init,
+        "classes": classes,
+        "seen_classes": seen,  # a class-incremental stage predicts and is tested among these
+        "curriculum": OmegaConf.to_container(cfg.curriculum) if stage.curriculum else None,
+        "teacher_outputs": "cached" if outputs is not None else "online",
+        "seed": int(cfg.seed),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def speed_up(module: DistillationModule, speed: DictConfig | dict) -> None:
+    """speed.channels_last (models; the stage's data view converts batches) and speed.compile (student and
+    teachers; nn.Module.compile keeps state-dict keys, so checkpoints and hand-offs are unchanged)."""
+    models = (module.model, *(teacher.model for teacher in module.teachers))
+    if speed.get("channels_last"):
+        for m in models:
             m.to(memory_format=torch.channels_last)
-        dm.channels_last = True
-    if t.get("compile"):
-        module.model.compile()
-        for teacher in module.teachers:
-            teacher.model.compile()
+    if speed.get("compile"):
+        for m in models:
+            m.compile()
+
+
+def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, list[pl.Callback]]:
+    """The checkpoint callback (best by val acc + last), the random state, and the epochs kept for later stages."""
+    ckpt_dir = ctx.stage_dir(stage) / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"{stage.name}/val/acc", mode="max",
+                                 save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                 enable_version_counter=False)  # fmt: skip
+    if not stage.trains:
+        return checkpoint, []
+    callbacks: list[pl.Callback] = [checkpoint, KeepRandomState()]
+    if stage.save_epochs:
+        callbacks.append(SaveAfterEpochs({e: [epoch_checkpoint(ckpt_dir, e)] for e in stage.save_epochs}))
+    return checkpoint, callbacks
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
+    """Each configured logger writes to <run>/<logger>/<NN-stage>/ (e.g. tensorboard/01-student)."""
+    specs = (cfg.get("logger") or {}).items()
+    return [instantiate(spec, save_dir=str(run_dir / name), name=stage.dirname, version="")
+            for name, spec in specs if spec is not None]  # fmt: skip
+
+
+def stage_trainer(ctx: StageContext, stage: Stage, parts: StageParts) -> pl.Trainer:
+    loggers = build_loggers(ctx.cfg, ctx.run_dir, stage)
+    callbacks = list(parts.callbacks)
+    if stage.trains and loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))  # needs a logger to write to
+    return build_trainer(ctx.cfg.trainer, ctx.cfg.get("progress_bar", "auto"), stage.name, callbacks,
+                         loggers or False, ctx.stage_dir(stage), own_sampler=parts.data.part.batch_sampler is not None,
+                         max_epochs=stage.epochs)  # fmt: skip
+
+
+# fit, test, record ----------------------------------------------------------------------------------
+def fit(trainer: pl.Trainer, parts: StageParts, stage: Stage, ckpt_dir: Path) -> Path:
+    """Train (a stage stopped mid-way continues from its last checkpoint); the checkpoint `select` chooses."""
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(last) if last.is_file() else None,
+                weights_only=True)  # fmt: skip
+    best = parts.checkpoint.best_model_path
+    chosen = best if stage.select == "best" and best else parts.checkpoint.last_model_path
+    return Path(chosen or last)
+
+
+def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dict:
+    tested = trainer.test(parts.module, datamodule=parts.data, ckpt_path=None if checkpoint is None else str(checkpoint),
+                          verbose=False, weights_only=True)  # fmt: skip
+    return tested[0] if tested else {}
 
 
 def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
@@ -114,143 +309,24 @@ def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) 
             lg.finalize("success")
 
 
-def run_stage(cfg: DictConfig, stage: Stage, dm: KdclDataModule, run_dir: Path, handed: dict[str, dict]) -> dict:
-    """Fit (unless the model is a given checkpoint) and test one stage; returns its metrics.json content.
-
-    `handed` maps earlier stage names to their results; their chosen checkpoints become this
-    stage's frozen teachers.
-    """
-    stage_dir = run_dir / "stages" / stage.dirname
-    ckpt_dir = stage_dir / "checkpoints"
-    started = time.perf_counter()
-    pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
-    image_size = int(cfg.data.image_size)
-    model = build_model(stage.model, dm, image_size, stage.model_key)
-    if stage.init:  # carry an earlier stage's weights on (fine-tune, anchors, class-incremental tasks)
-        state, _ = load_kdcl_checkpoint(
-            run_dir / handed[stage.init]["checkpoint"], f"pipeline.stages.{stage.name}.init"
-        )
-        model.load_state_dict(state)
-    classes = seen = old = None
-    if stage.task:
-        classes, seen, old = task_classes(stage.task, dm.num_classes)
-
-    def make_teacher(name: str, checkpoint: str | None):
-        """Stage `name`'s model: from `checkpoint`, or freshly initialised as its config says (None)."""
-        model_cfg = {**handed[name]["model_cfg"], "checkpoint": checkpoint}
-        if checkpoint is not None:
-            model_cfg["weights"] = None
-        return build_model(model_cfg, dm, image_size, f"pipeline.stages.{name}")
-
-    teachers = [make_teacher(split_ref(t)[0], teacher_checkpoint(t, handed, run_dir)) for t in stage.teachers]
-    hparams = {
-        "stage": stage.name,
-        "model_key": stage.model_key,
-        "model": stage.model,
-        "num_classes": dm.num_classes,
-        "in_chans": dm.in_chans,
-        "image_size": image_size,
-        "teachers": list(stage.teachers),
-        "terms": stage.terms,
-        "fraction": stage.fraction,
-        "init": stage.init,
-        "classes": classes,
-        "curriculum": OmegaConf.to_container(cfg.curriculum) if curriculum.applies(cfg, stage) else None,
-        "seed": int(cfg.seed),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    optim = cfg.optim
-    if stage.lr_scale != 1.0:
-        optim = OmegaConf.merge(cfg.optim, {"lr": float(cfg.optim.lr) * stage.lr_scale})
-    loss = DistillLoss(stage.terms, stage.terms_key)
-    train_set = dm.stage_subset(stage.fraction, classes)
-    outputs = None
-    if stage.trains and teachers and loss.needs_teacher:
-        mode = choose_mode(cfg.distill.get("teacher_outputs", "online"), bool(cfg.data.augment),
-                           [t.name for t in loss.feature_terms])  # fmt: skip
-        if mode == "cached":
-            plain = unaugmented(train_set)
-            outputs = TeacherOutputs.open(teachers, plain, dm, cfg, stage_dir, stage.name)
-            if curriculum.applies(cfg, stage):  # paced epochs meet the data piecemeal: store it all in one pass
-                outputs.fill(teachers, plain, dm.normalize, int(cfg.data.eval_batch_size), stage.name)
-    hparams["teacher_outputs"] = "cached" if outputs is not None else "online"
-    module = DistillationModule(model, teachers, loss, optim, stage.name, dm.num_classes, hparams,
-                                seen_classes=seen, distill_classes=old, teacher_outputs=outputs)  # fmt: skip
-    speed_up(module, cfg.trainer, dm)
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
-        monitor=f"{stage.name}/val/acc",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    callbacks = [checkpoint, KeepRandomState()] if stage.trains else []
-    keep_after: dict[int, list[Path]] = {e: [epoch_checkpoint(ckpt_dir, e)] for e in stage.save_epochs}
-    curriculum_cfg = cfg.get("curriculum")
-    if curriculum_cfg and curriculum_cfg.pacing != "none" and curriculum_cfg.source == "early":
-        keep_after.setdefault(int(curriculum_cfg.early_epoch), []).append(ckpt_dir / EARLY_CHECKPOINT)
-    if stage.trains and keep_after:
-        callbacks.append(SaveAfterEpochs(keep_after))
-    sampler = None
-    if curriculum.applies(cfg, stage):
-        sampler, callback = curriculum.build_curriculum(
-            cfg, stage, dm, train_set, model, teachers, make_teacher, stage_dir, run_dir, handed, outputs
-        )
-        callbacks.append(callback)
-        pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
-    dm.use_stage(train_set, sampler, eval_classes=seen, with_index=outputs is not None)
-    trainer = make_trainer(cfg, stage, stage_dir, run_dir, callbacks, own_sampler=sampler is not None)
-
-    if stage.trains:
-        last = ckpt_dir / "last.ckpt"
-        resume_from = str(last) if last.is_file() else None  # a stage stopped mid-way continues
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
-        chosen = (
-            checkpoint.best_model_path
-            if stage.select == "best" and checkpoint.best_model_path
-            else checkpoint.last_model_path
-        )
-        chosen = chosen or str(last)
-        tested = trainer.test(module, datamodule=dm, ckpt_path=chosen, verbose=False, weights_only=True)
-    else:
-        chosen = str(Path(stage.model["checkpoint"]).resolve())
-        tested = trainer.test(module, datamodule=dm, verbose=False)
-
-    metrics = tested[0] if tested else {}
-    log_hparams_with_results(trainer, hparams, metrics)
-    result = {
-        "name": stage.name,
-        "index": stage.index,
-        "model": stage.model["name"],
-        "model_key": stage.model_key,
-        "model_cfg": stage.model,
-        "params": count_params(model),
-        "teachers": list(stage.teachers),
-        "terms": stage.terms,
-        "trained": stage.trains,
-        "epochs": stage.epochs if stage.trains else 0,
-        "checkpoint": relative_to_run(Path(chosen), run_dir),
-        "select": stage.select,
-        "best_val_acc": float(checkpoint.best_model_score)
-        if stage.trains and checkpoint.best_model_score is not None
-        else None,
-        "test_acc": float(metrics[f"{stage.name}/test/acc"]),
-        "test_loss": float(metrics[f"{stage.name}/test/loss"]),
-        "test_per_class": module.test_per_class,
-        "classes": classes,
-        "init": stage.init,
-        "epoch_checkpoints": {
-            str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), run_dir)
-            for e in stage.save_epochs
-            if epoch_checkpoint(ckpt_dir, e).is_file()
-        },
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    batches = [int(b) for b in (cfg.get("report") or {}).get("latency_batches", [1, 64])]
-    result.update(model_cost(module.model, dm.in_chans, image_size, batches))
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    atomic_write_json(stage_dir / "metrics.json", result)
+def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Trainer, metrics: dict, chosen: Path,
+           started: float) -> StageResult:  # fmt: skip
+    """The stage's StageResult, with its model's cost, written to metrics.json."""
+    module, ckpt_dir = parts.module, ctx.stage_dir(stage) / "checkpoints"
+    log_hparams_with_results(trainer, dict(module.hparams), metrics)
+    best = parts.checkpoint.best_model_score if stage.trains else None
+    saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
+             for e in stage.save_epochs if epoch_checkpoint(ckpt_dir, e).is_file()}  # fmt: skip
+    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size), latency_batches(ctx.cfg))
+    result = StageResult(
+        name=stage.name, index=stage.index, model=stage.model["name"], model_key=stage.model_key,
+        model_cfg=stage.model, params=count_params(module.model), teachers=list(stage.teachers), terms=stage.terms,
+        trained=stage.trains, epochs=stage.epochs if stage.trains else 0,
+        checkpoint=relative_to_run(chosen, ctx.run_dir), select=stage.select,
+        best_val_acc=None if best is None else float(best),
+        test_acc=float(metrics[f"{stage.name}/test/acc"]), test_loss=float(metrics[f"{stage.name}/test/loss"]),
+        test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
+        macs=cost["macs"], latency_ms=cost["latency_ms"], seconds=round(time.perf_counter() - started, 2),
+    )  # fmt: skip
+    atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
     return result

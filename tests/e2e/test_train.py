@@ -181,9 +181,7 @@ def test_ddp_ranks_share_the_teacher_outputs_they_store(tmp_path):
 
 
 def test_resnet50_teacher_mobilenet_student(tmp_path):
-    proc = run_kdcl(
-        ["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "trainer.progress_bar=lines"], tmp_path
-    )
+    proc = run_kdcl(["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "progress_bar=lines"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     models = [s["model"] for s in summary_of(run_dir_of(proc))["stages"]]
     assert models == ["resnet50", "mobilenetv3_small_100"]

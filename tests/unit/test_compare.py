@@ -13,9 +13,7 @@ from kdcl.errors import KdclError
 def fake_job(root, num, overrides, seed, teacher_acc, student_acc):
     job = root / str(num)
     (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(
-        yaml.safe_dump([*overrides, f"seed={seed}", "trainer.progress_bar=lines"])
-    )
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}", "progress_bar=lines"]))
     stages = [
         {"name": "teacher", "model": "resnet18", "params": 11_000_000, "test_acc": teacher_acc},
         {"name": "student", "model": "mobilenetv3_small_100", "params": 1_500_000, "test_acc": student_acc},

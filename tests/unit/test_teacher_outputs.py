@@ -8,7 +8,8 @@ from torch.utils.data import Subset, TensorDataset
 
 from kdcl.data.datamodule import source_indices
 from kdcl.errors import KdclError
-from kdcl.teacher_outputs import CACHE_FILE, TeacherOutputs, choose_mode, predict_logits
+from kdcl.pipeline.plan import choose_mode
+from kdcl.teacher_outputs import CACHE_FILE, TeacherOutputs, predict_logits
 
 
 class FakeDataModule:

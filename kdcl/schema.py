@@ -1,0 +1,196 @@
+"""The config's types and enumerations, declared once as structured configs (Hydra's ConfigStore).
+
+`conf/train.yaml` starts its defaults list with `train_schema`, so every group option is merged into
+these typed nodes: a key the schema does not have, a value of the wrong type or a word outside an
+enumeration fails while Hydra composes, and `kdcl.config` turns that into one line naming the key.
+Ranges, cross-field and file checks stay in code (kdcl/config.py). The free-form parts are typed as
+mappings: `pipeline` (each kind has its own keys; kdcl/pipeline/plan.py checks them), `distill.terms`
+(kdcl/losses/terms.py checks each term against its function's signature), `trainer` (a Lightning
+Trainer spec, checked against Lightning's own signature) and `logger`.
+
+Import-light on purpose (no torch): `kdcl train` answers a typo in well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any  # noqa: UP035 — OmegaConf reads these annotations at runtime
+
+from omegaconf import MISSING
+
+
+class Choice(str, Enum):
+    """An enumeration whose members are plain strings too (`Order.easy_first == "easy_first"`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OnDevice(Choice):
+    true = "true"
+    false = "false"
+    auto = "auto"
+
+
+class Optimizer(Choice):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Scheduler(Choice):
+    onecycle = "onecycle"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class Order(Choice):
+    easy_first = "easy_first"
+    hard_first = "hard_first"
+    random = "random"
+
+
+class Source(Choice):
+    final = "final"
+    early = "early"
+    folds = "folds"
+
+
+class Advance(Choice):
+    schedule = "schedule"
+    on_plateau = "on_plateau"
+    on_threshold = "on_threshold"
+
+
+class TeacherOutputs(Choice):
+    online = "online"
+    cached = "cached"
+    auto = "auto"
+
+
+class ProgressBar(Choice):
+    auto = "auto"
+    rich = "rich"
+    lines = "lines"
+    none = "none"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str | None = MISSING  # every data preset sets it (image_folder: ??? — required)
+    download: bool = False
+    download_root: str | None = None
+    image_size: int = 32
+    test_fraction: float | None = None
+    val_fraction: float = 0.1
+    fraction: float = 1.0
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    on_device: OnDevice = OnDevice.auto
+    augment: bool = False
+    hflip: bool = False
+    epochs: int = 10
+    # data=synthetic only
+    num_classes: int | None = None
+    in_chans: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    weights: str | None = None  # local timm-compatible weights: transfer learning
+    checkpoint: str | None = None  # a kdcl checkpoint: used as-is, not trained again
+    drop_rate: float = 0.0
+
+
+@dataclass
+class DistillConfig:
+    name: str = MISSING
+    teacher_outputs: TeacherOutputs = TeacherOutputs.auto
+    temperature: float | None = None
+    terms: dict[str, Any] = MISSING
+
+
+@dataclass
+class CurriculumConfig:
+    name: str = "none"
+    pacing: str = "none"  # a registered pacing function (kdcl/curriculum/pacing.py)
+    start: float = 0.2
+    full_at: float = 0.8
+    params: dict[str, Any] = field(default_factory=dict)
+    order: Order = Order.easy_first
+    balanced: bool = False
+    scorer: str = "teacher_confidence"  # a registered scorer (kdcl/curriculum/scoring.py)
+    source: Source = Source.final
+    early_epoch: int = 1
+    folds: int = 3
+    fold_epochs: int = 3
+    rescore_every: int = 1
+    class_order: list[int] | None = None
+    scores_file: str | None = None
+    advance: Advance = Advance.schedule
+    threshold: float = 0.9
+    jump: float = 0.1
+    stages: list[str] | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: Optimizer = Optimizer.adamw
+    lr: float = 6e-3
+    weight_decay: float = 0.05
+    scheduler: Scheduler = Scheduler.onecycle
+    warmup: float = 0.15
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd; needs momentum > 0
+
+
+@dataclass
+class SpeedConfig:
+    """kdcl's own speed switches (not Trainer arguments): applied to the models and batches."""
+
+    channels_last: bool = False  # models and batches in channels-last memory format (GPU, bf16)
+    compile: bool = False  # torch.compile the student and the teachers
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    data_dir: str = "data"
+
+
+@dataclass
+class ReportConfig:
+    latency_batches: list[int] = field(default_factory=lambda: [1, 64])  # [] skips latency
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = MISSING
+    teacher: ModelConfig | None = None
+    student: ModelConfig | None = None
+    distill: DistillConfig = MISSING
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    pipeline: dict[str, Any] = MISSING
+    optim: OptimConfig = MISSING
+    trainer: dict[str, Any] = MISSING
+    logger: dict[str, Any] | None = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    progress_bar: ProgressBar = ProgressBar.auto
+    seed: int = 0
+    name: str = "train"
+    resume: str | None = None
+
+
+def register() -> None:
+    """Make `train_schema` known to Hydra (idempotent; called before any composition)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
