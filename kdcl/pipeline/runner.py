@@ -19,7 +19,7 @@ from kdcl.pipeline.manifest import Manifest
 from kdcl.pipeline.plan import Stage, plan_stages
 from kdcl.pipeline.presets import task_classes
 from kdcl.pipeline.stage import build_model, run_stage
-from kdcl.report import write_summary
+from kdcl.summary import write_summary
 
 log = logging.getLogger("kdcl")
 
