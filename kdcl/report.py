@@ -14,11 +14,11 @@ import statistics
 from pathlib import Path
 
 import yaml
-from rich.console import Console
-from rich.table import Table
 
 from kdcl.errors import KdclError
 from kdcl.io import atomic_write_text
+from kdcl.plots import saved_figure
+from kdcl.tables import markdown_table, print_table
 
 NOT_A_SETTING = ("seed=", "hydra.", "trainer.progress_bar=", "paths.", "name=", "resume=")
 
@@ -102,18 +102,11 @@ def write_report(root: Path) -> list[dict]:
             [r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"], r["final_params"]]
         )
     atomic_write_text(root / "report.csv", buf.getvalue())
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in table_rows]
-    atomic_write_text(
-        root / "report.md", f"# kdcl report: {root}\n\nTest accuracy, mean ± std over runs.\n\n" + "\n".join(md) + "\n"
-    )
+    md = markdown_table(header, table_rows)
+    atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\nTest accuracy, mean ± std over runs.\n\n" + md)
     plot(rows, root / "report.png")
-    table = Table(title=f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)")
-    for h in header:
-        table.add_column(h, justify="left" if h in ("settings", "final model") else "right")
-    for row in table_rows:
-        table.add_row(*row)
-    Console(width=160).print(table)
+    title = f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)"
+    print_table(header, table_rows, title, left=("settings", "final model"))
     if common:
         print(f"settings of every run: {' '.join(common)}")
     print(f"wrote {root / 'report.md'}, report.csv, report.png")
@@ -121,17 +114,10 @@ def write_report(root: Path) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for r in rows:
-        mean, std = r[r["final_stage"]]
-        ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3, label=r["settings"][:60])
-    ax.set(xlabel="parameters of the final model (M)", ylabel="test accuracy (%)", title="accuracy against size")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with saved_figure(path, size=(6, 4)) as ax:
+        for r in rows:
+            mean, std = r[r["final_stage"]]
+            label = r["settings"][:60]
+            ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3, label=label)
+        ax.set(xlabel="parameters of the final model (M)", ylabel="test accuracy (%)", title="accuracy against size")
+        ax.legend(fontsize=7, loc="best")

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
 
 from kdcl.io import atomic_write_json, atomic_write_text
+from kdcl.tables import markdown_table, print_table
 
 SUMMARY_KEYS = ("name", "model", "params", "macs", "latency_ms", "test_acc", "test_loss", "best_val_acc",
                 "teachers", "init", "epochs", "trained", "checkpoint", "seconds")  # fmt: skip
@@ -88,11 +87,6 @@ def stage_row(row: dict, batches: list[str]) -> list[str]:
     ]
 
 
-def markdown(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-
-
 def incremental_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     n = len(rows)
     headers = ["stage", *(f"task {j + 1}" for j in range(n)), "seen classes", "forgetting"]
@@ -128,20 +122,11 @@ def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict]) -> dict:
     batches = latency_batches(rows)
     headers, body = columns(rows), [stage_row(r, batches) for r in rows]
     text = f"# kdcl run: {title}\n\nΔ acc and compression against `{rows[0]['name']}`; latency: CPU, ms per batch.\n\n"
-    text += markdown(headers, body)
-    print_table(headers, body, title)
+    text += markdown_table(headers, body)
+    print_table(headers, body, title, left=("stage", "model", "teachers"))
     if lifelong:
         inc_headers, inc_body = incremental_table(lifelong)
-        text += "\n## Class-incremental accuracy (test, %)\n\n" + markdown(inc_headers, inc_body)
-        print_table(inc_headers, inc_body, "accuracy on each task after each stage · forgetting")
+        text += "\n## Class-incremental accuracy (test, %)\n\n" + markdown_table(inc_headers, inc_body)
+        print_table(inc_headers, inc_body, "accuracy on each task after each stage · forgetting", left=inc_headers[:3])
     atomic_write_text(run_dir / "summary.md", text)
     return summary
-
-
-def print_table(headers: list[str], body: list[list[str]], title: str) -> None:
-    table = Table(title=title)
-    for i, c in enumerate(headers):
-        table.add_column(c, justify="left" if i < 3 and c != "params" else "right")
-    for r in body:
-        table.add_row(*r)
-    Console(width=160).print(table)
