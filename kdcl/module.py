@@ -6,6 +6,8 @@ the checkpoint, or `.train()`; they are moved to the device at the start of each
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
@@ -15,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import ce_loss
 from kdcl.losses.terms import TermInputs
+from kdcl.metric_names import metric_name
 from kdcl.models import FrozenTeacher
 from kdcl.optim import build_optimizer
 from kdcl.teacher_outputs import TeacherOutputs
@@ -140,22 +143,22 @@ class DistillationModule(pl.LightningModule):
         progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)  # for scheduled terms
         inputs = TermInputs(logits, teacher_logits, y, distill_logits=distill_logits)
         total, parts = self.loss(inputs, progress)
-        prefix = f"{self.stage}/train"
-        self.log(f"{prefix}/loss", total, on_step=True, on_epoch=True, prog_bar=True)
-        self.log_dict({f"{prefix}/loss_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True)
+        name = partial(metric_name, self.stage, "train")
+        self.log(name("loss"), total, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict({name(f"loss_{k}"): v for k, v in parts.items()}, on_step=True, on_epoch=True)
         scheduled = self.loss.scheduled_values(progress)
         if scheduled:
-            self.log_dict({f"{prefix}/{k}": v for k, v in scheduled.items()}, on_step=True, on_epoch=False)
+            self.log_dict({name(k): v for k, v in scheduled.items()}, on_step=True, on_epoch=False)
         self.train_acc(logits.detach(), y)
-        self.log(f"{prefix}/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(name("acc"), self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return total
 
     def evaluate(self, batch, split: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self.predict_seen(x)
-        self.log(f"{self.stage}/{split}/loss", ce_loss(logits, y), on_epoch=True, prog_bar=split == "val")
+        self.log(metric_name(self.stage, split, "loss"), ce_loss(logits, y), on_epoch=True, prog_bar=split == "val")
         metric(logits, y)
-        self.log(f"{self.stage}/{split}/acc", metric, on_epoch=True, prog_bar=split == "val")
+        self.log(metric_name(self.stage, split, "acc"), metric, on_epoch=True, prog_bar=split == "val")
         return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
