@@ -1,7 +1,8 @@
 """The LightningModule of every stage: one trainable model against 0..n frozen teachers.
 
 Teachers are kept in a plain list, not registered as sub-modules: they never reach the optimizer,
-the checkpoint, or `.train()`; they are moved to the device at the start of each loop.
+the checkpoint, or `.train()`; they are on the device only while training runs them (testing
+measures the model alone, with the teachers on the CPU).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class DistillationModule(pl.LightningModule):
         for t in self.teachers:
             t.to(self.device).train(False)
 
+    def release_teachers(self) -> None:
+        """The teachers back on the CPU: the device's memory is free for the rest of the stage."""
+        for t in self.teachers:
+            t.to("cpu")
+
     def teachers_needed(self) -> bool:
         """Whether training still runs the teachers: not once every example's logits are stored."""
         outputs = self.teacher_outputs
@@ -93,8 +99,7 @@ class DistillationModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             self.teacher_outputs.save()  # a resumed stage reads what this epoch stored
         if not self.teachers_needed():
-            for t in self.teachers:  # free the device's memory for the rest of the stage
-                t.to("cpu")
+            self.release_teachers()
 
     def share_teacher_outputs(self) -> None:
         """DDP: every rank receives the teacher logits the other ranks stored this epoch, so each
@@ -112,7 +117,7 @@ class DistillationModule(pl.LightningModule):
         outputs.store(every_position[real], list(every_logit[:, real]), shared=True)
 
     def on_test_start(self) -> None:
-        self.move_teachers()
+        self.release_teachers()  # testing never runs them (after fit they may still be on the device)
 
     def teacher_logits(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
         if not (self.teachers and self.loss.needs_teacher):
