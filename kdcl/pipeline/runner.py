@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import platform
 import sys
 import time
@@ -20,8 +19,6 @@ from kdcl.pipeline.plan import Stage, plan_stages
 from kdcl.pipeline.presets import task_classes
 from kdcl.pipeline.stage import build_model, run_stage
 from kdcl.summary import write_summary
-
-log = logging.getLogger("kdcl")
 
 
 def environment() -> dict:
