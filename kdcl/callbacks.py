@@ -13,6 +13,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import RichProgressBar
 
+from kdcl.metric_names import metric_name
+
 
 class EpochSummary(pl.Callback):
     """Prints `stage epoch i/n · train loss · train acc · val acc · elapsed` after each epoch."""
@@ -27,13 +29,13 @@ class EpochSummary(pl.Callback):
         if not trainer.is_global_zero:
             return
 
-        def fmt(key: str) -> str:
-            v = m.get(f"{self.stage}/{key}")
+        def fmt(split: str, metric: str) -> str:
+            v = m.get(metric_name(self.stage, split, metric))
             return f"{float(v):.4f}" if v is not None else "-"
 
         print(
             f"[{self.stage}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
-            f"train loss {fmt('train/loss_epoch')}  train acc {fmt('train/acc')}  val acc {fmt('val/acc')}  "
+            f"train loss {fmt('train', 'loss_epoch')}  train acc {fmt('train', 'acc')}  val acc {fmt('val', 'acc')}  "
             f"{time.perf_counter() - self.start:.0f}s",
             flush=True,
         )

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         elif command == "models":
             models(rest)
         elif command == "report":
-            from kdcl.compare import write_report
+            from kdcl.report import write_report
 
             if len(rest) != 1:
                 raise KdclError("report takes one directory: kdcl report outputs/multirun/<date>/<time>")

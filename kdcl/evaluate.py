@@ -15,6 +15,7 @@ from kdcl.data.datamodule import StagePart
 from kdcl.errors import KdclError, did_you_mean
 from kdcl.io import read_json
 from kdcl.losses import DistillLoss
+from kdcl.metric_names import metric_name
 from kdcl.models import create_model, load_kdcl_checkpoint
 from kdcl.module import DistillationModule
 from kdcl.pipeline.manifest import Manifest
@@ -118,8 +119,8 @@ def eval_command(args: list[str]) -> dict:
         "checkpoint": str(ckpt),
         "data": cfg.data.name,
         "test_examples": len(dm.test_set),
-        "test_acc": float(metrics[f"{hp['stage']}/test/acc"]),
-        "test_loss": float(metrics[f"{hp['stage']}/test/loss"]),
+        "test_acc": float(metrics[metric_name(hp["stage"], "test", "acc")]),
+        "test_loss": float(metrics[metric_name(hp["stage"], "test", "loss")]),
     }
     print(f"{result['stage']} ({result['model']}) on {result['data']} test ({result['test_examples']} images): "
           f"acc {result['test_acc']:.4f}  loss {result['test_loss']:.4f}")  # fmt: skip

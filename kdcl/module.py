@@ -1,10 +1,13 @@
 """The LightningModule of every stage: one trainable model against 0..n frozen teachers.
 
 Teachers are kept in a plain list, not registered as sub-modules: they never reach the optimizer,
-the checkpoint, or `.train()`; they are moved to the device at the start of each loop.
+the checkpoint, or `.train()`; they are on the device only while training runs them (testing
+measures the model alone, with the teachers on the CPU).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
@@ -15,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import ce_loss
 from kdcl.losses.terms import TermInputs
+from kdcl.metric_names import metric_name
 from kdcl.models import FrozenTeacher
 from kdcl.optim import build_optimizer
 from kdcl.teacher_outputs import TeacherOutputs
@@ -71,6 +75,11 @@ class DistillationModule(pl.LightningModule):
         for t in self.teachers:
             t.to(self.device).train(False)
 
+    def release_teachers(self) -> None:
+        """The teachers back on the CPU: the device's memory is free for the rest of the stage."""
+        for t in self.teachers:
+            t.to("cpu")
+
     def teachers_needed(self) -> bool:
         """Whether training still runs the teachers: not once every example's logits are stored."""
         outputs = self.teacher_outputs
@@ -90,8 +99,7 @@ class DistillationModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             self.teacher_outputs.save()  # a resumed stage reads what this epoch stored
         if not self.teachers_needed():
-            for t in self.teachers:  # free the device's memory for the rest of the stage
-                t.to("cpu")
+            self.release_teachers()
 
     def share_teacher_outputs(self) -> None:
         """DDP: every rank receives the teacher logits the other ranks stored this epoch, so each
@@ -109,7 +117,7 @@ class DistillationModule(pl.LightningModule):
         outputs.store(every_position[real], list(every_logit[:, real]), shared=True)
 
     def on_test_start(self) -> None:
-        self.move_teachers()
+        self.release_teachers()  # testing never runs them (after fit they may still be on the device)
 
     def teacher_logits(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> list[torch.Tensor]:
         if not (self.teachers and self.loss.needs_teacher):
@@ -140,22 +148,22 @@ class DistillationModule(pl.LightningModule):
         progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)  # for scheduled terms
         inputs = TermInputs(logits, teacher_logits, y, distill_logits=distill_logits)
         total, parts = self.loss(inputs, progress)
-        prefix = f"{self.stage}/train"
-        self.log(f"{prefix}/loss", total, on_step=True, on_epoch=True, prog_bar=True)
-        self.log_dict({f"{prefix}/loss_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True)
+        name = partial(metric_name, self.stage, "train")
+        self.log(name("loss"), total, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict({name(f"loss_{k}"): v for k, v in parts.items()}, on_step=True, on_epoch=True)
         scheduled = self.loss.scheduled_values(progress)
         if scheduled:
-            self.log_dict({f"{prefix}/{k}": v for k, v in scheduled.items()}, on_step=True, on_epoch=False)
+            self.log_dict({name(k): v for k, v in scheduled.items()}, on_step=True, on_epoch=False)
         self.train_acc(logits.detach(), y)
-        self.log(f"{prefix}/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(name("acc"), self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return total
 
     def evaluate(self, batch, split: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self.predict_seen(x)
-        self.log(f"{self.stage}/{split}/loss", ce_loss(logits, y), on_epoch=True, prog_bar=split == "val")
+        self.log(metric_name(self.stage, split, "loss"), ce_loss(logits, y), on_epoch=True, prog_bar=split == "val")
         metric(logits, y)
-        self.log(f"{self.stage}/{split}/acc", metric, on_epoch=True, prog_bar=split == "val")
+        self.log(metric_name(self.stage, split, "acc"), metric, on_epoch=True, prog_bar=split == "val")
         return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:

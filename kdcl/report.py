@@ -1,147 +1,123 @@
-"""Run summaries: summary.json, summary.md and the terminal table.
+"""`kdcl report DIR`: compare the runs under DIR (a multirun sweep, or any folder of runs).
 
-For every model of the run: test accuracy, parameters, MACs, CPU latency, and against the pipeline's
-first model (the teacher): compression ratio and accuracy gap. Class-incremental runs add accuracy on
-every task seen so far and forgetting.
+Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,none seed=0,1,2` gives
+two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std).
+Writes report.csv, report.md and report.png (final-stage accuracy against parameters) into DIR.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import statistics
 from pathlib import Path
 
-from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
+import yaml
 
-from kdcl.io import atomic_write_json, atomic_write_text
+from kdcl.errors import KdclError
+from kdcl.io import atomic_write_text
+from kdcl.plots import saved_figure
+from kdcl.tables import markdown_table, print_table
 
-SUMMARY_KEYS = ("name", "model", "params", "macs", "latency_ms", "test_acc", "test_loss", "best_val_acc",
-                "teachers", "init", "epochs", "trained", "checkpoint", "seconds")  # fmt: skip
+NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "paths.", "name=", "resume=")
 
 
-def compression(stages: list[dict]) -> list[dict]:
-    """Each stage's summary entry, with its compression ratio and accuracy gap against the first model."""
-    ref = stages[0]
+def find_runs(root: Path) -> list[Path]:
+    return sorted((p.parent for p in root.rglob("summary.json")), key=lambda p: (len(p.parts), str(p)))
+
+
+def overrides_of(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except yaml.YAMLError:
+        overrides = []
+    if not isinstance(overrides, list):
+        overrides = []
+    return sorted(str(o) for o in overrides if not str(o).lstrip("+~").startswith(NOT_A_SETTING))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def collect(root: Path) -> tuple[list[dict], list[str]]:
+    """(one row per group: its settings, seeds, per-stage accuracy mean ± std; the settings all runs share)."""
+    runs = find_runs(root)
+    overrides = {run: overrides_of(run) for run in runs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
+    groups: dict[str, list[dict]] = {}
+    for run in runs:  # settings every run shares say nothing about the differences: shown once, not per row
+        key = " ".join(o for o in overrides[run] if o not in shared) or "(defaults)"
+        groups.setdefault(key, []).append(json.loads((run / "summary.json").read_text()))
+    common = [o for o in overrides[runs[0]] if o in shared] if runs else []
     rows = []
-    for s in stages:
-        row = {k: s.get(k) for k in SUMMARY_KEYS}
-        row["compression"] = ref["params"] / s["params"]
-        row["acc_gap"] = s["test_acc"] - ref["test_acc"]  # negative: the model is less accurate than the reference
+    for key, summaries in groups.items():
+        stages = [s["name"] for s in summaries[0]["stages"]]
+        row = {"settings": key, "runs": len(summaries), "seeds": sorted({s["seed"] for s in summaries})}
+        for name in stages:
+            accs = [next(st["test_acc"] for st in s["stages"] if st["name"] == name) for s in summaries
+                    if any(st["name"] == name for st in s["stages"])]  # fmt: skip
+            row[name] = mean_std(accs)
+        final = summaries[0]["stages"][-1]
+        row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
+        row["stages"] = stages
         rows.append(row)
-    return rows
+    return rows, common
 
 
-def task_accuracy(per_class: dict, classes: list[int]) -> float:
-    correct = sum(per_class["correct"][c] for c in classes)
-    total = sum(per_class["total"][c] for c in classes)
-    return correct / total if total else float("nan")
+def fmt(ms: tuple[float, float] | None, runs: int) -> str:
+    if ms is None:
+        return "-"
+    return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if runs > 1 else f"{100 * ms[0]:.2f}"
 
 
-def incremental(stages: list[dict]) -> list[dict] | None:
-    """Per class-incremental stage: accuracy on each task seen so far, on all of them, and forgetting
-    (mean over old tasks of the best earlier accuracy minus the current one; Chaudhry et al. 2018)."""
-    if not stages or not all(s.get("classes") for s in stages):
-        return None
-    tasks = [s["classes"] for s in stages]
-    rows, history = [], []
-    for k, s in enumerate(stages):
-        accs = [task_accuracy(s["test_per_class"], t) for t in tasks[: k + 1]]
-        history.append(accs)
-        drops = [max(h[j] for h in history[j:k]) - accs[j] for j in range(k)]
-        rows.append({
-            "stage": s["name"],
-            "task_acc": accs,
-            "seen_acc": s["test_acc"],
-            "forgetting": sum(drops) / len(drops) if drops else 0.0,
-        })  # fmt: skip
-    return rows
-
-
-def fmt_latency(row: dict, batch: str) -> str:
-    ms = (row.get("latency_ms") or {}).get(batch)
-    return f"{ms:.1f}" if ms is not None else "-"
-
-
-def latency_batches(rows: list[dict]) -> list[str]:
-    return list((rows[0].get("latency_ms") or {}).keys()) if rows else []
-
-
-def columns(rows: list[dict]) -> list[str]:
-    lat = [f"ms@{b}" for b in latency_batches(rows)]
-    return ["stage", "model", "teachers", "params", "MMACs", *lat, "test acc", "Δ acc", "compr.", "epochs", "s"]
-
-
-def stage_row(row: dict, batches: list[str]) -> list[str]:
-    macs = f"{row['macs'] / 1e6:.1f}" if row.get("macs") is not None else "-"
-    return [
-        row["name"],
-        row["model"],
-        ", ".join(row["teachers"]) or "-",
-        f"{row['params'] / 1e6:.2f} M",
-        macs,
-        *(fmt_latency(row, b) for b in batches),
-        f"{100 * row['test_acc']:.2f} %",
-        f"{100 * row['acc_gap']:+.2f}",
-        f"{row['compression']:.1f}×",
-        str(row["epochs"]),
-        f"{row['seconds']:.0f}",
-    ]
-
-
-def markdown(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-
-
-def incremental_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    n = len(rows)
-    headers = ["stage", *(f"task {j + 1}" for j in range(n)), "seen classes", "forgetting"]
-    body = [
+def write_report(root: Path) -> list[dict]:
+    root = Path(root)
+    if not root.is_dir():
+        raise KdclError(f"report: '{root}' is not a directory; give a run or multirun directory (outputs/multirun/...)")
+    rows, common = collect(root)
+    if not rows:
+        raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
+    stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
+    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)"]
+    table_rows = [
         [
-            r["stage"],
-            *(f"{100 * a:.2f}" for a in r["task_acc"]),
-            *("" for _ in range(n - len(r["task_acc"]))),
-            f"{100 * r['seen_acc']:.2f}",
-            f"{100 * r['forgetting']:.2f}",
+            r["settings"],
+            str(r["runs"]),
+            *[fmt(r.get(n), r["runs"]) for n in stage_names],
+            r["final_model"],
+            f"{r['final_params'] / 1e6:.2f}",
         ]  # fmt: skip
         for r in rows
     ]
-    return headers, body
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
+                     "final_model", "final_params"])  # fmt: skip
+    for r in rows:
+        values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
+        writer.writerow(
+            [r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"], r["final_params"]]
+        )
+    atomic_write_text(root / "report.csv", buf.getvalue())
+    md = markdown_table(header, table_rows)
+    atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\nTest accuracy, mean ± std over runs.\n\n" + md)
+    plot(rows, root / "report.png")
+    title = f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)"
+    print_table(header, table_rows, title, left=("settings", "final model"))
+    if common:
+        print(f"settings of every run: {' '.join(common)}")
+    print(f"wrote {root / 'report.md'}, report.csv, report.png")
+    return rows
 
 
-def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict]) -> dict:
-    rows = compression(stages)
-    summary = {
-        "run_dir": str(run_dir),
-        "pipeline": cfg.pipeline.name,
-        "data": cfg.data.name,
-        "seed": int(cfg.seed),
-        "reference": rows[0]["name"],
-        "stages": rows,
-    }
-    lifelong = incremental(stages)
-    if lifelong:
-        summary["incremental"] = lifelong
-    atomic_write_json(run_dir / "summary.json", summary)
-
-    title = f"pipeline {summary['pipeline']} · data {summary['data']} · seed {summary['seed']}"
-    batches = latency_batches(rows)
-    headers, body = columns(rows), [stage_row(r, batches) for r in rows]
-    text = f"# kdcl run: {title}\n\nΔ acc and compression against `{rows[0]['name']}`; latency: CPU, ms per batch.\n\n"
-    text += markdown(headers, body)
-    print_table(headers, body, title)
-    if lifelong:
-        inc_headers, inc_body = incremental_table(lifelong)
-        text += "\n## Class-incremental accuracy (test, %)\n\n" + markdown(inc_headers, inc_body)
-        print_table(inc_headers, inc_body, "accuracy on each task after each stage · forgetting")
-    atomic_write_text(run_dir / "summary.md", text)
-    return summary
-
-
-def print_table(headers: list[str], body: list[list[str]], title: str) -> None:
-    table = Table(title=title)
-    for i, c in enumerate(headers):
-        table.add_column(c, justify="left" if i < 3 and c != "params" else "right")
-    for r in body:
-        table.add_row(*r)
-    Console(width=160).print(table)
+def plot(rows: list[dict], path: Path) -> None:
+    with saved_figure(path, size=(6, 4)) as ax:
+        for r in rows:
+            mean, std = r[r["final_stage"]]
+            label = r["settings"][:60]
+            ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3, label=label)
+        ax.set(xlabel="parameters of the final model (M)", ylabel="test accuracy (%)", title="accuracy against size")
+        ax.legend(fontsize=7, loc="best")

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 # Small but real: timm's tiny test models on the real digits data, two short epochs per stage.
 TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "progress_bar=lines"]
 
@@ -35,8 +33,3 @@ def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
 
 def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return tmp_path

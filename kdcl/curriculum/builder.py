@@ -30,6 +30,7 @@ from kdcl.curriculum.scoring import (
     warn_if_degenerate,
 )
 from kdcl.data.datamodule import unaugmented
+from kdcl.plots import saved_figure
 from kdcl.teacher_outputs import TeacherOutputs, pass_device, predict_logits
 
 TEACHER_SCORERS = tuple(s for s in SCORERS if s.startswith("teacher"))
@@ -104,20 +105,12 @@ def load_or_score(c: DictConfig, inp: CurriculumInputs, stage_dir: Path, base: D
 
 
 def plot_pacing(sampler: CurriculumBatchSampler, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = list(range(sampler.total_steps + 1))
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-    ax.plot(steps, [sampler.fraction_at(t) for t in steps])
-    ax.set(xlabel="training step", ylabel="fraction of data available", ylim=(0, 1.05), title=title)
-    for e in range(1, sampler.total_steps // sampler.steps_per_epoch):
-        ax.axvline(e * sampler.steps_per_epoch, color="0.85", lw=0.5, zorder=0)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with saved_figure(path, size=(5, 3)) as ax:
+        ax.plot(steps, [sampler.fraction_at(t) for t in steps])
+        ax.set(xlabel="training step", ylabel="fraction of data available", ylim=(0, 1.05), title=title)
+        for e in range(1, sampler.total_steps // sampler.steps_per_epoch):
+            ax.axvline(e * sampler.steps_per_epoch, color="0.85", lw=0.5, zorder=0)
 
 
 def build_curriculum(c: DictConfig, inp: CurriculumInputs, stage_dir: Path):

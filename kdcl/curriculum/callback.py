@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from kdcl.curriculum.sampler import CurriculumBatchSampler, curriculum_order
 from kdcl.curriculum.scoring import loss_scores
+from kdcl.metric_names import metric_name
 from kdcl.teacher_outputs import predict_logits
 
 ADVANCE = ("schedule", "on_plateau", "on_threshold")
@@ -121,7 +122,7 @@ class CurriculumCallback(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        acc = trainer.callback_metrics.get(f"{self.stage}/val/acc")
+        acc = trainer.callback_metrics.get(metric_name(self.stage, "val", "acc"))
         self.end_epoch(trainer, self.advance, float(acc) if acc is not None else float("-inf"))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
@@ -23,10 +23,8 @@ class ImageSplits:
     test: Dataset | None
     num_classes: int
     in_chans: int
-    classes: list[str] = field(default_factory=list)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    train_labels: list[int] | None = None  # class of each training example, without decoding images
 
 
 DatasetLoader = Callable[[DictConfig], ImageSplits]

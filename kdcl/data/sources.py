@@ -15,8 +15,6 @@ from kdcl.data.registry import ImageSplits, register_dataset
 from kdcl.errors import KdclError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -33,7 +31,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
 
 
-def in_memory(train_x, train_y, test_x, test_y, num_classes, classes, size) -> ImageSplits:
+def in_memory(train_x, train_y, test_x, test_y, num_classes, size) -> ImageSplits:
     train_x, test_x = resize_uint8(train_x, size), resize_uint8(test_x, size)
     mean, std = channel_stats(train_x)
     return ImageSplits(
@@ -41,10 +39,8 @@ def in_memory(train_x, train_y, test_x, test_y, num_classes, classes, size) -> I
         test=TensorDataset(test_x, test_y) if test_x is not None else None,
         num_classes=num_classes,
         in_chans=train_x.shape[1],
-        classes=classes,
         mean=mean,
         std=std,
-        train_labels=train_y.tolist(),
     )
 
 
@@ -60,8 +56,7 @@ def digits(cfg: DictConfig) -> ImageSplits:
     idx_train, idx_test = train_test_split(
         np.arange(len(labels)), test_size=cfg.test_fraction, random_state=0, stratify=d.target
     )
-    return in_memory(images[idx_train], labels[idx_train], images[idx_test], labels[idx_test],
-                     10, [str(i) for i in range(10)], cfg.image_size)  # fmt: skip
+    return in_memory(images[idx_train], labels[idx_train], images[idx_test], labels[idx_test], 10, cfg.image_size)
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -100,7 +95,7 @@ def fashion_mnist(cfg: DictConfig) -> ImageSplits:
             )
         files = download_fashion_mnist(download_root, stems)
     tx, ty, vx, vy = (read_idx(f) for f in files)
-    return in_memory(tx[:, None], ty.long(), vx[:, None], vy.long(), 10, FASHION_CLASSES, cfg.image_size)
+    return in_memory(tx[:, None], ty.long(), vx[:, None], vy.long(), 10, cfg.image_size)
 
 
 def download_fashion_mnist(root: Path, stems: list[str]) -> list[Path]:
@@ -138,7 +133,7 @@ def cifar(cfg: DictConfig, n: int) -> ImageSplits:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets, dtype=torch.long)
 
     (tx, ty), (vx, vy) = tensors(train), tensors(test)
-    return in_memory(tx, ty, vx, vy, n, list(train.classes), cfg.image_size)
+    return in_memory(tx, ty, vx, vy, n, cfg.image_size)
 
 
 @register_dataset("cifar10")
@@ -187,7 +182,7 @@ def image_folder(cfg: DictConfig) -> ImageSplits:
     if sample.shape[1] not in (1, 3):
         raise KdclError(f"data.root '{root}': images have {sample.shape[1]} channels; use grey or RGB images")
     mean, std = channel_stats(sample)
-    return ImageSplits(train, test, len(train.classes), sample.shape[1], train.classes, mean, std, train.targets)
+    return ImageSplits(train, test, len(train.classes), sample.shape[1], mean, std)
 
 
 @register_dataset("synthetic")
@@ -207,4 +202,4 @@ def synthetic(cfg: DictConfig) -> ImageSplits:
         return (x * 255).round().to(torch.uint8), y
 
     (tx, ty), (vx, vy) = make(int(cfg.train_size)), make(int(cfg.test_size))
-    return in_memory(tx, ty, vx, vy, k, [f"class{i}" for i in range(k)], s)
+    return in_memory(tx, ty, vx, vy, k, s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import platform
 import sys
 import time
@@ -19,9 +18,7 @@ from kdcl.pipeline.manifest import Manifest
 from kdcl.pipeline.plan import Plan, Stage
 from kdcl.pipeline.presets import task_classes
 from kdcl.pipeline.stage import StageContext, StageResult, run_stage
-from kdcl.report import write_summary
-
-log = logging.getLogger("kdcl")
+from kdcl.summary import write_summary
 
 
 def environment() -> dict:

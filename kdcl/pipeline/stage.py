@@ -27,6 +27,7 @@ from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart, unaugmented
 from kdcl.io import atomic_write_json
 from kdcl.losses import DistillLoss
+from kdcl.metric_names import metric_name
 from kdcl.models import count_params, create_model
 from kdcl.models.cost import model_cost
 from kdcl.models.factory import load_kdcl_checkpoint
@@ -255,7 +256,7 @@ def speed_up(module: DistillationModule, speed: DictConfig | dict) -> None:
 def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, list[pl.Callback]]:
     """The checkpoint callback (best by val acc + last), the random state, and the epochs kept for later stages."""
     ckpt_dir = ctx.stage_dir(stage) / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"{stage.name}/val/acc", mode="max",
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
                                  save_top_k=1, save_last=True, auto_insert_metric_name=False,
                                  enable_version_counter=False)  # fmt: skip
     if not stage.trains:
@@ -324,7 +325,8 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         trained=stage.trains, epochs=stage.epochs if stage.trains else 0,
         checkpoint=relative_to_run(chosen, ctx.run_dir), select=stage.select,
         best_val_acc=None if best is None else float(best),
-        test_acc=float(metrics[f"{stage.name}/test/acc"]), test_loss=float(metrics[f"{stage.name}/test/loss"]),
+        test_acc=float(metrics[metric_name(stage.name, "test", "acc")]),
+        test_loss=float(metrics[metric_name(stage.name, "test", "loss")]),
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
         macs=cost["macs"], latency_ms=cost["latency_ms"], seconds=round(time.perf_counter() - started, 2),
     )  # fmt: skip

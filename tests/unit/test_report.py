@@ -6,8 +6,8 @@ import statistics
 import pytest
 import yaml
 
-from kdcl.compare import write_report
 from kdcl.errors import KdclError
+from kdcl.report import write_report
 
 
 def fake_job(root, num, overrides, seed, teacher_acc, student_acc):

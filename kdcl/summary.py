@@ -1,0 +1,132 @@
+"""Run summaries: summary.json, summary.md and the terminal table.
+
+For every model of the run: test accuracy, parameters, MACs, CPU latency, and against the pipeline's
+first model (the teacher): compression ratio and accuracy gap. Class-incremental runs add accuracy on
+every task seen so far and forgetting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from kdcl.io import atomic_write_json, atomic_write_text
+from kdcl.tables import markdown_table, print_table
+
+SUMMARY_KEYS = ("name", "model", "params", "macs", "latency_ms", "test_acc", "test_loss", "best_val_acc",
+                "teachers", "init", "epochs", "trained", "checkpoint", "seconds")  # fmt: skip
+
+
+def compression(stages: list[dict]) -> list[dict]:
+    """Each stage's summary entry, with its compression ratio and accuracy gap against the first model."""
+    ref = stages[0]
+    rows = []
+    for s in stages:
+        row = {k: s.get(k) for k in SUMMARY_KEYS}
+        row["compression"] = ref["params"] / s["params"]
+        row["acc_gap"] = s["test_acc"] - ref["test_acc"]  # negative: the model is less accurate than the reference
+        rows.append(row)
+    return rows
+
+
+def task_accuracy(per_class: dict, classes: list[int]) -> float:
+    correct = sum(per_class["correct"][c] for c in classes)
+    total = sum(per_class["total"][c] for c in classes)
+    return correct / total if total else float("nan")
+
+
+def incremental(stages: list[dict]) -> list[dict] | None:
+    """Per class-incremental stage: accuracy on each task seen so far, on all of them, and forgetting
+    (mean over old tasks of the best earlier accuracy minus the current one; Chaudhry et al. 2018)."""
+    if not stages or not all(s.get("classes") for s in stages):
+        return None
+    tasks = [s["classes"] for s in stages]
+    rows, history = [], []
+    for k, s in enumerate(stages):
+        accs = [task_accuracy(s["test_per_class"], t) for t in tasks[: k + 1]]
+        history.append(accs)
+        drops = [max(h[j] for h in history[j:k]) - accs[j] for j in range(k)]
+        rows.append({
+            "stage": s["name"],
+            "task_acc": accs,
+            "seen_acc": s["test_acc"],
+            "forgetting": sum(drops) / len(drops) if drops else 0.0,
+        })  # fmt: skip
+    return rows
+
+
+def fmt_latency(row: dict, batch: str) -> str:
+    ms = (row.get("latency_ms") or {}).get(batch)
+    return f"{ms:.1f}" if ms is not None else "-"
+
+
+def latency_batches(rows: list[dict]) -> list[str]:
+    return list((rows[0].get("latency_ms") or {}).keys()) if rows else []
+
+
+def columns(rows: list[dict]) -> list[str]:
+    lat = [f"ms@{b}" for b in latency_batches(rows)]
+    return ["stage", "model", "teachers", "params", "MMACs", *lat, "test acc", "Δ acc", "compr.", "epochs", "s"]
+
+
+def stage_row(row: dict, batches: list[str]) -> list[str]:
+    macs = f"{row['macs'] / 1e6:.1f}" if row.get("macs") is not None else "-"
+    return [
+        row["name"],
+        row["model"],
+        ", ".join(row["teachers"]) or "-",
+        f"{row['params'] / 1e6:.2f} M",
+        macs,
+        *(fmt_latency(row, b) for b in batches),
+        f"{100 * row['test_acc']:.2f} %",
+        f"{100 * row['acc_gap']:+.2f}",
+        f"{row['compression']:.1f}×",
+        str(row["epochs"]),
+        f"{row['seconds']:.0f}",
+    ]
+
+
+def incremental_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    n = len(rows)
+    headers = ["stage", *(f"task {j + 1}" for j in range(n)), "seen classes", "forgetting"]
+    body = [
+        [
+            r["stage"],
+            *(f"{100 * a:.2f}" for a in r["task_acc"]),
+            *("" for _ in range(n - len(r["task_acc"]))),
+            f"{100 * r['seen_acc']:.2f}",
+            f"{100 * r['forgetting']:.2f}",
+        ]  # fmt: skip
+        for r in rows
+    ]
+    return headers, body
+
+
+def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict]) -> dict:
+    rows = compression(stages)
+    summary = {
+        "run_dir": str(run_dir),
+        "pipeline": cfg.pipeline.name,
+        "data": cfg.data.name,
+        "seed": int(cfg.seed),
+        "reference": rows[0]["name"],
+        "stages": rows,
+    }
+    lifelong = incremental(stages)
+    if lifelong:
+        summary["incremental"] = lifelong
+    atomic_write_json(run_dir / "summary.json", summary)
+
+    title = f"pipeline {summary['pipeline']} · data {summary['data']} · seed {summary['seed']}"
+    batches = latency_batches(rows)
+    headers, body = columns(rows), [stage_row(r, batches) for r in rows]
+    text = f"# kdcl run: {title}\n\nΔ acc and compression against `{rows[0]['name']}`; latency: CPU, ms per batch.\n\n"
+    text += markdown_table(headers, body)
+    print_table(headers, body, title, left=("stage", "model", "teachers"))
+    if lifelong:
+        inc_headers, inc_body = incremental_table(lifelong)
+        text += "\n## Class-incremental accuracy (test, %)\n\n" + markdown_table(inc_headers, inc_body)
+        print_table(inc_headers, inc_body, "accuracy on each task after each stage · forgetting", left=inc_headers[:3])
+    atomic_write_text(run_dir / "summary.md", text)
+    return summary
