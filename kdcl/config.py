@@ -175,27 +175,31 @@ def plain(cfg: DictConfig) -> DictConfig:
 def plan_checked(cfg: DictConfig):
     """The Plan, and the checks that need torch, timm, Lightning or the data."""
     from kdcl.data.registry import get_loader
-    from kdcl.models import check_model_cfg
     from kdcl.pipeline.plan import build_plan
     from kdcl.trainer import check_trainer_values
 
-    get_loader(cfg.data.name)
     plan = build_plan(cfg)
     checked = set()
     for stage in plan.stages:
         if stage.model_key not in checked:
             checked.add(stage.model_key)
-            check_model_cfg(stage.model, stage.model_key)
-            check_model_files(stage.model, stage.model_key)
+            check_model_node(stage.model, stage.model_key)
+    get_loader(cfg.data.name)
     check_feature_taps(plan.stages, int(cfg.data.image_size))
     check_scores_file(plan)
     check_trainer_values(cfg.trainer)
     return plan
 
 
-def check_model_files(node: dict, key: str) -> None:
+def check_model_node(node: dict, key: str) -> None:
+    """A timm name (checked without importing timm), a drop rate, and readable weight files."""
     from kdcl.io import check_weights_file
+    from kdcl.models.names import check_model_name
 
+    check_model_name(node.get("name"), f"{key}.name")
+    drop_rate = node.get("drop_rate", 0.0)
+    if not isinstance(drop_rate, (int, float)) or isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
+        raise KdclError(f"{key}.drop_rate={show(drop_rate)} must be a number in [0, 1)")
     for field in ("weights", "checkpoint"):
         if node.get(field):
             check_weights_file(node[field], f"{key}.{field}")

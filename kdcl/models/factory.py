@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +10,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from kdcl.errors import KdclError, did_you_mean
+from kdcl.errors import KdclError
 from kdcl.io import check_weights_file, load_state_dict_file
-
-
-@lru_cache(maxsize=1)
-def all_model_names() -> tuple[str, ...]:
-    return tuple(timm.list_models())
-
-
-def check_model_name(name: str, key: str) -> None:
-    if not isinstance(name, str) or not timm.is_model(name):
-        raise KdclError(
-            f"{key} '{name}' is not a timm model{did_you_mean(name, all_model_names())} "
-            "(kdcl models 'PATTERN' lists the names)"
-        )
+from kdcl.models.names import check_model_name
 
 
 def check_model_cfg(cfg, key: str) -> None:
