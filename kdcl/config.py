@@ -50,13 +50,15 @@ def schema_error(exc: Exception) -> KdclError | None:
     if exc is None:
         return None
     key, text = exc.full_key, str(exc).splitlines()[0]
-    if text.startswith("Invalid value"):  # an enumeration: "Invalid value 'x', expected one of [a, b]"
+    if "expected one of" in text:  # an enumeration: "Invalid value 'x', expected one of [a, b]"
         value = text.split("'")[1]
         options = text.split("[", 1)[1].rstrip("]").split(", ")
         return KdclError(f"{key}={value} must be one of {'|'.join(options)}{did_you_mean(value, options)}")
     if "could not be converted to" in text:  # "Value 'abc' of type 'str' could not be converted to Float"
         value, wanted = text.split("'")[1], text.rsplit(" ", 1)[-1]
         return KdclError(f"{key}={value} must be {TYPE_WORDS.get(wanted, wanted)}; check the override")
+    if "is not a ListConfig" in text:  # "Invalid value assigned: int is not a ListConfig, list or tuple."
+        return KdclError(f"{key}={show(getattr(exc, 'value', '?'))} must be a list, e.g. [0,1,2]; check the override")
     return KdclError(f"{key}: {text}; check the override")
 
 

@@ -140,6 +140,27 @@ class CurriculumConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """Either explicit `stages` or a generator `kind` (kdcl/pipeline/presets.py) with its own settings."""
+
+    name: str = MISSING
+    kind: str | None = None  # a registered generator: takd, dgkd, anchors, born_again, lifelong, ...
+    stages: dict[str, Any] | None = None  # name -> {model, teachers, epochs, select, terms, ...}
+    epochs: Any | None = None  # a generator's per-stage budget (usually ${trainer.max_epochs})
+    assistants: list[Any] | None = None  # takd, dgkd: timm names or model mappings, largest first
+    anchors: int | None = None  # anchors
+    epochs_per_anchor: int | None = None  # anchors
+    generations: int | None = None  # born_again
+    tasks: int | None = None  # lifelong
+    task_classes: list[Any] | None = None  # lifelong
+    distill_weight: float | None = None  # lifelong
+    temperature: float | None = None  # lifelong
+    finetune: bool = False  # true appends a hard-label fine-tune of the last model at a lower learning rate
+    finetune_epochs: int | None = None  # default: half the last stage's epochs
+    finetune_lr_scale: float = 0.1  # × optim.lr
+
+
+@dataclass
 class OptimConfig:
     name: Optimizer = Optimizer.adamw
     lr: float = 6e-3
@@ -176,7 +197,7 @@ class TrainConfig:
     student: ModelConfig | None = None
     distill: DistillConfig = MISSING
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    pipeline: dict[str, Any] = MISSING
+    pipeline: PipelineConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: dict[str, Any] = MISSING
     logger: dict[str, Any] | None = None

@@ -22,11 +22,10 @@ from kdcl.curriculum.scoring import loss_scores
 from kdcl.metric_names import metric_name
 from kdcl.teacher_outputs import predict_logits
 
-ADVANCE = ("schedule", "on_plateau", "on_threshold")
-
 
 def advance_clock(mode: str, clock: int, steps: int, acc: float, best: float, threshold: float, jump: int) -> int:
-    """The pacing clock after an epoch of `steps` steps that reached validation accuracy `acc`."""
+    """The pacing clock after an epoch of `steps` steps that reached validation accuracy `acc` (the modes:
+    kdcl.schema.Advance)."""
     if mode == "on_plateau":
         return clock + steps if acc > best else clock  # no progress: another epoch on the same data
     if mode == "on_threshold":

@@ -15,8 +15,6 @@ from torch.utils.data import Sampler
 
 from kdcl.curriculum.pacing import fraction
 
-ORDERS = ("easy_first", "hard_first", "random")
-
 
 def curriculum_order(scores: torch.Tensor, labels: torch.Tensor, order: str, balanced: bool, seed: int) -> torch.Tensor:
     """Example indices from first-available to last-available.

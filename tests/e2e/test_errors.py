@@ -91,7 +91,7 @@ CASES = {
     "class order not a list": (
         ["curriculum=linear", "curriculum.scorer=class_order", "curriculum.class_order=5"],
         "curriculum.class_order=5",
-        "distinct class indices",
+        "must be a list",
     ),
     "cached teacher outputs with augmentation": (
         ["distill.teacher_outputs=cached", "data.augment=true"],

@@ -150,14 +150,14 @@ def test_multirun_gives_one_job_directory_per_point(tmp_path):
         summary = summary_of(sweep / job)
         assert [s["name"] for s in summary["stages"]] == ["teacher", "student"]
         temps.append((sweep / job / "config.yaml").read_text().split("temperature: ")[1].split("\n")[0])
-    assert temps == ["2", "4"]
+    assert [float(t) for t in temps] == [2, 4]
 
 
 def test_gpu_switches_bf16_channels_last_and_compile_run_end_to_end(tmp_path):
     # the switches trainer=gpu sets, here on the CPU: a compiled, channels-last, bf16-mixed run trains,
     # tests, and saves checkpoints with the model's own keys (nn.Module.compile adds no _orig_mod prefix)
     proc = run_kdcl(["train", *TINY, "trainer.max_epochs=1", "trainer.precision=bf16-mixed",
-                     "trainer.channels_last=true", "trainer.compile=true"], tmp_path)  # fmt: skip
+                     "speed.channels_last=true", "speed.compile=true"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = run_dir_of(proc)
     assert [s["name"] for s in summary_of(run)["stages"]] == ["teacher", "student"]

@@ -80,7 +80,7 @@ def test_teacher_references():
             ["+pipeline.stages.student.epoch=3"],
             "pipeline.stages.student.epoch is not a stage setting; did you mean epochs",
         ),
-        (["+pipeline.kind=tkd"], "pipeline.kind 'tkd' is unknown; did you mean takd"),
+        (["pipeline.kind=tkd"], "pipeline.kind 'tkd' is unknown; did you mean takd"),
         (["report.latency_batches=[0]"], "report.latency_batches=[0] must list batch sizes"),
     ],
 )
