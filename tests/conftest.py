@@ -1,15 +1,23 @@
-"""Shared helpers: run the real `kdcl` CLI in a subprocess, in a temporary working directory."""
+"""Shared helpers: run the real `kdcl` CLI in a subprocess or in this process, in a temporary directory;
+session-wide runs that several test files read instead of training their own."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 # Small but real: timm's tiny test models on the real digits data, two short epochs per stage.
 TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "progress_bar=lines"]
+# The shared tiny run: three epochs per stage, pinned to the CPU so that runs compared with it exactly
+# (eval, resume, cached vs online teacher outputs) compute the same numbers on any machine.
+TINY_RUN = [*TINY, "trainer=cpu", "trainer.max_epochs=3"]
 
 
 def run_kdcl(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -24,7 +32,7 @@ def run_kdcl(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = 
     )
 
 
-def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
+def run_dir_of(proc) -> Path:
     """The run directory named by the last line `kdcl train` prints."""
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("run directory: "), proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -33,3 +41,65 @@ def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
 
 def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+@dataclass
+class InProcess:
+    """What `kdcl.cli.main` did in this process: exit status (0 when it returned), stdout, stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def kdcl_main(monkeypatch, capfd):
+    """Call `kdcl.cli.main(args)` in this process, in `cwd`: no interpreter start-up, no imports repeated.
+
+    `kdcl train` hands sys.argv to Hydra and Hydra configures logging: both are restored afterwards, and
+    Hydra's global state is cleared, so one call leaves nothing behind for the next test.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdcl.cli import main
+
+    def run(args: list[str], cwd: Path) -> InProcess:
+        root = logging.getLogger()
+        saved = (root.level, list(root.handlers))
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["kdcl"])
+        capfd.readouterr()
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+            root.setLevel(saved[0])
+            for handler in [h for h in root.handlers if h not in saved[1]]:
+                root.removeHandler(handler)
+                handler.close()
+            for handler in saved[1]:
+                if handler not in root.handlers:
+                    root.addHandler(handler)
+        out, err = capfd.readouterr()
+        return InProcess(code, out, err)
+
+    return run
+
+
+def train_once(cwd: Path, args: list[str]) -> Path:
+    proc = run_kdcl(["train", *args], cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir_of(proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """teacher=tiny → student=tiny, three epochs each on the CPU: read by many tests, written once.
+    Tests must not change it (those that resume it check that nothing changes)."""
+    cwd = tmp_path_factory.mktemp("tiny")
+    run_dir = train_once(cwd, TINY_RUN)
+    assert run_dir.is_relative_to(cwd / "outputs" / "train")  # per-run directories under outputs/
+    return run_dir

@@ -16,7 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
 
-CURRICULUM = [*TINY, "trainer.max_epochs=3", "curriculum=linear", "curriculum.start=0.25", "curriculum.full_at=0.6"]
+# pinned to the CPU: compared exactly with a resumed copy and with tiny_run's stored teacher outputs
+CURRICULUM = [*TINY, "trainer=cpu", "trainer.max_epochs=3", "curriculum=linear", "curriculum.start=0.25",
+              "curriculum.full_at=0.6"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +55,12 @@ def test_scores_and_pacing_plot_are_saved_in_the_stage_directory(curriculum_run)
     assert (stage / "pacing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_scoring_pass_stores_the_logits_training_would_have_stored(curriculum_run, tmp_path):
+def test_the_scoring_pass_stores_the_logits_training_would_have_stored(curriculum_run, tiny_run):
     # the curriculum's pass before training (batches of data.eval_batch_size, in dataset order) and a
     # plain stage's first epoch (training batches, shuffled) store the same teacher's logits
-    plain = run_kdcl(["train", *TINY, "trainer.max_epochs=3"], tmp_path)  # the same teacher as curriculum_run
-    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+    # (tiny_run trains the same teacher: same models, seed and epochs)
     by_pass = torch.load(curriculum_run / "stages/01-student/teacher_logits.pt", weights_only=True)
-    by_training = torch.load(run_dir_of(plain) / "stages/01-student/teacher_logits.pt", weights_only=True)
+    by_training = torch.load(tiny_run / "stages/01-student/teacher_logits.pt", weights_only=True)
     assert by_pass["filled"].all() and by_training["filled"].all()
     assert torch.allclose(by_pass["logits"], by_training["logits"], atol=1e-5)
 
@@ -67,18 +68,61 @@ def test_the_scoring_pass_stores_the_logits_training_would_have_stored(curriculu
 def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "kdcl.cli", "train", *CURRICULUM, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    log = tmp_path / "killed.log"  # a file, not a pipe: a pipe nobody reads can fill up and stall the child
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     last = run_dir / "stages" / "01-student" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert json.loads((run_dir / "run.json").read_text())["stages"]["student"]["status"] == "running"
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["stages"]["student"]["status"] == "running", log.read_text()[-3000:]
     resumed = run_kdcl(["train", f"resume={run_dir}"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "[student] curriculum: scoring" not in resumed.stdout  # the saved scores are read back
     want, got = summary_of(curriculum_run)["stages"], summary_of(run_dir)["stages"]
     for key in ("test_acc", "test_loss", "best_val_acc"):
         assert [s[key] for s in got] == [s[key] for s in want], key
+
+
+@pytest.fixture(scope="module")
+def source_runs(tmp_path_factory):
+    """One sweep, two jobs: curriculum scores from the teacher's early checkpoint (job 0) and from
+    out-of-fold teachers (job 1). Returns (the sweep's process, {source: job directory})."""
+    cwd = tmp_path_factory.mktemp("sources")
+    args = [*TINY, "trainer=cpu", "curriculum=linear", "curriculum.early_epoch=1", "curriculum.folds=2",
+            "curriculum.fold_epochs=1", "report.latency_batches=[]"]  # fmt: skip
+    proc = run_kdcl(["train", "-m", *args, "curriculum.source=early,folds", f"hydra.sweep.dir={cwd / 'sweep'}"], cwd)
+    return proc, {"early": cwd / "sweep" / "0", "folds": cwd / "sweep" / "1"}
+
+
+def finished_with_scores(proc, run_dir: Path, source: str) -> torch.Tensor:
+    assert (run_dir / "summary.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    student = summary_of(run_dir)["stages"][1]
+    assert student["test_acc"] > 0.3  # two curriculum epochs: well above chance (0.1)
+    saved = torch.load(run_dir / "stages/01-student/scores.pt", weights_only=True)
+    assert saved["source"] == source and saved["scorer"] == "teacher_confidence"
+    assert len(saved["scores"]) == len(saved["labels"]) == 1293  # every training example scored
+    return saved["scores"]
+
+
+def test_source_early_scores_with_the_teachers_checkpoint_after_early_epoch(source_runs):
+    proc, runs = source_runs
+    finished_with_scores(proc, runs["early"], "early")
+    early = runs["early"] / "stages/00-teacher/checkpoints/early.ckpt"
+    final = runs["early"] / "stages/00-teacher/checkpoints/last.ckpt"
+    steps = [torch.load(p, weights_only=True)["global_step"] for p in (early, final)]
+    assert steps[0] > 0 and 2 * steps[0] == steps[1]  # saved after the first of two epochs
+
+
+def test_source_folds_trains_out_of_fold_teachers_that_score_harder(source_runs, curriculum_run):
+    proc, runs = source_runs
+    scores = finished_with_scores(proc, runs["folds"], "folds")
+    assert "out-of-fold teacher 1/2 for 1 epochs" in proc.stdout and "out-of-fold teacher 2/2" in proc.stdout
+    # a teacher that trained on the examples it scores calls nearly everything easy; teachers that never
+    # saw them do not (curriculum_run: the final teacher's scores of the same examples)
+    final = torch.load(curriculum_run / "stages/01-student/scores.pt", weights_only=True)["scores"]
+    assert scores.mean() > final.mean()

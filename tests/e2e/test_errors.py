@@ -1,4 +1,8 @@
-"""Every bad input: exit status 2, one line on stderr naming the key and a fix, nothing written."""
+"""Every bad input: exit status 2, one line on stderr naming the key and a fix, nothing written.
+
+Every case runs `kdcl.cli.main` in this process (the checks run before Hydra starts a job); a few run as
+real processes too, for the contract as a user meets it: exit status 2, no traceback, nothing written.
+"""
 
 from __future__ import annotations
 
@@ -102,35 +106,80 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path):
-    args, *fragments = CASES[case]
+def prepare(tmp_path: Path, args: list[str]) -> tuple[list[str], list[str]]:
+    """The case's arguments with their files in place, and what the directory holds before the run."""
     (tmp_path / "scores.txt").write_text("0.1\n0.2\n0.3\n")
     args = [a.format(corrupt=corrupt_file(tmp_path), tmp=tmp_path, scores=tmp_path / "scores.txt") for a in args]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "run.json").write_text("{}")  # an earlier run that must stay untouched
     (tmp_path / "keep.txt").write_text("user data")
-    before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run_kdcl(["train", *args], tmp_path)
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return args, listing(tmp_path)
+
+
+def listing(tmp_path: Path) -> list[str]:
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+
+def assert_one_line_error(stderr: str, fragments) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdcl.cli import main
+
+    args, before = prepare(tmp_path, CASES[case][0])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["kdcl"])  # `kdcl train` hands sys.argv to Hydra: restored afterwards
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["train", *args])
+    finally:
+        GlobalHydra.instance().clear()
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert_one_line_error(err, CASES[case][1:])
+    assert "Traceback" not in out + err
+    assert listing(tmp_path) == before, "a rejected run must write nothing (no outputs/ directory)"
+
+
+# As real processes: a group option, a bad point late in a sweep (-m), a directory holding an earlier
+# run, a corrupt checkpoint file, and a resume of something that is not a run.
+AS_PROCESSES = (
+    "unknown group option",
+    "bad value in a later sweep point",
+    "run directory in use",
+    "corrupt checkpoint",
+    "resume of a non-run",
+)
+
+
+@pytest.mark.parametrize("case", AS_PROCESSES)
+def test_bad_train_input_exits_2_as_a_process_and_writes_nothing(case, tmp_path):
+    args, before = prepare(tmp_path, CASES[case][0])
+    proc = run_kdcl(["train", *args], tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert_one_line_error(proc.stderr, CASES[case][1:])
     assert "Traceback" not in proc.stdout + proc.stderr
-    after = sorted(p.name for p in tmp_path.iterdir())
-    assert after == before, "a rejected run must write nothing (no outputs/ directory)"
-    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["run.json"]
+    assert listing(tmp_path) == before, "a rejected run must write nothing (no outputs/ directory)"
+    assert (tmp_path / "old" / "run.json").read_text() == "{}" and (tmp_path / "keep.txt").read_text() == "user data"
 
 
-def test_bad_eval_target_is_one_line_and_exit_2(tmp_path):
-    proc = run_kdcl(["eval", str(tmp_path)], tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
-    proc = run_kdcl(["eval", corrupt_file(tmp_path)], tmp_path)
-    assert proc.returncode == 2 and "not a readable weights/checkpoint file" in proc.stderr
+def test_bad_eval_target_is_one_line_and_exit_2(tmp_path, kdcl_main):
+    result = kdcl_main(["eval", str(tmp_path)], tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, ["is not a kdcl run directory"])
+    result = kdcl_main(["eval", corrupt_file(tmp_path)], tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, ["not a readable weights/checkpoint file"])
 
 
-def test_unknown_command_suggests_the_right_one(tmp_path):
-    proc = run_kdcl(["trian"], tmp_path)
-    assert proc.returncode == 2 and "did you mean train" in proc.stderr
+def test_unknown_command_suggests_the_right_one(tmp_path, kdcl_main):
+    result = kdcl_main(["trian"], tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, ["did you mean train"])

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 
-import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
 
 METRICS = ("test_acc", "test_loss", "best_val_acc")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    cwd = tmp_path_factory.mktemp("tiny")
-    proc = run_kdcl(["train", *TINY, "trainer.max_epochs=3"], cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = run_dir_of(proc)
-    assert run_dir.is_relative_to(cwd / "outputs" / "train")  # per-run directories under outputs/
-    return run_dir
+# One short, cheap stage: two training batches, one validation and one test batch, no latency timing.
+FEW_STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1", "report.latency_batches=[]"]  # fmt: skip
 
 
 def test_summary_lists_every_stage_with_its_numbers(tiny_run):
@@ -99,14 +91,16 @@ def test_tensorboard_holds_losses_accuracies_lr_and_hparams(tiny_run):
         assert len(acc_values) == 3  # one validation point per epoch
 
 
-def test_eval_reproduces_the_student_test_accuracy_exactly(tiny_run):
-    proc = run_kdcl(["eval", str(tiny_run)], tiny_run)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_eval_reproduces_the_student_test_accuracy_exactly(tiny_run, kdcl_main):
+    result = kdcl_main(["eval", str(tiny_run)], tiny_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads(result.stdout.strip().splitlines()[-1])
     student = summary_of(tiny_run)["stages"][1]
-    assert result["stage"] == "student" and result["test_acc"] == student["test_acc"]
-    proc = run_kdcl(["eval", str(tiny_run), "stage=teacher"], tiny_run)
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["test_acc"] == summary_of(tiny_run)["stages"][0]["test_acc"]
+    assert evaluated["stage"] == "student" and evaluated["test_acc"] == student["test_acc"]
+    result = kdcl_main(["eval", str(tiny_run), "stage=teacher"], tiny_run)
+    assert (
+        json.loads(result.stdout.strip().splitlines()[-1])["test_acc"] == summary_of(tiny_run)["stages"][0]["test_acc"]
+    )
 
 
 def test_same_seed_gives_identical_metrics_whether_teacher_outputs_are_cached_or_online(tiny_run, tmp_path):
@@ -115,7 +109,8 @@ def test_same_seed_gives_identical_metrics_whether_teacher_outputs_are_cached_or
     # A CPU's convolutions may round an example's logits differently (~1e-8) in a batch of another size,
     # and online KD computes each example in whatever batch it lands in. With equal batches (1293 training
     # images = 3 × 431) every teacher logit is computed the same way both ways, so the runs must agree.
-    equal_batches = [*TINY, "trainer.max_epochs=3", "data.batch_size=431"]
+    # Two epochs: the first stores every example's logits, the second reads them back.
+    equal_batches = [*TINY, "trainer=cpu", "trainer.max_epochs=2", "data.batch_size=431"]
     summaries = {}
     for mode in ("auto", "online"):
         (tmp_path / mode).mkdir()
@@ -128,13 +123,13 @@ def test_same_seed_gives_identical_metrics_whether_teacher_outputs_are_cached_or
         assert {k: first[k] for k in METRICS} == {k: second[k] for k in METRICS}
 
 
-def test_resuming_a_finished_run_changes_nothing(tiny_run):
+def test_resuming_a_finished_run_changes_nothing(tiny_run, kdcl_main):
     before = (tiny_run / "summary.json").read_text()
     ckpt = tiny_run / "stages/01-student/checkpoints/best.ckpt"
     mtime = ckpt.stat().st_mtime_ns
-    proc = run_kdcl(["train", f"resume={tiny_run}"], tiny_run.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "already complete" in proc.stdout and "nothing to do" in proc.stdout
+    result = kdcl_main(["train", f"resume={tiny_run}"], tiny_run.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already complete" in result.stdout and "nothing to do" in result.stdout
     assert (tiny_run / "summary.json").read_text() == before
     assert ckpt.stat().st_mtime_ns == mtime
     assert not list(tiny_run.glob("environment-resume-*"))
@@ -142,7 +137,8 @@ def test_resuming_a_finished_run_changes_nothing(tiny_run):
 
 def test_multirun_gives_one_job_directory_per_point(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_kdcl(["train", "-m", *TINY, "trainer.max_epochs=1", "distill.temperature=2,4",
+    proc = run_kdcl(["train", "-m", *TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]",
+                     "distill.temperature=2,4",
                      f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     temps = []
@@ -153,42 +149,137 @@ def test_multirun_gives_one_job_directory_per_point(tmp_path):
     assert [float(t) for t in temps] == [2, 4]
 
 
-def test_gpu_switches_bf16_channels_last_and_compile_run_end_to_end(tmp_path):
-    # the switches trainer=gpu sets, here on the CPU: a compiled, channels-last, bf16-mixed run trains,
-    # tests, and saves checkpoints with the model's own keys (nn.Module.compile adds no _orig_mod prefix)
-    proc = run_kdcl(["train", *TINY, "trainer.max_epochs=1", "trainer.precision=bf16-mixed",
-                     "speed.channels_last=true", "speed.compile=true"], tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = run_dir_of(proc)
+class Seen:
+    """What the real run's modules did, seen by global forward hooks (torch's public hook API)."""
+
+    def __init__(self):
+        from torch import nn
+
+        from kdcl.losses import DistillLoss
+        from kdcl.models import FrozenTeacher
+
+        self.convs: list[tuple] = []  # (output dtype, input channels-last, weight channels-last) under autocast
+        self.student_logits: list[torch.Tensor] = []  # what the loss received, as it received it
+        self.teachers: list[object] = []  # each frozen teacher's backbone when it was called
+
+        def distinguishable(t: torch.Tensor) -> bool:  # NCHW and NHWC differ only with C > 1 and H·W > 1
+            return t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
+
+        def conv_hook(module, args, out):
+            if isinstance(module, nn.Conv2d) and torch.is_autocast_enabled("cpu"):
+                x, w = args[0], module.weight
+                cl = torch.channels_last
+                self.convs.append((out.dtype, x.is_contiguous(memory_format=cl) if distinguishable(x) else None,
+                                   w.is_contiguous(memory_format=cl) if distinguishable(w) else None))  # fmt: skip
+
+        def loss_hook(module, args):
+            if isinstance(module, DistillLoss):
+                self.student_logits.append(args[0].student_logits)
+
+        def teacher_hook(module, args):
+            if isinstance(module, FrozenTeacher):
+                self.teachers.append(module.model)
+
+        self.handles: list = []
+        self.hooks = (conv_hook, loss_hook, teacher_hook)
+
+    def __enter__(self):
+        from torch import nn
+
+        conv_hook, loss_hook, teacher_hook = self.hooks
+        self.handles = [
+            nn.modules.module.register_module_forward_hook(conv_hook),
+            nn.modules.module.register_module_forward_pre_hook(loss_hook),
+            nn.modules.module.register_module_forward_pre_hook(teacher_hook),
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_bf16_and_channels_last_take_effect_in_every_model(tmp_path, kdcl_main):
+    # the switches trainer=gpu sets, here on the CPU: every convolution of the teacher and the student runs
+    # under bf16 autocast on channels-last inputs with channels-last weights, and the loss sees bf16 logits
+    args = ["train", *TINY, *FEW_STEPS, "trainer.precision=bf16-mixed", "speed.channels_last=true",
+            "distill.teacher_outputs=online"]  # fmt: skip
+    with Seen() as seen:
+        result = kdcl_main(args, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(seen.convs) > 50 and {dtype for dtype, _, _ in seen.convs} == {torch.bfloat16}
+    assert {x for _, x, _ in seen.convs} == {True, None} and {w for _, _, w in seen.convs} == {True, None}
+    assert seen.student_logits and all(t.dtype == torch.bfloat16 for t in seen.student_logits)
+    assert seen.teachers  # the student stage's frozen teacher ran (online), under the same switches
+    state = torch.load(run_dir_of(result) / "stages/01-student/checkpoints/last.ckpt", weights_only=True)
+    assert all(v.dtype == torch.float32 for k, v in state["state_dict"].items() if v.is_floating_point())
+
+
+def test_compile_compiles_the_student_and_the_teachers(tmp_path, kdcl_main):
+    # torch.compile on the CPU (inductor, C++) is slow to compile: the smallest graphs (test_vit, the same
+    # architecture for both, so the student stage reuses the teacher stage's compiled code) and a few steps
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    args = ["train", *TINY, *FEW_STEPS, "teacher.name=test_vit", "student.name=test_vit", "data.eval_batch_size=64",
+            "speed.compile=true", "trainer.precision=bf16-mixed", "speed.channels_last=true",
+            "distill.teacher_outputs=online"]  # fmt: skip
+    try:
+        with Seen() as seen:
+            result = kdcl_main(args, tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert counters["stats"]["unique_graphs"] > 0  # dynamo captured graphs in this run
+        # the student's logits come out of a compiled graph (AOT autograd's backward), the teachers are compiled
+        assert seen.student_logits and all(
+            type(t.grad_fn).__name__ == "CompiledFunctionBackward" for t in seen.student_logits
+        )
+        assert seen.teachers and all(m._compiled_call_impl is not None for m in seen.teachers)
+    finally:
+        torch._dynamo.reset()
+    run = run_dir_of(result)
     assert [s["name"] for s in summary_of(run)["stages"]] == ["teacher", "student"]
+    # checkpoints keep the model's own keys (nn.Module.compile adds no _orig_mod prefix) ...
     state = torch.load(run / "stages/01-student/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert state and not any("_orig_mod" in k for k in state)
-    evaluated = run_kdcl(["eval", str(run)], tmp_path)  # an uncompiled fp32 model loads those weights
+    evaluated = kdcl_main(["eval", str(run), "data.eval_batch_size=64"], tmp_path)  # ... so plain fp32 models load them
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
 
-def test_ddp_ranks_share_the_teacher_outputs_they_store(tmp_path):
+def test_ddp_two_ranks_split_the_epoch_and_share_the_teacher_outputs_they_store(tmp_path):
     # two CPU processes (gloo): each rank meets half the examples in the epoch and stores their teacher
     # logits; at the epoch's end the ranks exchange them, so the saved store is complete after one epoch
     proc = run_kdcl(["train", *TINY, "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
-                     "trainer.strategy=ddp_spawn"], tmp_path)  # fmt: skip
+                     "trainer.strategy=ddp_spawn", "report.latency_batches=[]"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = run_dir_of(proc)
     assert [s["name"] for s in summary_of(run)["stages"]] == ["teacher", "student"]
     stored = torch.load(run / "stages/01-student/teacher_logits.pt", weights_only=True)
     assert stored["filled"].all()
     assert (stored["logits"].abs().sum(-1) > 0).all()  # no example's row was left empty
+    # two ranks ran: each took half the training set, so an epoch was half the optimizer steps of one process
+    n, batch = len(stored["filled"]), 64
+    for stage in ("00-teacher", "01-student"):
+        ckpt = torch.load(run / "stages" / stage / "checkpoints/last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == math.ceil(math.ceil(n / 2) / batch) != math.ceil(n / batch), stage
 
 
 def test_resnet50_teacher_mobilenet_student(tmp_path):
-    proc = run_kdcl(["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "progress_bar=lines"], tmp_path)
+    proc = run_kdcl(
+        ["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "progress_bar=lines",
+         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+         "data.batch_size=16", "data.eval_batch_size=32", "report.latency_batches=[]"], tmp_path
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     models = [s["model"] for s in summary_of(run_dir_of(proc))["stages"]]
     assert models == ["resnet50", "mobilenetv3_small_100"]
 
 
 def test_baseline_pipeline_trains_the_student_alone(tmp_path):
-    proc = run_kdcl(["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1"], tmp_path)
+    proc = run_kdcl(
+        ["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1", "report.latency_batches=[]"], tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = summary_of(run_dir_of(proc))["stages"]
     assert [(s["name"], s["teachers"]) for s in stages] == [("student", [])]
+    assert stages[0]["test_acc"] > 0.3  # one epoch on hard labels alone: well above chance (0.1)

@@ -3,9 +3,11 @@ import timm
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
+from torch import nn
 
 from kdcl.errors import KdclError
 from kdcl.models import FrozenTeacher, create_model
+from kdcl.models.cost import count_macs
 
 
 def model_cfg(name: str, **kw):
@@ -72,10 +74,19 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
         create_model(model_cfg("test_resnet", checkpoint=str(path)), 10, 1, 32, "teacher")
 
 
-def test_frozen_teacher_stays_in_eval_mode_without_grads():
-    teacher = FrozenTeacher(timm.create_model("test_resnet", num_classes=3))
-    teacher.train()
-    assert not teacher.training and not any(m.training for m in teacher.modules())
-    assert not any(p.requires_grad for p in teacher.parameters())
-    out = teacher(torch.randn(2, 3, 32, 32))
-    assert not out.requires_grad
+def test_frozen_teacher_stays_in_eval_mode_when_the_stage_trains():
+    teacher = FrozenTeacher(timm.create_model("test_resnet", num_classes=3, drop_rate=0.5))
+    teacher.train()  # Lightning switches the whole LightningModule to train mode at every epoch
+    assert not any(m.training for m in teacher.modules())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(teacher(x), teacher(x))  # no dropout
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # batch-norm statistics untouched
+
+
+def test_macs_of_a_model_counted_by_hand():
+    # conv: 4 output channels × 8·8 positions × (1 input channel × 3·3 kernel) = 2304 multiply-accumulates;
+    # linear: 256 inputs × 10 outputs = 2560 (bias additions are not multiply-accumulates)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    assert count_macs(model, in_chans=1, image_size=8) == 2304 + 2560
