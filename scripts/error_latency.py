@@ -44,7 +44,9 @@ def main() -> None:
                                       capture_output=True, text=True)  # fmt: skip
                 times.append(time.perf_counter() - start)
                 codes.add(proc.returncode)
-            print(f"| {name} (`{' '.join(overrides)}`) | {statistics.median(times):.2f} | {','.join(map(str, codes))} |")
+            print(
+                f"| {name} (`{' '.join(overrides)}`) | {statistics.median(times):.2f} | {','.join(map(str, codes))} |"
+            )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TINY, run_kdcl, summary_of
 
-FAST = [*TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[1,4]"]
+FAST = [*TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]"]
 
 
 def run(tmp_path: Path, *args: str) -> tuple[dict, Path]:
@@ -30,9 +31,22 @@ def weights(run_dir: Path, stage: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith("model.")}
 
 
+def max_lr(run_dir: Path, stage: dict) -> float:
+    ckpt = torch.load(run_dir / stage["checkpoint"], weights_only=True)
+    return ckpt["optimizer_states"][0]["param_groups"][0]["max_lr"]
+
+
+def logged_lr(run_dir: Path, name: str, index: int) -> list[float]:
+    events = EventAccumulator(str(run_dir / "tensorboard" / f"{index:02d}-{name}"))
+    events.Reload()
+    return [e.value for e in events.Scalars(f"{name}/lr")]
+
+
 def test_takd_chains_assistants_and_reports_compression(tmp_path):
+    # a stage here is 7 steps: log every 2nd so that its learning rate reaches TensorBoard
     summary, run_dir = run(tmp_path, "pipeline=takd", "pipeline.assistants=[test_resnet,test_efficientnet]",
-                           "pipeline.finetune=true")  # fmt: skip
+                           "pipeline.finetune=true", "report.latency_batches=[1,4]",
+                           "trainer.log_every_n_steps=2")  # fmt: skip
     s = stages_of(summary)
     assert list(s) == ["teacher", "assistant1", "assistant2", "student", "finetune"]
     assert [s[n]["teachers"] for n in s] == [[], ["teacher"], ["assistant1"], ["assistant2"], []]
@@ -45,11 +59,17 @@ def test_takd_chains_assistants_and_reports_compression(tmp_path):
     assert s["student"]["params"] < s["teacher"]["params"] and s["student"]["compression"] > 1
     md = (run_dir / "summary.md").read_text()
     assert "MMACs" in md and "ms@4" in md and "compr." in md
-    # the fine-tune started from the student's chosen weights and moved on from them at a lower rate
+    # the fine-tune started from the student's chosen weights and moved on from them ...
     config = json.loads((run_dir / "stages/04-finetune/metrics.json").read_text())
     assert config["init"] == "student"
     before, after = weights(run_dir, s["student"]), weights(run_dir, s["finetune"])
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    # ... at a tenth of the learning rate (pipeline.finetune_lr_scale=0.1): the one-cycle peak in the
+    # checkpoint's optimizer state, and every rate TensorBoard logged
+    peak = {n: max_lr(run_dir, s[n]) for n in ("student", "finetune")}
+    assert peak["student"] == pytest.approx(6e-3) and peak["finetune"] == pytest.approx(6e-4)
+    logged = {n: logged_lr(run_dir, n, i) for n, i in (("student", 3), ("finetune", 4))}
+    assert max(logged["finetune"]) <= 6e-4 * (1 + 1e-6) < max(logged["student"])
 
 
 def test_dgkd_student_learns_from_the_teacher_and_every_assistant(tmp_path):
