@@ -85,6 +85,8 @@ def check_data(d: DictConfig) -> None:
     positive_int(d.eval_batch_size, "data.eval_batch_size")
     positive_int(d.num_workers, "data.num_workers", 0)
     positive_int(d.epochs, "data.epochs")
+    if d.on_device not in (True, False, "auto"):  # a bool or a word: OmegaConf has no Union type
+        raise KdclError(f"data.on_device={d.on_device} must be true, false or auto")
     if d.get("root") and not d.get("download") and not Path(d.root).exists():
         raise KdclError(
             f"data.root '{d.root}' does not exist; point it at the {d.name} files or set data.download=true"

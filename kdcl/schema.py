@@ -27,12 +27,6 @@ class Choice(str, Enum):
         return self.value
 
 
-class OnDevice(Choice):
-    true = "true"
-    false = "false"
-    auto = "auto"
-
-
 class Optimizer(Choice):
     adamw = "adamw"
     adam = "adam"
@@ -89,7 +83,7 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
-    on_device: OnDevice = OnDevice.auto
+    on_device: Any = "auto"  # true | false | auto (a bool or a word: checked in kdcl/config.py)
     augment: bool = False
     hflip: bool = False
     epochs: int = 10

@@ -103,7 +103,8 @@ def finished_with_scores(proc, run_dir: Path, source: str) -> torch.Tensor:
     assert (run_dir / "summary.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     student = summary_of(run_dir)["stages"][1]
     assert student["test_acc"] > 0.3  # two curriculum epochs: well above chance (0.1)
-    saved = torch.load(run_dir / "stages/01-student/scores.pt", weights_only=True)
+    (scores_file,) = run_dir.glob("stages/*-student/scores.pt")  # out-of-fold stages come before the student
+    saved = torch.load(scores_file, weights_only=True)
     assert saved["source"] == source and saved["scorer"] == "teacher_confidence"
     assert len(saved["scores"]) == len(saved["labels"]) == 1293  # every training example scored
     return saved["scores"]
@@ -112,7 +113,7 @@ def finished_with_scores(proc, run_dir: Path, source: str) -> torch.Tensor:
 def test_source_early_scores_with_the_teachers_checkpoint_after_early_epoch(source_runs):
     proc, runs = source_runs
     finished_with_scores(proc, runs["early"], "early")
-    early = runs["early"] / "stages/00-teacher/checkpoints/early.ckpt"
+    early = runs["early"] / "stages/00-teacher/checkpoints/epoch-1.ckpt"  # the plan's `teacher@1` reference
     final = runs["early"] / "stages/00-teacher/checkpoints/last.ckpt"
     steps = [torch.load(p, weights_only=True)["global_step"] for p in (early, final)]
     assert steps[0] > 0 and 2 * steps[0] == steps[1]  # saved after the first of two epochs
@@ -121,7 +122,11 @@ def test_source_early_scores_with_the_teachers_checkpoint_after_early_epoch(sour
 def test_source_folds_trains_out_of_fold_teachers_that_score_harder(source_runs, curriculum_run):
     proc, runs = source_runs
     scores = finished_with_scores(proc, runs["folds"], "folds")
-    assert "out-of-fold teacher 1/2 for 1 epochs" in proc.stdout and "out-of-fold teacher 2/2" in proc.stdout
+    for fold in (1, 2):  # the plan's out-of-fold stages, trained like any stage before the student's
+        assert f"[student_fold{fold}] training test_resnet for 1 epochs" in proc.stdout
+        fold_result = json.loads((runs["folds"] / f"stages/0{fold}-student_fold{fold}/metrics.json").read_text())
+        assert fold_result["trained"] and fold_result["teachers"] == []
+    assert [s["name"] for s in summary_of(runs["folds"])["stages"]] == ["teacher", "student"]
     # a teacher that trained on the examples it scores calls nearly everything easy; teachers that never
     # saw them do not (curriculum_run: the final teacher's scores of the same examples)
     final = torch.load(curriculum_run / "stages/01-student/scores.pt", weights_only=True)["scores"]
