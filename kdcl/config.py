@@ -22,6 +22,7 @@ from omegaconf.errors import (
 
 from kdcl.confdir import config_dir  # noqa: F401  (re-exported)
 from kdcl.errors import KdclError, did_you_mean, show
+from kdcl.losses.values import check_term_values
 from kdcl.schema import TrainConfig
 
 GROUPS = tuple(TrainConfig.__dataclass_fields__)
@@ -151,6 +152,7 @@ def check_values(cfg: DictConfig) -> None:
         raise KdclError(f"report.latency_batches={cfg.report.latency_batches} must list batch sizes ≥ 1, e.g. [1,64] "
                         "(or [] to skip)")  # fmt: skip
     check_curriculum(cfg.curriculum)
+    check_term_values(OmegaConf.to_container(cfg.distill.terms, resolve=True))
 
 
 _PLANS: dict[str, object] = {}  # config text -> its Plan: a job checked before Hydra starts is not planned twice

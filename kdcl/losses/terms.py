@@ -23,6 +23,7 @@ from torch import nn
 from kdcl.errors import KdclError, did_you_mean
 from kdcl.losses import functional as LF
 from kdcl.losses.schedules import check_schedule, scheduled
+from kdcl.losses.values import POSITIVE, check_term_values
 from kdcl.models.taps import FeatureTaps, resolve_tap
 
 
@@ -56,7 +57,6 @@ class TermKind:
 TERMS: dict[str, TermKind] = {}
 NEEDS_TEACHER: set[str] = set()
 TAP_KEYS = ("student_tap", "teacher_tap")
-POSITIVE = {"temperature", "p"}  # parameters that must be > 0 (all others ≥ 0)
 
 
 def register_term(
@@ -138,10 +138,6 @@ class Term:
         return TERMS[self.kind]
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def as_tap_list(value, key: str) -> list:
     taps = list(value) if isinstance(value, (list, tuple)) else [value]
     if not taps or not all(isinstance(t, (int, str)) and not isinstance(t, bool) for t in taps):
@@ -150,10 +146,7 @@ def as_tap_list(value, key: str) -> list:
 
 
 def parse_term(name: str, spec, key: str) -> Term:
-    if spec is None:
-        raise KdclError(f"{key}.{name} is null; remove the term with ~{key}.{name} or set its weight to 0")
-    if not isinstance(spec, Mapping):
-        raise KdclError(f"{key}.{name} must hold the term's settings (weight, parameters), not {spec!r}")
+    """A term whose numbers check_term_values has checked: its kind, parameter names, taps and schedules."""
     spec = dict(spec)
     kind = spec.pop("kind", name)
     if kind not in TERMS:
@@ -161,8 +154,6 @@ def parse_term(name: str, spec, key: str) -> Term:
             f"{key}.{name}: '{kind}' is not a loss term{did_you_mean(kind, TERMS)} (known: {', '.join(sorted(TERMS))})"
         )
     weight = spec.pop("weight", 1.0)
-    if not is_number(weight) or weight < 0:
-        raise KdclError(f"{key}.{name}.weight={weight} must be a number ≥ 0")
     schedule = spec.pop("schedule", None) or {}
     taps = {}
     if TERMS[kind].features is not None:
@@ -176,17 +167,12 @@ def parse_term(name: str, spec, key: str) -> Term:
             raise KdclError(f"{key}.{name}: student_tap and teacher_tap must list the same number of taps")
     allowed = [p for p in inspect.signature(TERMS[kind].fn).parameters if p != "inp"]
     extra = list(TAP_KEYS) if TERMS[kind].features is not None else []
-    for param, value in spec.items():
+    for param in spec:
         if param not in allowed:
             raise KdclError(
                 f"{key}.{name}.{param} is not a parameter of the '{kind}' term{did_you_mean(param, allowed + extra)}; "
                 f"it takes: {', '.join(allowed + extra + ['weight', 'schedule'])}"
             )
-        positive = param in POSITIVE
-        if not is_number(value) or value < 0 or (positive and value == 0):
-            raise KdclError(f"{key}.{name}.{param}={value} must be a number {'> 0' if positive else '≥ 0'}")
-    if kind == "ce" and not spec.get("label_smoothing", 0.0) < 1:
-        raise KdclError(f"{key}.{name}.label_smoothing={spec['label_smoothing']} must be in [0, 1)")
     if not isinstance(schedule, Mapping):
         raise KdclError(f"{key}.{name}.schedule must map a parameter (weight, temperature, ...) to a schedule")
     for param, sched in schedule.items():
@@ -203,14 +189,8 @@ def parse_terms(terms_cfg: Mapping, key: str = "distill.terms") -> list[Term]:
     """Validate the terms config: known kinds and parameters, weights ≥ 0, temperatures > 0, schedules, taps."""
     if isinstance(terms_cfg, DictConfig):
         terms_cfg = OmegaConf.to_container(terms_cfg, resolve=True)
-    if not terms_cfg:
-        raise KdclError(f"{key} is empty; give at least one term, e.g. {key}.ce.weight=1")
-    if not isinstance(terms_cfg, Mapping):
-        raise KdclError(f"{key} must map term names to their settings, not {terms_cfg!r}")
-    terms = [parse_term(str(name), spec, key) for name, spec in terms_cfg.items()]
-    if not any(t.weight > 0 for t in terms):
-        raise KdclError(f"{key}: every weight is 0; give at least one term a positive weight")
-    return terms
+    check_term_values(terms_cfg, key)
+    return [parse_term(str(name), spec, key) for name, spec in terms_cfg.items()]
 
 
 def make_bridge(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
