@@ -171,6 +171,7 @@ class SpeedConfig:
 
     channels_last: bool = False  # models and batches in channels-last memory format (GPU, bf16)
     compile: bool = False  # torch.compile the student and the teachers
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: graphs captured, no code generated)
 
 
 @dataclass

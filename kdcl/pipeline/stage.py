@@ -250,7 +250,7 @@ def speed_up(module: DistillationModule, speed: DictConfig | dict) -> None:
             m.to(memory_format=torch.channels_last)
     if speed.get("compile"):
         for m in models:
-            m.compile()
+            m.compile(backend=speed.get("compile_backend", "inductor"))
 
 
 def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, list[pl.Callback]]:

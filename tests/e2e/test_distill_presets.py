@@ -25,12 +25,12 @@ def test_the_presets_kdcl_documents_exist():
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """(the sweep's process, its directory): job N trains PRESETS[N]."""
+def sweep(tmp_path_factory, tiny_run):
+    """(the sweep's process, its directory): job N trains PRESETS[N], every job from tiny_run's teacher."""
     cwd = tmp_path_factory.mktemp("presets")
     fast = [
         "trainer.max_epochs=2",
-        "pipeline.stages.teacher.epochs=1",
+        f"teacher.checkpoint={tiny_run / 'stages/00-teacher/checkpoints/best.ckpt'}",
         "data.fraction=0.5",
         "report.latency_batches=[]",
     ]
