@@ -3,8 +3,7 @@
     python scripts/error_latency.py [--repeats 3]
 
 Run it on an otherwise idle machine (other torch jobs slow every number). Cases that need no model or
-data should answer in about a second; those that need torch (loss terms) or timm's model list in
-two to three; values only Lightning can judge (precision, accelerator) pay Lightning's import.
+data should answer in about a second; an unknown model name (timm's name list) in two to three; values only Lightning can judge (precision, accelerator) pay Lightning's import.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ CASES = {
     "out of range": ["data.fraction=2"],
     "unknown Trainer argument": ["+trainer.acumulate_grad_batches=4"],
     "nesterov without momentum": ["optim=sgd", "optim.momentum=0"],
-    "bad loss-term value (torch)": ["distill.terms.kd.weight=-1"],
+    "bad loss-term value": ["distill.terms.kd.weight=-1"],
     "unknown model name (timm)": ["teacher.name=resnet500"],
     "bad Trainer value (Lightning)": ["trainer.precision=17"],
 }
