@@ -195,7 +195,7 @@ def train_task(cfg) -> None:
 
     quiet_libraries()
     try:
-        from kdcl.config import check_config
+        from kdcl.config import check_config, upgrade_saved
         from kdcl.pipeline.manifest import Manifest
         from kdcl.pipeline.runner import run_pipeline
         from kdcl.schema import TrainConfig
@@ -203,7 +203,8 @@ def train_task(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if cfg.get("resume"):
             run_dir = Path(cfg.resume)
-            cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml"))
+            saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
+            cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
             print(f"resuming {run_dir}", flush=True)
         elif Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix or overwrite them
             raise KdclError(

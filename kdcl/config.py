@@ -172,6 +172,24 @@ def check_config(cfg: DictConfig):
         raise schema_error(exc) from None
 
 
+OLD_TRAINER_SWITCHES = {"progress_bar": "progress_bar", "channels_last": "speed.channels_last",
+                        "compile": "speed.compile"}  # fmt: skip
+
+
+def upgrade_saved(cfg: DictConfig) -> DictConfig:
+    """A config.yaml saved before `trainer` became a Lightning spec: kdcl's own switches move out of it
+    and it gets its `_target_`, so older runs can still be resumed and evaluated."""
+    trainer = cfg.get("trainer")
+    if trainer is None or "_target_" in trainer:
+        return cfg
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    for old, new in OLD_TRAINER_SWITCHES.items():
+        if old in cfg.trainer:
+            OmegaConf.update(cfg, new, cfg.trainer.pop(old), force_add=True)
+    cfg.trainer["_target_"] = "pytorch_lightning.Trainer"
+    return cfg
+
+
 def plain(cfg: DictConfig) -> DictConfig:
     """The same config without the schema's types: enumerations become plain strings, so the config can be
     saved in checkpoints as plain containers."""

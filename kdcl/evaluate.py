@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.confdir import config_dir
-from kdcl.config import check_data
+from kdcl.config import check_data, upgrade_saved
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart
 from kdcl.errors import KdclError, did_you_mean
@@ -45,7 +45,7 @@ def locate(target: str, stage: str | None) -> tuple[Path, DictConfig, dict]:
         raise KdclError(
             f"checkpoint '{path}' was not written by kdcl train (no config inside); give a kdcl stage checkpoint"
         )
-    return path, OmegaConf.create(hparams["config"]), hparams
+    return path, upgrade_saved(OmegaConf.create(hparams["config"])), hparams
 
 
 EVAL_GROUPS = ("data",)  # the model comes from the checkpoint; only the data can be swapped

@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from kdcl.confdir import config_dir
-from kdcl.config import check_config
+from kdcl.config import check_config, upgrade_saved
 from kdcl.errors import KdclError
 from kdcl.pipeline.plan import plan_stages
 
@@ -86,3 +86,17 @@ def test_debug_fast_shortens_every_stage():
     cfg = make(["debug=fast"])
     assert cfg.trainer.max_epochs == 1 and all(s.epochs == 1 for s in plan_stages(cfg))
     assert OmegaConf.select(cfg, "trainer.limit_train_batches") == 5
+
+
+def test_a_config_saved_before_the_trainer_spec_still_resumes():
+    # config.yaml of a run made when kdcl's own switches lived in `trainer` (no _target_)
+    saved = OmegaConf.to_container(make(), resolve=True, enum_to_str=True)
+    for key in ("progress_bar", "speed"):
+        del saved[key]
+    del saved["trainer"]["_target_"]
+    saved["trainer"].update(progress_bar="lines", channels_last=True, compile=False)
+    upgraded = upgrade_saved(OmegaConf.create(saved))
+    assert upgraded.trainer._target_ == "pytorch_lightning.Trainer"
+    assert upgraded.progress_bar == "lines" and upgraded.speed.channels_last is True
+    assert not {"progress_bar", "channels_last", "compile"} & set(upgraded.trainer)
+    check_config(upgraded)  # Lightning accepts the spec as it is now
