@@ -195,7 +195,9 @@ def train_task(cfg) -> None:
 
     quiet_libraries()
     try:
-        from kdcl.config import check_config, upgrade_saved
+        from omegaconf.errors import ValidationError
+
+        from kdcl.config import check_config, schema_error, upgrade_saved
         from kdcl.pipeline.manifest import Manifest
         from kdcl.pipeline.runner import run_pipeline
         from kdcl.schema import TrainConfig
@@ -204,7 +206,10 @@ def train_task(cfg) -> None:
         if cfg.get("resume"):
             run_dir = Path(cfg.resume)
             saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
-            cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+            try:
+                cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+            except ValidationError as exc:
+                raise schema_error(exc) from None
             print(f"resuming {run_dir}", flush=True)
         elif Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix or overwrite them
             raise KdclError(

@@ -9,6 +9,7 @@ torch nor Lightning, so a typo is answered in a fraction of a second; `check_con
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -86,12 +87,18 @@ def check_data(d: DictConfig) -> None:
     positive_int(d.eval_batch_size, "data.eval_batch_size")
     positive_int(d.num_workers, "data.num_workers", 0)
     positive_int(d.epochs, "data.epochs")
+    for key in SYNTHETIC_ONLY:
+        if d.get(key) is not None and d.name != "synthetic":
+            raise KdclError(f"data.{key} is a setting of data=synthetic only; data={d.name} reads it from its files")
     if d.on_device not in (True, False, "auto"):  # a bool or a word: OmegaConf has no Union type
         raise KdclError(f"data.on_device={d.on_device} must be true, false or auto")
     if d.get("root") and not d.get("download") and not Path(d.root).exists():
         raise KdclError(
             f"data.root '{d.root}' does not exist; point it at the {d.name} files or set data.download=true"
         )
+
+
+SYNTHETIC_ONLY = ("num_classes", "in_chans", "train_size", "test_size")
 
 
 def check_optim(o: DictConfig) -> None:
@@ -161,7 +168,7 @@ _PLANS: dict[str, object] = {}  # config text -> its Plan: a job checked before 
 def check_config(cfg: DictConfig):
     """Validate `cfg` and return its Plan (kdcl.pipeline.plan.Plan), whose config holds plain values."""
     try:
-        text = OmegaConf.to_yaml(cfg, resolve=False)
+        text = os.getcwd() + "\n" + OmegaConf.to_yaml(cfg, resolve=False)  # relative paths: per directory
         if text not in _PLANS:
             check_values(cfg)
             _PLANS[text] = plan_checked(plain(cfg))

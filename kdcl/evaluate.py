@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdcl.confdir import config_dir
 from kdcl.config import check_data, upgrade_saved
 from kdcl.data import KdclDataModule
-from kdcl.data.datamodule import StagePart
+from kdcl.data.datamodule import StagePart, of_classes
 from kdcl.errors import KdclError, did_you_mean
 from kdcl.io import read_json
 from kdcl.losses import DistillLoss
@@ -111,14 +111,14 @@ def eval_command(args: list[str]) -> dict:
                                 seen_classes=seen)  # fmt: skip
     gpu = torch.cuda.is_available()  # a GPU-trained run can be checked on a laptop, and the other way round
     trainer = build_trainer(cfg.trainer, accelerator="gpu" if gpu else "cpu", devices=1, num_nodes=1, strategy="auto",
-                            precision=cfg.trainer.precision if gpu else "32-true")  # fmt: skip
+                            precision=cfg.trainer.precision if gpu else "32-true", limit_test_batches=None)  # fmt: skip
     metrics = trainer.test(module, datamodule=dm.for_stage(StagePart(eval_classes=seen)), verbose=False)[0]
     result = {
         "stage": hp["stage"],
         "model": hp["model"]["name"],
         "checkpoint": str(ckpt),
         "data": cfg.data.name,
-        "test_examples": len(dm.test_set),
+        "test_examples": len(of_classes(dm.test_set, seen)),
         "test_acc": float(metrics[metric_name(hp["stage"], "test", "acc")]),
         "test_loss": float(metrics[metric_name(hp["stage"], "test", "loss")]),
     }

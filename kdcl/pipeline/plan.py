@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdcl.errors import KdclError, did_you_mean
 from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
-from kdcl.pipeline.presets import PIPELINES, finetune_stage
+from kdcl.pipeline.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
 
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
@@ -81,14 +81,24 @@ def split_ref(ref: str) -> tuple[str, int | None]:
     return name, (int(epoch) if epoch.isdigit() else (None if not epoch else -1))
 
 
+def check_pipeline_keys(p: DictConfig) -> None:
+    """A setting the pipeline's kind does not read is refused, not ignored (the schema has every kind's keys)."""
+    used = (*COMMON_KEYS, *(PIPELINE_KEYS[p.kind] if p.get("kind") is not None else ("stages",)))
+    for key, value in p.items():
+        if value is not None and key not in used:
+            what = f"kind={p.kind}" if p.get("kind") is not None else "a pipeline of explicit stages"
+            raise KdclError(f"pipeline.{key} is not used by {what}; it takes {', '.join(used[2:])}")
+
+
 def stage_specs(cfg: DictConfig) -> dict[str, dict]:
     p = cfg.pipeline
     kind = p.get("kind")
+    if kind is not None and kind not in PIPELINES:
+        raise KdclError(
+            f"pipeline.kind '{kind}' is unknown{did_you_mean(str(kind), PIPELINES)}; use one of {', '.join(PIPELINES)}"
+        )
+    check_pipeline_keys(p)
     if kind is not None:
-        if kind not in PIPELINES:
-            raise KdclError(
-                f"pipeline.kind '{kind}' is unknown{did_you_mean(str(kind), PIPELINES)}; use one of {', '.join(PIPELINES)}"
-            )
         specs = PIPELINES[kind](OmegaConf.to_container(p, resolve=True), cfg)
     else:
         stages = p.get("stages")
@@ -247,7 +257,8 @@ def teacher_outputs_mode(cfg: DictConfig, stage: Stage) -> str:
     needs_teacher = any(t.spec.needs_teacher for t in stage.loss_terms if t.weight > 0 or "weight" in t.schedule)
     if not (stage.trains and stage.teachers and needs_teacher):
         return "online"
-    features = [t.name for t in stage.loss_terms if t.spec.features is not None]
+    features = [t.name for t in stage.loss_terms
+                if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
     return choose_mode(mode, bool(cfg.data.augment), features)
 
 

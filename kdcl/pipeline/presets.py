@@ -17,11 +17,16 @@ from kdcl.errors import KdclError
 
 Specs = dict[str, dict]
 PIPELINES: dict[str, Callable[[dict, DictConfig], Specs]] = {}
+PIPELINE_KEYS: dict[str, tuple[str, ...]] = {}  # the `pipeline.*` settings each generator reads
+COMMON_KEYS = ("name", "kind", "finetune", "finetune_epochs", "finetune_lr_scale")
 
 
-def register_pipeline(name: str):
+def register_pipeline(name: str, keys: tuple[str, ...] = ()):
+    """A generator of stages; `keys`: the pipeline settings it reads (a field of PipelineConfig each)."""
+
     def add(fn):
         PIPELINES[name] = fn
+        PIPELINE_KEYS[name] = keys
         return fn
 
     return add
@@ -59,19 +64,19 @@ def assistant_chain(p: dict, dense: bool) -> Specs:
     return specs
 
 
-@register_pipeline("takd")
+@register_pipeline("takd", keys=("assistants", "epochs"))
 def takd(p: dict, cfg: DictConfig) -> Specs:
     """Teacher Assistant KD (Mirzadeh et al. 2020): each model learns from the one before it."""
     return assistant_chain(p, dense=False)
 
 
-@register_pipeline("dgkd")
+@register_pipeline("dgkd", keys=("assistants", "epochs"))
 def dgkd(p: dict, cfg: DictConfig) -> Specs:
     """Densely guided KD (Son et al. 2021): each model learns from the teacher and every assistant before it."""
     return assistant_chain(p, dense=True)
 
 
-@register_pipeline("anchors")
+@register_pipeline("anchors", keys=("anchors", "epochs", "epochs_per_anchor"))
 def anchors(p: dict, cfg: DictConfig) -> Specs:
     """Route-constrained optimisation (Jin et al. 2019): the teacher's checkpoints along its training
     route teach the student in order, weak to strong; the student carries its weights from anchor to anchor."""
@@ -89,7 +94,7 @@ def anchors(p: dict, cfg: DictConfig) -> Specs:
     return specs
 
 
-@register_pipeline("born_again")
+@register_pipeline("born_again", keys=("generations", "epochs"))
 def born_again(p: dict, cfg: DictConfig) -> Specs:
     """Born-again networks (Furlanello et al. 2018): generations of the student's architecture, each
     taught by the last; generation 0 learns from the labels."""
@@ -100,7 +105,7 @@ def born_again(p: dict, cfg: DictConfig) -> Specs:
     return specs
 
 
-@register_pipeline("lifelong")
+@register_pipeline("lifelong", keys=("tasks", "task_classes", "distill_weight", "temperature", "epochs"))
 def lifelong(p: dict, cfg: DictConfig) -> Specs:
     """Class-incremental learning without forgetting (Li & Hoiem 2017): stage k learns task k's classes,
     starting from stage k−1's weights and distilling its outputs on the old classes (weight 0: the
@@ -108,10 +113,16 @@ def lifelong(p: dict, cfg: DictConfig) -> Specs:
     epochs = positive(p, "epochs")
     tasks = p.get("task_classes") or positive(p, "tasks")
     n = len(tasks) if isinstance(tasks, list) else tasks
-    weight = p.get("distill_weight", 1.0)
+    weight = 1.0 if p.get("distill_weight") is None else p["distill_weight"]
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
         raise KdclError(f"pipeline.distill_weight={weight} must be ≥ 0 (0 switches distillation off)")
-    terms = {"ce": {"weight": 1.0}, "kd": {"weight": float(weight), "temperature": float(p.get("temperature", 2.0))}}
+    terms = {
+        "ce": {"weight": 1.0},
+        "kd": {
+            "weight": float(weight),
+            "temperature": float(2.0 if p.get("temperature") is None else p["temperature"]),
+        },
+    }
     specs = {"task1": stage("student", epochs=epochs, select="last", task=[1, tasks])}
     for k in range(2, n + 1):
         previous = f"task{k - 1}"

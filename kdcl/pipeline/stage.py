@@ -25,6 +25,7 @@ from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curric
 from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart, unaugmented
+from kdcl.errors import KdclError
 from kdcl.io import atomic_write_json
 from kdcl.losses import DistillLoss
 from kdcl.metric_names import metric_name
@@ -94,7 +95,12 @@ class StageContext:
         """The file a reference points at: `name` → its chosen checkpoint, `name@E` → after epoch E."""
         name, epoch = split_ref(ref)
         result = self.handed[name]
-        return self.run_dir / (result.checkpoint if epoch is None else result.epoch_checkpoints[str(epoch)])
+        if epoch is None:
+            return self.run_dir / result.checkpoint
+        if str(epoch) not in result.epoch_checkpoints:  # e.g. the stage stopped early (max_steps, max_time)
+            raise KdclError(f"stage '{name}' saved no checkpoint after epoch {epoch} (for '{ref}'); it stopped "
+                            "before that epoch: lower the epoch or use curriculum.source=final")  # fmt: skip
+        return self.run_dir / result.epoch_checkpoints[str(epoch)]
 
     def build_model(self, model_cfg: dict, key: str, checkpoint: Path | None = None) -> nn.Module:
         if checkpoint is not None:  # the weights come from the checkpoint, not from a pretrained file

@@ -68,6 +68,8 @@ def test_temperature_override_reaches_the_kd_term():
         ("data.val_fraction=1", "data.val_fraction=1 must be a fraction in [0, 1)"),
         ("teacher.name=resnet500", "teacher.name 'resnet500' is not a timm model; did you mean resnet50"),
         ("optim.lr=0", "optim.lr=0 must be > 0"),
+        ("pipeline.epochs=3", "pipeline.epochs is not used by a pipeline of explicit stages"),  # not ignored
+        ("data.num_classes=5", "data.num_classes is a setting of data=synthetic only"),
         ("data.root=/nonexistent/kdcl", "data.root '/nonexistent/kdcl' does not exist"),
     ],
 )
@@ -100,3 +102,8 @@ def test_a_config_saved_before_the_trainer_spec_still_resumes():
     assert upgraded.progress_bar == "lines" and upgraded.speed.channels_last is True
     assert not {"progress_bar", "channels_last", "compile"} & set(upgraded.trainer)
     check_config(upgraded)  # Lightning accepts the spec as it is now
+
+
+def test_settings_nothing_reads_are_refused_not_ignored():
+    with pytest.raises(KdclError, match="pipeline.anchors is not used by kind=takd"):
+        check_config(make(["pipeline=takd", "pipeline.anchors=5"]))
