@@ -44,6 +44,36 @@ def static_trainer_arguments(package: str) -> set[str] | None:
     return None
 
 
+def static_precisions(package: str) -> set[str] | None:
+    """The precision values Lightning accepts (its `_PRECISION_INPUT*` Literals), read from the source."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    fabric = Path(spec.origin).parent
+    fabric = fabric.parent / "lightning_fabric" if package == "pytorch_lightning" else fabric / "fabric"
+    source = fabric / "plugins" / "precision" / "precision.py"
+    if not source.is_file():
+        return None
+    values: set[str] = set()
+    for node in ast.parse(source.read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id.startswith("_PRECISION_INPUT"):
+            literal = node.value
+            if isinstance(literal, ast.Subscript) and getattr(literal.value, "id", "") == "Literal":
+                items = literal.slice.elts if isinstance(literal.slice, ast.Tuple) else [literal.slice]
+                values |= {str(item.value) for item in items if isinstance(item, ast.Constant)}
+    return values or None
+
+
+def check_precision(spec: DictConfig) -> None:
+    """trainer.precision is one Lightning knows (read from its source: no import)."""
+    package = LIGHTNING_TRAINERS.get(str(spec.get("_target_")))
+    allowed = static_precisions(package) if package and "precision" in spec else None
+    if allowed and str(spec.precision) not in allowed:
+        raise KdclError(f"trainer.precision={spec.precision} is not a precision Lightning knows; use one of "
+                        f"{'|'.join(sorted(allowed))}")  # fmt: skip
+
+
 @lru_cache(maxsize=4)
 def trainer_arguments(target: str) -> frozenset[str]:
     """The arguments `target` accepts: read statically for Lightning's Trainer, else from the imported class."""
@@ -78,6 +108,7 @@ def check_trainer_keys(spec: DictConfig) -> None:
                 f"trainer.{key} is not an argument of {target}{did_you_mean(str(key), known)}; "
                 "see Lightning's Trainer documentation for the arguments it takes"
             )
+    check_precision(spec)
 
 
 def build_trainer(spec: DictConfig, progress_bar: str = "none", stage_name: str = "", callbacks: list | None = None,

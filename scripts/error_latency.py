@@ -3,7 +3,8 @@
     python scripts/error_latency.py [--repeats 3]
 
 Run it on an otherwise idle machine (other torch jobs slow every number). Cases that need no model or
-data should answer in about a second; an unknown model name (timm's name list) in two to three; values only Lightning can judge (precision, accelerator) pay Lightning's import.
+data should answer in about a second; an unknown model name (timm's name list) in two to three;
+values only Lightning can judge (devices, strategy, accelerator) pay Lightning's import.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ CASES = {
     "nesterov without momentum": ["optim=sgd", "optim.momentum=0"],
     "bad loss-term value": ["distill.terms.kd.weight=-1"],
     "unknown model name (timm)": ["teacher.name=resnet500"],
-    "bad Trainer value (Lightning)": ["trainer.precision=17"],
+    "bad Trainer precision": ["trainer.precision=17"],
+    "Trainer value only Lightning can judge": ["trainer.devices=0"],
 }
 
 

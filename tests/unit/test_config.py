@@ -70,6 +70,7 @@ def test_temperature_override_reaches_the_kd_term():
         ("optim.lr=0", "optim.lr=0 must be > 0"),
         ("pipeline.epochs=3", "pipeline.epochs is not used by a pipeline of explicit stages"),  # not ignored
         ("data.num_classes=5", "data.num_classes is a setting of data=synthetic only"),
+        ("trainer.precision=17", "trainer.precision=17 is not a precision Lightning knows"),
         ("data.root=/nonexistent/kdcl", "data.root '/nonexistent/kdcl' does not exist"),
     ],
 )
