@@ -27,47 +27,18 @@ class Choice(str, Enum):
         return self.value
 
 
-class Optimizer(Choice):
-    adamw = "adamw"
-    adam = "adam"
-    sgd = "sgd"
+def choice(name: str, words: str) -> type[Choice]:
+    """An enumeration of `words` (space-separated), each member named and valued by its word."""
+    return Choice(name, {word: word for word in words.split()}, module=__name__)
 
 
-class Scheduler(Choice):
-    onecycle = "onecycle"
-    cosine = "cosine"
-    constant = "constant"
-
-
-class Order(Choice):
-    easy_first = "easy_first"
-    hard_first = "hard_first"
-    random = "random"
-
-
-class Source(Choice):
-    final = "final"
-    early = "early"
-    folds = "folds"
-
-
-class Advance(Choice):
-    schedule = "schedule"
-    on_plateau = "on_plateau"
-    on_threshold = "on_threshold"
-
-
-class TeacherOutputs(Choice):
-    online = "online"
-    cached = "cached"
-    auto = "auto"
-
-
-class ProgressBar(Choice):
-    auto = "auto"
-    rich = "rich"
-    lines = "lines"
-    none = "none"
+Optimizer = choice("Optimizer", "adamw adam sgd")
+Scheduler = choice("Scheduler", "onecycle cosine constant")
+Order = choice("Order", "easy_first hard_first random")
+Source = choice("Source", "final early folds")
+Advance = choice("Advance", "schedule on_plateau on_threshold")
+TeacherOutputs = choice("TeacherOutputs", "online cached auto")
+ProgressBar = choice("ProgressBar", "auto rich lines none")
 
 
 @dataclass

@@ -27,16 +27,25 @@ KDCL_SUPPLIES = ("callbacks", "logger", "default_root_dir", "enable_progress_bar
 LIGHTNING_TRAINERS = {"pytorch_lightning.Trainer": "pytorch_lightning", "lightning.pytorch.Trainer": "lightning"}
 
 
-def static_trainer_arguments(package: str) -> set[str] | None:
-    """The keyword arguments of `<package>/…/trainer/trainer.py: Trainer.__init__`, read from the source."""
+def lightning_source(package: str, side: str, path: str) -> ast.Module | None:
+    """A Lightning source file, parsed without importing the package: `path` inside its `side`, "pytorch"
+    (pytorch_lightning or lightning/pytorch) or "fabric" (lightning_fabric or lightning/fabric)."""
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         return None
     root = Path(spec.origin).parent
-    source = root / "trainer" / "trainer.py" if package == "pytorch_lightning" else root / "pytorch/trainer/trainer.py"
-    if not source.is_file():
-        return None
-    for node in ast.parse(source.read_text()).body:
+    if package == "pytorch_lightning":
+        pytorch, fabric = root, root.parent / "lightning_fabric"
+    else:
+        pytorch, fabric = root / "pytorch", root / "fabric"
+    source = (pytorch if side == "pytorch" else fabric) / path
+    return ast.parse(source.read_text()) if source.is_file() else None
+
+
+def static_trainer_arguments(package: str) -> set[str] | None:
+    """The keyword arguments of Lightning's `Trainer.__init__`, read from its source."""
+    tree = lightning_source(package, "pytorch", "trainer/trainer.py")
+    for node in tree.body if tree else ():
         if isinstance(node, ast.ClassDef) and node.name == "Trainer":
             for fn in node.body:
                 if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
@@ -46,16 +55,9 @@ def static_trainer_arguments(package: str) -> set[str] | None:
 
 def static_precisions(package: str) -> set[str] | None:
     """The precision values Lightning accepts (its `_PRECISION_INPUT*` Literals), read from the source."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        return None
-    fabric = Path(spec.origin).parent
-    fabric = fabric.parent / "lightning_fabric" if package == "pytorch_lightning" else fabric / "fabric"
-    source = fabric / "plugins" / "precision" / "precision.py"
-    if not source.is_file():
-        return None
+    tree = lightning_source(package, "fabric", "plugins/precision/precision.py")
     values: set[str] = set()
-    for node in ast.parse(source.read_text()).body:
+    for node in tree.body if tree else ():
         target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
         if isinstance(target, ast.Name) and target.id.startswith("_PRECISION_INPUT"):
             literal = node.value

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdcl.errors import KdclError, did_you_mean
 from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
 from kdcl.pipeline.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
+from kdcl.schema import TeacherOutputs
 
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
@@ -226,7 +227,7 @@ def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
 
 
 # teacher outputs ------------------------------------------------------------------------------------
-TEACHER_OUTPUT_MODES = ("online", "cached", "auto")
+TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputs)  # declared in kdcl/schema.py
 
 
 def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:

@@ -171,7 +171,8 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
     sampler = None
     if stage.curriculum:
         inputs = CurriculumInputs(stage.name, stage.epochs, int(cfg.data.batch_size), int(cfg.seed) + stage.index,
-                                  train_set, ctx.data.normalize, model, lambda: scoring_models(ctx, stage, teachers),
+                                  train_set, ctx.data.normalize, model,
+                                  lambda: scoring_models(ctx, stage, teachers, len(train_set)),
                                   outputs)  # fmt: skip
         sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
         callbacks.append(callback)
@@ -191,12 +192,11 @@ def training_examples(ctx: StageContext, stage: Stage, classes: list[int] | None
     return Subset(examples, [i for i in range(len(examples)) if i not in held])
 
 
-def scoring_models(ctx: StageContext, stage: Stage, teachers: list[nn.Module]) -> list[ScoringModel]:
-    """The curriculum's scoring models (the plan names them): the stage's own teachers, their early
-    checkpoints, or out-of-fold models each with the positions it never trained on."""
+def scoring_models(ctx: StageContext, stage: Stage, teachers: list[nn.Module], n: int) -> list[ScoringModel]:
+    """The curriculum's scoring models (the plan names them) for the stage's `n` training examples: its
+    own teachers, their early checkpoints, or out-of-fold models each with the positions it never saw."""
     if stage.scorers == stage.teachers:
         return [ScoringModel(t) for t in teachers]
-    n = len(training_examples(ctx, stage, task_classes(stage.task, ctx.data.num_classes)[0] if stage.task else None))
     models = []
     for ref in stage.scorers:
         holdout = ctx.plan.stage(split_ref(ref)[0]).holdout
