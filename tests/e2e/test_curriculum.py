@@ -14,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
+from tests.conftest import TINY, in_process, run_dir_of, summary_of
 
 # pinned to the CPU: compared exactly with a resumed copy and with tiny_run's stored teacher outputs
 CURRICULUM = [*TINY, "trainer=cpu", "trainer.max_epochs=3", "curriculum=linear", "curriculum.start=0.25",
@@ -24,7 +24,7 @@ CURRICULUM = [*TINY, "trainer=cpu", "trainer.max_epochs=3", "curriculum=linear",
 @pytest.fixture(scope="module")
 def curriculum_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("curriculum")
-    proc = run_kdcl(["train", *CURRICULUM], cwd)
+    proc = in_process(["train", *CURRICULUM], cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[student] curriculum: scoring" in proc.stdout
     assert "[student] teacher outputs: one pass over" in proc.stdout  # the scoring pass fills the store
@@ -65,7 +65,7 @@ def test_the_scoring_pass_stores_the_logits_training_would_have_stored(curriculu
     assert torch.allclose(by_pass["logits"], by_training["logits"], atol=1e-5)
 
 
-def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tmp_path):
+def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tmp_path, kdcl_main):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "kdcl.cli", "train", *CURRICULUM, f"hydra.run.dir={run_dir}"]
     log = tmp_path / "killed.log"  # a file, not a pipe: a pipe nobody reads can fill up and stall the child
@@ -80,7 +80,7 @@ def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, 
     proc.wait()
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["stages"]["student"]["status"] == "running", log.read_text()[-3000:]
-    resumed = run_kdcl(["train", f"resume={run_dir}"], tmp_path)
+    resumed = kdcl_main(["train", f"resume={run_dir}"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "[student] curriculum: scoring" not in resumed.stdout  # the saved scores are read back
     want, got = summary_of(curriculum_run)["stages"], summary_of(run_dir)["stages"]
@@ -95,7 +95,7 @@ def source_runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sources")
     args = [*TINY, "trainer=cpu", "curriculum=linear", "curriculum.early_epoch=1", "curriculum.folds=2",
             "curriculum.fold_epochs=1", "report.latency_batches=[]"]  # fmt: skip
-    proc = run_kdcl(["train", "-m", *args, "curriculum.source=early,folds", f"hydra.sweep.dir={cwd / 'sweep'}"], cwd)
+    proc = in_process(["train", "-m", *args, "curriculum.source=early,folds", f"hydra.sweep.dir={cwd / 'sweep'}"], cwd)
     return proc, {"early": cwd / "sweep" / "0", "folds": cwd / "sweep" / "1"}
 
 

@@ -15,7 +15,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kdcl.confdir import config_dir
-from tests.conftest import TINY, run_kdcl, summary_of
+from tests.conftest import TINY, in_process, summary_of
 
 PRESETS = sorted(p.stem for p in (Path(config_dir()) / "distill").glob("*.yaml"))
 
@@ -34,8 +34,9 @@ def sweep(tmp_path_factory, tiny_run):
         "data.fraction=0.5",
         "report.latency_batches=[]",
     ]
-    proc = run_kdcl(["train", "-m", *TINY, *fast, f"distill={','.join(PRESETS)}", f"hydra.sweep.dir={cwd / 'sweep'}"],
-                    cwd, timeout=900)  # fmt: skip
+    proc = in_process(
+        ["train", "-m", *TINY, *fast, f"distill={','.join(PRESETS)}", f"hydra.sweep.dir={cwd / 'sweep'}"], cwd
+    )
     return proc, cwd / "sweep"
 
 

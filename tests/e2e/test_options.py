@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
+from tests.conftest import TINY, in_process, run_dir_of, summary_of
 
 
 def rows(path: Path) -> list[dict]:
@@ -28,7 +28,7 @@ def reused_teacher(tiny_run, tmp_path_factory):
     instead of TensorBoard, SGD with cosine annealing."""
     cwd = tmp_path_factory.mktemp("reused")
     ckpt = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
-    proc = run_kdcl(["train", *TINY, "trainer=cpu", f"teacher.checkpoint={ckpt}", "logger=csv", "optim=sgd",
+    proc = in_process(["train", *TINY, "trainer=cpu", f"teacher.checkpoint={ckpt}", "logger=csv", "optim=sgd",
                      "optim.scheduler=cosine", "report.latency_batches=[]"], cwd)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, run_dir_of(proc), ckpt
@@ -69,10 +69,10 @@ def test_sgd_with_cosine_annealing_follows_the_cosine_from_lr_to_zero(reused_tea
         assert lr == pytest.approx(0.05 * (1 + math.cos(math.pi * step / total)) / 2), step
 
 
-def test_augmentation_through_the_dataloader_with_a_self_paced_curriculum(tmp_path):
+def test_augmentation_through_the_dataloader_with_a_self_paced_curriculum(tmp_path, kdcl_main):
     # data.on_device=false: batches come from a DataLoader (random crops made per example there), ordered
     # by the curriculum's batch sampler; scorer=student_loss: the student itself scores the examples
-    proc = run_kdcl(["train", *TINY, "data.augment=true", "data.on_device=false", "curriculum=linear",
+    proc = kdcl_main(["train", *TINY, "data.augment=true", "data.on_device=false", "curriculum=linear",
                      "curriculum.scorer=student_loss", "report.latency_batches=[]"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, run_kdcl, summary_of
+from tests.conftest import TINY, summary_of
 
 FAST = [*TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]"]
 
 
-def run(tmp_path: Path, *args: str) -> tuple[dict, Path]:
+def run(kdcl_main, tmp_path: Path, *args: str) -> tuple[dict, Path]:
     run_dir = tmp_path / "run"
-    proc = run_kdcl(["train", *FAST, *args, f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = kdcl_main(["train", *FAST, *args, f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return summary_of(run_dir), run_dir
 
@@ -42,9 +42,9 @@ def logged_lr(run_dir: Path, name: str, index: int) -> list[float]:
     return [e.value for e in events.Scalars(f"{name}/lr")]
 
 
-def test_takd_chains_assistants_and_reports_compression(tmp_path):
+def test_takd_chains_assistants_and_reports_compression(tmp_path, kdcl_main):
     # a stage here is 7 steps: log every 2nd so that its learning rate reaches TensorBoard
-    summary, run_dir = run(tmp_path, "pipeline=takd", "pipeline.assistants=[test_resnet,test_efficientnet]",
+    summary, run_dir = run(kdcl_main, tmp_path, "pipeline=takd", "pipeline.assistants=[test_resnet,test_efficientnet]",
                            "pipeline.finetune=true", "report.latency_batches=[1,4]",
                            "trainer.log_every_n_steps=2")  # fmt: skip
     s = stages_of(summary)
@@ -72,15 +72,15 @@ def test_takd_chains_assistants_and_reports_compression(tmp_path):
     assert max(logged["finetune"]) <= 6e-4 * (1 + 1e-6) < max(logged["student"])
 
 
-def test_dgkd_student_learns_from_the_teacher_and_every_assistant(tmp_path):
-    summary, _ = run(tmp_path, "pipeline=dgkd", "pipeline.assistants=[test_resnet,test_efficientnet]")
+def test_dgkd_student_learns_from_the_teacher_and_every_assistant(tmp_path, kdcl_main):
+    summary, _ = run(kdcl_main, tmp_path, "pipeline=dgkd", "pipeline.assistants=[test_resnet,test_efficientnet]")
     s = stages_of(summary)
     assert s["assistant2"]["teachers"] == ["teacher", "assistant1"]
     assert s["student"]["teachers"] == ["teacher", "assistant1", "assistant2"]
 
 
-def test_anchors_teach_the_student_along_the_teachers_route(tmp_path):
-    summary, run_dir = run(tmp_path, "pipeline=anchors", "trainer.max_epochs=3", "pipeline.anchors=3",
+def test_anchors_teach_the_student_along_the_teachers_route(tmp_path, kdcl_main):
+    summary, run_dir = run(kdcl_main, tmp_path, "pipeline=anchors", "trainer.max_epochs=3", "pipeline.anchors=3",
                            "pipeline.epochs_per_anchor=1")  # fmt: skip
     s = stages_of(summary)
     assert list(s) == ["teacher", "student_anchor1", "student_anchor2", "student"]
@@ -95,8 +95,8 @@ def test_anchors_teach_the_student_along_the_teachers_route(tmp_path):
     assert any(not torch.equal(w1[k], w2[k]) for k in final) and any(not torch.equal(w2[k], final[k]) for k in final)
 
 
-def test_born_again_generations_share_the_architecture(tmp_path):
-    summary, _ = run(tmp_path, "pipeline=born_again", "pipeline.generations=2")
+def test_born_again_generations_share_the_architecture(tmp_path, kdcl_main):
+    summary, _ = run(kdcl_main, tmp_path, "pipeline=born_again", "pipeline.generations=2")
     s = stages_of(summary)
     assert list(s) == ["gen0", "gen1", "gen2"]
     assert [s[n]["teachers"] for n in s] == [[], ["gen0"], ["gen1"]]
@@ -104,8 +104,8 @@ def test_born_again_generations_share_the_architecture(tmp_path):
 
 
 @pytest.mark.parametrize("distill_weight", [1.0, 0.0], ids=["lwf", "no-distillation control"])
-def test_lifelong_reports_accuracy_on_seen_classes_and_forgetting(tmp_path, distill_weight):
-    summary, run_dir = run(tmp_path, "pipeline=lifelong", "pipeline.tasks=2", "trainer.max_epochs=2",
+def test_lifelong_reports_accuracy_on_seen_classes_and_forgetting(tmp_path, kdcl_main, distill_weight):
+    summary, run_dir = run(kdcl_main, tmp_path, "pipeline=lifelong", "pipeline.tasks=2", "trainer.max_epochs=2",
                            "data.fraction=1.0", f"pipeline.distill_weight={distill_weight}")  # fmt: skip
     s = stages_of(summary)
     assert list(s) == ["task1", "task2"]

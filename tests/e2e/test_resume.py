@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
+from tests.conftest import TINY, run_dir_of, summary_of
 
 # teacher → assistant1 → student: three stages, four epochs each, on half the training set
 ARGS = [*TINY, "trainer=cpu", "trainer.max_epochs=4", "pipeline=takd", "pipeline.assistants=[test_resnet]",
@@ -20,7 +20,7 @@ METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint")
 
 
 def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_uninterrupted_run(tmp_path, kdcl_main):
-    reference = run_kdcl(["train", *ARGS, f"hydra.run.dir={tmp_path / 'reference'}"], tmp_path)
+    reference = kdcl_main(["train", *ARGS, f"hydra.run.dir={tmp_path / 'reference'}"], tmp_path)
     assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
 
     run_dir = tmp_path / "run"
@@ -59,7 +59,7 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     teacher_ckpt = run_dir / "stages/00-teacher/checkpoints/best.ckpt"
     teacher_mtime = teacher_ckpt.stat().st_mtime_ns
 
-    resumed = run_kdcl(["train", f"resume={run_dir}"], tmp_path)
+    resumed = kdcl_main(["train", f"resume={run_dir}"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert run_dir_of(resumed) == run_dir
     out = resumed.stdout

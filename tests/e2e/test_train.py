@@ -268,8 +268,8 @@ def test_ddp_two_ranks_split_the_epoch_and_share_the_teacher_outputs_they_store(
     assert ckpt["global_step"] == math.ceil(math.ceil(n / 2) / batch) != math.ceil(n / batch)
 
 
-def test_resnet50_teacher_mobilenet_student(tmp_path):
-    proc = run_kdcl(
+def test_resnet50_teacher_mobilenet_student(tmp_path, kdcl_main):
+    proc = kdcl_main(
         ["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "progress_bar=lines",
          "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
          "data.batch_size=16", "data.eval_batch_size=32", "report.latency_batches=[]"], tmp_path
@@ -279,8 +279,8 @@ def test_resnet50_teacher_mobilenet_student(tmp_path):
     assert models == ["resnet50", "mobilenetv3_small_100"]
 
 
-def test_baseline_pipeline_trains_the_student_alone(tmp_path):
-    proc = run_kdcl(
+def test_baseline_pipeline_trains_the_student_alone(tmp_path, kdcl_main):
+    proc = kdcl_main(
         ["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1", "report.latency_batches=[]"], tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
