@@ -9,7 +9,6 @@ write is one line naming the file.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from kdcl.io import atomic_write_bytes
+from kdcl.io import atomic_torch_save
 
 # what a checkpoint must hold for Lightning to continue training from it (epoch checkpoints kept for
 # later stages are weights-only and cannot)
@@ -26,9 +25,7 @@ RESUMABLE_KEYS = ("state_dict", "optimizer_states", "loops")
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        atomic_torch_save(checkpoint, Path(path))
 
 
 def unreadable_reason(path: Path) -> str | None:
@@ -51,16 +48,17 @@ class ResumePoint:
 
 
 def resume_point(ckpt_dir: Path) -> ResumePoint:
-    """last.ckpt when it is readable; otherwise the newest readable training checkpoint of the stage;
-    otherwise the stage's beginning."""
+    """last.ckpt when it is readable; otherwise (the unreadable file set aside as last.ckpt.unreadable)
+    the newest readable training checkpoint of the stage; otherwise the stage's beginning."""
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         return ResumePoint(None)
     reason = unreadable_reason(last)
     if reason is None:
         return ResumePoint(last)
-    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime_ns)
-    for candidate in reversed(others):
+    last.replace(last.with_name(f"{last.name}.unreadable"))
+    others = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for candidate in others:
         if unreadable_reason(candidate) is None:
             return ResumePoint(candidate, f"{last.name} unreadable ({reason}); resumed from {candidate.name}")
     return ResumePoint(None, f"{last.name} unreadable ({reason}) and no other readable checkpoint; stage restarted")

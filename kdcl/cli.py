@@ -30,9 +30,9 @@ examples:
   kdcl report outputs/multirun/2026-11-22/18-02-11
 """
 COMMANDS = ("train", "eval", "models", "report")
-MAX_CHECKED_SWEEP_POINTS = 512
+MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
 # what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
-RESUME_MAY_CHANGE = ("optim.lr", "trainer.gradient_clip_val", "distill.temperature")  # composing one point takes ~20 ms
+RESUME_MAY_CHANGE = ("optim.lr", "trainer.gradient_clip_val", "distill.temperature")
 
 
 def config_groups() -> dict[str, list[str]]:

@@ -13,6 +13,9 @@ import torch
 
 from kdcl.errors import KdclError, io_failure
 
+UMASK = os.umask(0o022)  # read once: os.umask can only be read by setting it
+os.umask(UMASK)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write so that a reader (or a resume after SIGKILL) sees the old file or the new one, never half:
@@ -24,6 +27,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~UMASK)  # as open() would create it (mkstemp makes it private)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kdcl-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     reference = kdcl([*ARGS, f"hydra.run.dir={workdir / 'reference'}"], workdir / "reference.log")
     if reference.wait() != 0:

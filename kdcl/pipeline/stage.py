@@ -313,8 +313,10 @@ def fit(trainer: pl.Trainer, parts: StageParts, stage: Stage, ckpt_dir: Path) ->
         print(f"[{stage.name}] {start.recovery}", flush=True)
     trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(start.checkpoint) if start.checkpoint else None,
                 weights_only=True)  # fmt: skip
-    best = parts.checkpoint.best_model_path
-    return Path(best if stage.select == "best" and best else ckpt_dir / f"{LAST}.ckpt"), start.recovery
+    best, last = parts.checkpoint.best_model_path, ckpt_dir / f"{LAST}.ckpt"
+    if stage.select == "best" and best:
+        return Path(best), start.recovery
+    return (last if last.is_file() else start.checkpoint or last), start.recovery  # resumed at its end: no new last
 
 
 def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dict:

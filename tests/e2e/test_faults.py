@@ -4,7 +4,6 @@ tests/e2e/test_resume.py, while its run trains)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,7 +26,8 @@ def manifest_of(run: Path) -> dict:
 
 def test_a_diverging_stage_stops_with_exit_3_and_a_resume_with_a_lower_lr_finishes(tmp_path, kdcl_main):
     run = tmp_path / "run"
-    failed = kdcl_main(["train", *SMALL, "optim.lr=1e4", f"hydra.run.dir={run}"], tmp_path)
+    failed = kdcl_main(["train", *TINY, "trainer=cpu", "report.latency_batches=[]", "optim.lr=1e4",
+                        f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
     assert failed.returncode == 3, failed.stdout[-2000:] + failed.stderr[-2000:]
     (line,) = error_lines(failed.stderr)
     assert "[teacher] the training loss became nan at epoch 1, step" in line
@@ -43,7 +43,7 @@ def test_a_diverging_stage_stops_with_exit_3_and_a_resume_with_a_lower_lr_finish
     assert [s["status"] for s in manifest["stages"].values()] == ["done", "done"]
     (change,) = manifest["resumed_with_changes"]
     assert change["changes"] == {"optim.lr": {"from": 1e4, "to": 0.006}} and change["from_stage"] == "teacher"
-    assert all(s["test_acc"] > 0.2 for s in summary_of(run)["stages"])  # learned again (chance: 0.1)
+    assert all(s["test_acc"] > 0.5 for s in summary_of(run)["stages"])  # both learned (chance: 0.1)
 
 
 def test_resume_refuses_to_change_anything_but_the_remedies_for_divergence(tmp_path, tiny_run, kdcl_main):
@@ -53,29 +53,25 @@ def test_resume_refuses_to_change_anything_but_the_remedies_for_divergence(tmp_p
     assert "data.batch_size=8" in line and "optim.lr" in line
 
 
-@pytest.mark.parametrize("torn", [["last.ckpt"], ["last.ckpt", "best.ckpt"]])
-def test_a_torn_checkpoint_is_passed_over_and_the_stage_still_ends_as_an_uninterrupted_one(tmp_path, tiny_run,
-                                                                                            kdcl_main, torn):  # fmt: skip
+def test_a_torn_checkpoint_is_passed_over_and_the_stage_still_ends_as_an_uninterrupted_one(tmp_path, kdcl_main):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    manifest = manifest_of(run)
-    manifest["stages"]["student"] = {"status": "running"}  # as if killed while the student trained
-    (run / "run.json").write_text(json.dumps(manifest))
-    (run / "summary.json").unlink()
-    for name in torn:  # a copy cut short (a non-atomic write or a kill mid-copy leaves the same)
-        path = run / "stages/01-student/checkpoints" / name
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-    result = kdcl_main(["train", f"resume={run}"], tmp_path)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    recovery = manifest_of(run)["stages"]["student"]["result"]["recovery"]
-    if len(torn) == 1:
-        assert recovery.startswith("last.ckpt unreadable") and recovery.endswith("resumed from best.ckpt")
-    else:
-        assert recovery.endswith("stage restarted")
-    assert f"[student] {recovery}" in result.stdout
-    expected = [{k: s[k] for k in METRICS} for s in summary_of(tiny_run)["stages"]]
-    assert [{k: s[k] for k in METRICS} for s in summary_of(run)["stages"]] == expected
+    assert kdcl_main(["train", *SMALL, "trainer.max_epochs=3", f"hydra.run.dir={run}"], tmp_path).returncode == 0
+    expected = [{k: s[k] for k in METRICS} for s in summary_of(run)["stages"]]
+    checkpoints = run / "stages/01-student/checkpoints"
+    for torn, recovery in ((["last.ckpt"], "resumed from best.ckpt"), (["last.ckpt", "best.ckpt"], "stage restarted")):
+        manifest = manifest_of(run)
+        manifest["stages"]["student"] = {"status": "running"}  # as if killed while the student trained
+        (run / "run.json").write_text(json.dumps(manifest))
+        for name in torn:  # a copy cut short (what a non-atomic write or a kill mid-copy leaves)
+            data = (checkpoints / name).read_bytes()
+            (checkpoints / name).write_bytes(data[: len(data) // 2])
+        result = kdcl_main(["train", f"resume={run}"], tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        said = manifest_of(run)["stages"]["student"]["result"]["recovery"]
+        assert said.startswith("last.ckpt unreadable (") and said.endswith(recovery)
+        assert f"[student] {said}" in result.stdout
+        assert (checkpoints / "last.ckpt.unreadable").is_file()  # kept aside, not deleted
+        assert [{k: s[k] for k in METRICS} for s in summary_of(run)["stages"]] == expected
 
 
 def mount_tmpfs(path: Path, size: str) -> None:
