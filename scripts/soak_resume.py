@@ -3,9 +3,11 @@ its final summary with an uninterrupted run of the same config.
 
     python scripts/soak_resume.py [--kills 10] [--seed 0] [--workdir DIR]
 
-The moments are drawn uniformly over an uninterrupted run's duration, so a kill can land anywhere: in
-start-up, in the curriculum's scoring or the teacher-output pass, mid-epoch, inside a checkpoint write,
-between stages. Run it on an otherwise idle machine (it runs one kdcl process at a time).
+Each kill is its own trial: a fresh run is killed at a moment drawn uniformly over an uninterrupted
+run's duration — so a kill can land anywhere: in start-up, in the curriculum's scoring or the
+teacher-output pass, mid-epoch, inside a checkpoint write, between stages — then resumed until it
+ends, and its summary compared with the uninterrupted run's. Run it on an otherwise idle machine (it
+runs one kdcl process at a time).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import time
 from pathlib import Path
 
 # teacher → assistant → student with a curriculum (a scoring pass and a teacher-output pass per stage)
-ARGS = ["teacher=tiny", "student=tiny", "trainer=cpu", "trainer.max_epochs=3", "pipeline=takd",
-        "pipeline.assistants=[test_resnet]", "curriculum=linear", "data.fraction=0.5",
+ARGS = ["teacher=tiny", "student=tiny", "trainer=cpu", "trainer.max_epochs=4", "pipeline=takd",
+        "pipeline.assistants=[test_resnet]", "curriculum=linear",
         "report.latency_batches=[]", "progress_bar=lines"]  # fmt: skip
 METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint", "epochs")
 
@@ -44,26 +46,24 @@ def last_line(log: Path) -> str:
     return lines[-1][:90] if lines else "(nothing printed yet: start-up)"
 
 
-def killed_run(run_dir: Path, kills: int, duration: float, rng: random.Random, workdir: Path) -> list[dict]:
-    """Start the run, SIGKILL it `kills` times at random moments (resuming after each), then let it end."""
-    events = []
-    for attempt in range(kills + 1):
-        log = workdir / f"attempt-{attempt}.log"
-        args = [*ARGS, f"hydra.run.dir={run_dir}"] if attempt == 0 else [f"resume={run_dir}"]
-        proc = kdcl(args, log)
-        if attempt == kills:
-            events.append({"attempt": attempt, "exit": proc.wait(), "last_output": last_line(log)})
-            break
-        delay = rng.uniform(0.0, duration)
-        try:
-            status = proc.wait(timeout=delay)  # it finished before the kill was due
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            status = proc.wait()
-        events.append({"attempt": attempt, "killed_after_s": round(delay, 2), "exit": status,
-                       "last_output": last_line(log)})  # fmt: skip
-        print(f"kill {attempt + 1}/{kills} after {delay:5.1f}s: {events[-1]['last_output']}", flush=True)
-    return events
+def trial(run_dir: Path, delay: float, workdir: Path, expected: list[dict]) -> dict:
+    """Start a run, SIGKILL it after `delay` seconds, resume it to the end, compare with `expected`."""
+    log = workdir / f"{run_dir.name}.log"
+    proc = kdcl([*ARGS, f"hydra.run.dir={run_dir}"], log)
+    try:
+        proc.wait(timeout=delay)  # it finished before the kill was due
+        killed_during = "(finished before the kill)"
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_during = last_line(log)
+    # killed before it claimed its directory (no run.json): nothing to resume, the same command starts it
+    again = [f"resume={run_dir}"] if (run_dir / "run.json").is_file() else [*ARGS, f"hydra.run.dir={run_dir}"]
+    resumed = kdcl(again, workdir / f"{run_dir.name}-resumed.log").wait()
+    same = resumed == 0 and results(run_dir) == expected
+    leftovers = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp")]
+    return {"killed_after_s": round(delay, 2), "killed_during": killed_during, "resume_exit": resumed,
+            "identical": same, "temporary_files_left": leftovers}  # fmt: skip
 
 
 def main() -> None:
@@ -80,15 +80,22 @@ def main() -> None:
         sys.exit(f"the uninterrupted run failed; see {workdir / 'reference.log'}")
     duration = time.perf_counter() - started
     print(f"uninterrupted run: {duration:.1f}s", flush=True)
-    events = killed_run(workdir / "killed", args.kills, duration, random.Random(args.seed), workdir)
-    expected, got = results(workdir / "reference"), results(workdir / "killed")
-    leftovers = sorted(str(p.relative_to(workdir)) for p in (workdir / "killed").rglob("*.tmp"))
-    verdict = "identical" if got == expected and events[-1]["exit"] == 0 else "DIFFERENT"
-    report = {"kills": args.kills, "seed": args.seed, "uninterrupted_s": round(duration, 1), "events": events,
-              "final_summary": verdict, "expected": expected, "got": got, "temporary_files_left": leftovers}  # fmt: skip
+    expected = results(workdir / "reference")
+    rng = random.Random(args.seed)
+    trials = []
+    for i in range(args.kills):
+        trials.append(trial(workdir / f"killed-{i}", rng.uniform(0.0, duration), workdir, expected))
+        t = trials[-1]
+        print(f"kill {i + 1}/{args.kills} after {t['killed_after_s']:5.1f}s during: {t['killed_during'][:70]:<70} "
+              f"→ {'identical' if t['identical'] else 'DIFFERENT'}", flush=True)  # fmt: skip
+    same = sum(t["identical"] for t in trials)
+    report = {"kills": args.kills, "seed": args.seed, "uninterrupted_s": round(duration, 1), "expected": expected,
+              "trials": trials, "identical": same}  # fmt: skip
     (workdir / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"final summary after {args.kills} kills: {verdict}; temporary files left: {len(leftovers)}; {workdir / 'soak.json'}")
-    sys.exit(0 if verdict == "identical" else 1)
+    print(
+        f"{same}/{args.kills} killed-and-resumed runs ended identical to the uninterrupted run; {workdir / 'soak.json'}"
+    )
+    sys.exit(0 if same == args.kills else 1)
 
 
 if __name__ == "__main__":
