@@ -54,8 +54,8 @@ def progress_callbacks(mode: str, stage: str) -> tuple[list[pl.Callback], bool]:
 
 class SaveAfterEpochs(pl.Callback):
     """Keeps the model after chosen epochs ({epoch: path}): teachers for `name@E` references (anchors)
-    and early-teacher curriculum scores. Lightning writes through a temporary file, so a kill mid-save
-    leaves no half-written checkpoint."""
+    and early-teacher curriculum scores. Written through the Trainer's atomic CheckpointIO
+    (kdcl/checkpoints.py), so a kill mid-save leaves no half-written checkpoint."""
 
     def __init__(self, paths: dict[int, list[Path]]):
         self.paths = paths
