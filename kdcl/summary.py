@@ -91,27 +91,30 @@ def latency_batches(rows: list[dict]) -> list[str]:
     return sorted(batches, key=int)
 
 
-def columns(rows: list[dict], runtimes: list[str]) -> list[str]:
-    batches = latency_batches(rows)
-    lat = [f"{SHORT.get(r, r)} ms@{b}" for r in runtimes for b in batches]
-    speed = [f"speed-up@{b}" for b in batches]
+def columns(rows: list[dict], runtimes: list[str], speedup_runtime: str) -> list[str]:
+    """One latency column per runtime and one speed-up column, each listing every batch size (a table that
+    fits a terminal): `ort ms@1/64` holds "0.21 / 5.3"."""
+    batches = "/".join(latency_batches(rows))
+    lat = [f"{SHORT.get(r, r)} ms@{batches}" for r in runtimes]
+    speed = [f"{SHORT.get(speedup_runtime, speedup_runtime)} speed-up@{batches}"] if batches else []
     return ["stage", "model", "teachers", "params", "MMACs", *lat, "test acc", "Δ acc", "compr.", *speed, "epochs", "s"]
 
 
 def stage_row(row: dict, batches: list[str], runtimes: list[str]) -> list[str]:
     macs = f"{row['macs'] / 1e6:.1f}" if row.get("macs") is not None else "-"
     speedup = row.get("speedup") or {}
+    speed = [" / ".join(f"{speedup[b]:.1f}×" if b in speedup else "-" for b in batches)] if batches else []
     return [
         row["name"],
         row["model"],
         ", ".join(row["teachers"]) or "-",
         f"{row['params'] / 1e6:.2f} M",
         macs,
-        *(fmt_ms(medians(row, r).get(b)) for r in runtimes for b in batches),
+        *(" / ".join(fmt_ms(medians(row, r).get(b)) for b in batches) for r in runtimes),
         f"{100 * row['test_acc']:.2f} %",
         f"{100 * row['acc_gap']:+.2f}",
         f"{row['compression']:.1f}×",
-        *(f"{speedup[b]:.1f}×" if b in speedup else "-" for b in batches),
+        *speed,
         str(row["epochs"]),
         f"{row['seconds']:.0f}",
     ]
@@ -163,7 +166,7 @@ def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict]) -> dict:
 
     title = f"pipeline {summary['pipeline']} · data {summary['data']} · seed {summary['seed']}"
     batches, runtimes = latency_batches(rows), list(measured)
-    headers, body = columns(rows, runtimes), [stage_row(r, batches, runtimes) for r in rows]
+    headers, body = columns(rows, runtimes, speedup_runtime), [stage_row(r, batches, runtimes) for r in rows]
     note = latency_note(measured, speedup_runtime)
     text = f"# kdcl run: {title}\n\nΔ acc, compression and speed-up against `{rows[0]['name']}`; {note}.\n\n"
     text += markdown_table(headers, body)

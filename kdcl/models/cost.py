@@ -21,8 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 RUNTIMES = ("onnxruntime", "eager")
 WARMUP = 3  # first calls allocate buffers (ONNX Runtime's arena, oneDNN's primitives)
-MIN_REPEATS, MAX_REPEATS = 5, 30
-BUDGET_S = 1.0  # per runtime and batch size: big models do not stall a run, small ones get many repeats
+# Timed calls: at least REPEATS and at least WINDOW_S of them, so that the median of a sub-millisecond
+# call is not one scheduler hiccup of a shared machine; a slow model stops after BUDGET_S (≥ 3 calls).
+REPEATS, WINDOW_S, BUDGET_S, MAX_REPEATS = 10, 0.1, 1.0, 2000
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,19 @@ def count_macs(model: nn.Module, in_chans: int, image_size: int) -> int:
     return int(counter.get_total_flops() // 2)
 
 
-def time_calls(call: Callable[[], object], budget_s: float = BUDGET_S) -> Timing:
-    """Warm up, then time `call` until `budget_s` is spent (at least MIN_REPEATS, at most MAX_REPEATS)."""
+def time_calls(call: Callable[[], object]) -> Timing:
+    """Warm up, then time `call` (see REPEATS, WINDOW_S, BUDGET_S)."""
     for _ in range(WARMUP):
         call()
     times: list[float] = []
-    while len(times) < MIN_REPEATS or (sum(times) < budget_s and len(times) < MAX_REPEATS):
+    spent = 0.0
+    while not ((len(times) >= REPEATS and spent >= WINDOW_S) or (len(times) >= 3 and spent >= BUDGET_S)):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
+        spent += times[-1]
+        if len(times) >= MAX_REPEATS:
+            break
     q1, _, q3 = statistics.quantiles(times, n=4)
     return Timing(round(1000 * statistics.median(times), 4), round(1000 * (q3 - q1), 4), len(times))
 

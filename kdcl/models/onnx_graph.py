@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
+import warnings
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -61,8 +63,16 @@ def opset_of(proto) -> int:
 
 def export_onnx(model: nn.Module, in_chans: int, image_size: int) -> OnnxGraph:
     """The model as ONNX: torch.export-based (dynamo) exporter, the TorchScript exporter where it fails."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporters' deprecation and tracing notices: not about the user's model
+        return exported(model, in_chans, image_size)
+
+
+def exported(model: nn.Module, in_chans: int, image_size: int) -> OnnxGraph:
     import onnx
 
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO lines (graph passes) are not the user's concern
+        logging.getLogger(name).setLevel(logging.WARNING)
     model = plain_copy(model)
     example = (torch.zeros(2, in_chans, image_size, image_size),)  # 2, not 1: a size-1 axis is specialised
     names = dict(input_names=[INPUT], output_names=[OUTPUT])
