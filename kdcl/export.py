@@ -124,7 +124,7 @@ def staging(out: Path) -> Iterator[Path]:
     tmp.rename(out)
 
 
-def test_batches(loaded: StageModel) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def labelled_test_images(loaded: StageModel) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The stage's test images, normalised as in training, with their labels."""
     loader = DataLoader(loaded.test_set, batch_size=int(loaded.located.cfg.data.eval_batch_size), shuffle=False)
     for x, y in loader:
@@ -143,7 +143,7 @@ def compare(loaded: StageModel, forward: Callable[[torch.Tensor], np.ndarray]) -
     diff = scale = 0.0
     correct = reference_correct = n = 0
     seen = loaded.seen_classes
-    for x, y in test_batches(loaded):
+    for x, y in labelled_test_images(loaded):
         with torch.inference_mode():
             reference = loaded.model(x).numpy()
         logits = forward(x)
