@@ -35,7 +35,7 @@ def require_onnx(what: str) -> None:
     """One line naming the extra to install, before any work, when the ONNX packages are missing."""
     missing = missing_onnx_packages()
     if missing:
-        raise KdclError(f"{what} needs {', '.join(missing)}, which are not installed: {INSTALL_HINT}")
+        raise KdclError(f"{what} needs {', '.join(missing)} (not installed): {INSTALL_HINT}")
 
 
 @dataclass(frozen=True)
