@@ -18,7 +18,9 @@ usage:
   kdcl train [GROUP=OPTION ...] [KEY=VALUE ...]   train the pipeline (Hydra: -m to sweep, --cfg job, --help)
   kdcl eval RUN_DIR|CHECKPOINT [stage=NAME] [data=...] [KEY=VALUE ...]
                                                   test a run's final model (or stage NAME) again
-  kdcl models [PATTERN]                           timm model names and kdcl's aliases
+  kdcl export RUN_DIR|CHECKPOINT [stage=NAME] [format=safetensors|onnx] [out=DIR] [quantize=int8] [overwrite=true]
+                                                  the final model (or stage NAME) alone, for timm or ONNX Runtime
+  kdcl models [PATTERN] [--cost [data=...]]       timm model names and kdcl's aliases; --cost: params, MACs, latency
   kdcl report DIR                                 compare the runs under DIR (a sweep): mean ± std per setting
   kdcl --version
 
@@ -27,9 +29,11 @@ examples:
   kdcl train teacher=resnet50 student=mobilenet
   kdcl train -m distill.temperature=2,4,8 seed=0,1,2
   kdcl eval outputs/train/2026-11-22/17-40-12
+  kdcl export outputs/train/2026-11-22/17-40-12 format=onnx quantize=int8
+  kdcl models 'mobilenet*' --cost
   kdcl report outputs/multirun/2026-11-22/18-02-11
 """
-COMMANDS = ("train", "eval", "models", "report")
+COMMANDS = ("train", "eval", "export", "models", "report")
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
 # what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
 RESUME_MAY_CHANGE = ("optim.lr", "trainer.gradient_clip_val", "distill.temperature")
@@ -269,7 +273,12 @@ def models(rest: list[str]) -> None:
     import timm
     from omegaconf import OmegaConf
 
-    pattern = rest[0] if rest else "*"
+    cost = "--cost" in rest
+    args = [a for a in rest if a != "--cost"]
+    overrides = [a for a in args if "=" in a]
+    if overrides and not cost:
+        raise KdclError(f"kdcl models takes {' '.join(overrides)} only with --cost (the data to measure at)")
+    pattern = next((a for a in args if "=" not in a), "*")
     aliases = []
     for group in ("teacher", "student"):
         for f in sorted((config_dir() / group).glob("*.yaml")):
@@ -277,16 +286,37 @@ def models(rest: list[str]) -> None:
             if fnmatch.fnmatch(f.stem, pattern) or fnmatch.fnmatch(name, pattern):
                 aliases.append(f"  {group}={f.stem:<12} → {name}")
     names = timm.list_models(pattern)
+    if not names and not aliases:
+        raise KdclError(f"no timm model matches '{pattern}'; try a pattern with * such as 'resnet*'")
     if aliases:
         print("kdcl aliases:")
         print("\n".join(aliases))
+    if cost:
+        return model_costs(pattern, overrides)
     print(f"timm models matching '{pattern}' ({len(names)}; use any as teacher.name=... or student.name=...):")
     width = max((len(n) for n in names), default=0) + 2
     per_line = max(1, 100 // max(width, 1))
     for i in range(0, len(names), per_line):
         print("  " + "".join(n.ljust(width) for n in names[i : i + per_line]).rstrip())
-    if not names and not aliases:
-        raise KdclError(f"no timm model matches '{pattern}'; try a pattern with * such as 'resnet*'")
+
+
+def model_costs(pattern: str, overrides: list[str]) -> None:
+    """`kdcl models PATTERN --cost`: each matching model measured at the data's size, one line at a time."""
+    from kdcl.models.catalog import cost_table, input_shape, matching, measure
+    from kdcl.tables import print_table
+
+    names, shape = matching(pattern), input_shape(overrides)
+    print(f"measuring {len(names)} models at {shape.in_chans}×{shape.image_size}×{shape.image_size}, "
+          f"{shape.num_classes} classes (data={shape.data}), batches {shape.batches}:", flush=True)  # fmt: skip
+    costs = []
+    for name in names:
+        costs.append(measure(name, shape))
+        print(f"  {name}: {costs[-1].error or 'measured'}", flush=True)
+    headers, rows = cost_table(costs, shape)
+    print_table(headers, rows, f"what each model costs on the CPU (data={shape.data})", left=("model",))
+    notes = {lat.note for c in costs if c.cost for lat in c.cost.latency.values() if lat.note}
+    for note in sorted(notes):
+        print(f"note: {note}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,6 +337,12 @@ def main(argv: list[str] | None = None) -> None:
 
             quiet_libraries()
             eval_command(rest)
+        elif command == "export":
+            from kdcl.export import export_command
+            from kdcl.trainer import quiet_libraries
+
+            quiet_libraries()
+            export_command(rest)
         elif command == "models":
             models(rest)
         elif command == "report":

@@ -1,8 +1,9 @@
 """`kdcl report DIR`: compare the runs under DIR (a multirun sweep, or any folder of runs).
 
 Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,none seed=0,1,2` gives
-two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std).
-Writes report.csv, report.md and report.png (final-stage accuracy against parameters) into DIR.
+two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std), and the
+final model's latency and speed-up against the first (in each run's `report.speedup_runtime`) are the
+median over the group's runs. Writes report.csv, report.md and report.png (final-stage accuracy against parameters) into DIR.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ import yaml
 from kdcl.errors import KdclError
 from kdcl.io import atomic_write_text
 from kdcl.plots import saved_figure
+from kdcl.summary import fmt_ms, medians
 from kdcl.tables import markdown_table, print_table
 
 NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "paths.", "name=", "resume=")
+
+
+REPORT_NOTE = (
+    "Test accuracy, mean ± std over runs. The final model's CPU latency (ms per batch) and speed-up "
+    "against the first model: median over runs, in the runtime named (each run's report.speedup_runtime)."
+)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -63,8 +71,24 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
         final = summaries[0]["stages"][-1]
         row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
         row["stages"] = stages
+        row.update(final_latency(summaries))
         rows.append(row)
     return rows, common
+
+
+def final_latency(summaries: list[dict]) -> dict:
+    """The final model's latency (ms) and speed-up per batch size, median over runs, in the runtime the
+    runs' speed-up used (runs written before ONNX Runtime was timed: none)."""
+    runtime = summaries[0].get("speedup_runtime")
+    finals = [s["stages"][-1] for s in summaries]
+    ms = [medians(f, runtime) for f in finals] if runtime else []
+    batches = sorted({b for m in ms for b in m}, key=int)
+    return {
+        "runtime": runtime or "-",
+        "final_ms": {b: statistics.median(m[b] for m in ms if b in m) for b in batches},
+        "speedup": {b: statistics.median(f["speedup"][b] for f in finals if b in (f.get("speedup") or {}))
+                    for b in batches if any(b in (f.get("speedup") or {}) for f in finals)},
+    }  # fmt: skip
 
 
 def fmt(ms: tuple[float, float] | None, runs: int) -> str:
@@ -81,7 +105,9 @@ def write_report(root: Path) -> list[dict]:
     if not rows:
         raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
     stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
-    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)"]
+    batches = sorted({b for r in rows for b in r["final_ms"]}, key=int)
+    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)", "runtime",
+              *[f"ms@{b}" for b in batches], *[f"speed-up@{b}" for b in batches]]  # fmt: skip
     table_rows = [
         [
             r["settings"],
@@ -89,21 +115,15 @@ def write_report(root: Path) -> list[dict]:
             *[fmt(r.get(n), r["runs"]) for n in stage_names],
             r["final_model"],
             f"{r['final_params'] / 1e6:.2f}",
+            r["runtime"],
+            *[fmt_ms(r["final_ms"].get(b)) for b in batches],
+            *[f"{r['speedup'][b]:.1f}×" if b in r["speedup"] else "-" for b in batches],
         ]  # fmt: skip
         for r in rows
     ]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
-                     "final_model", "final_params"])  # fmt: skip
-    for r in rows:
-        values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
-        writer.writerow(
-            [r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"], r["final_params"]]
-        )
-    atomic_write_text(root / "report.csv", buf.getvalue())
+    atomic_write_text(root / "report.csv", report_csv(rows, stage_names, batches))
     md = markdown_table(header, table_rows)
-    atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\nTest accuracy, mean ± std over runs.\n\n" + md)
+    atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\n{REPORT_NOTE}\n\n" + md)
     plot(rows, root / "report.png")
     title = f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)"
     print_table(header, table_rows, title, left=("settings", "final model"))
@@ -111,6 +131,20 @@ def write_report(root: Path) -> list[dict]:
         print(f"settings of every run: {' '.join(common)}")
     print(f"wrote {root / 'report.md'}, report.csv, report.png")
     return rows
+
+
+def report_csv(rows: list[dict], stage_names: list[str], batches: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
+                     "final_model", "final_params", "runtime", *[f"final_ms_{b}" for b in batches],
+                     *[f"speedup_{b}" for b in batches]])  # fmt: skip
+    for r in rows:
+        values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
+        latency = [r["final_ms"].get(b, "") for b in batches] + [r["speedup"].get(b, "") for b in batches]
+        writer.writerow([r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"],
+                         r["final_params"], r["runtime"], *latency])  # fmt: skip
+    return buf.getvalue()
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from kdcl.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
 from kdcl.checkpoints import resume_point
-from kdcl.config import latency_batches
+from kdcl.config import latency_batches, latency_runtimes
 from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
 from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
@@ -64,7 +64,7 @@ class StageResult:
     init: str | None
     epoch_checkpoints: dict[str, str] = field(default_factory=dict)  # "E" -> checkpoint after epoch E
     macs: int | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, dict] = field(default_factory=dict)  # runtime -> kdcl.models.cost.RuntimeLatency as JSON
     seconds: float = 0.0
     recovery: str | None = None  # what a resume did instead of reading an unreadable last.ckpt
 
@@ -74,6 +74,12 @@ class StageResult:
     @classmethod
     def from_json(cls, data: dict) -> StageResult:
         known = cls.__dataclass_fields__
+        if "latency_ms" in data and "latency" not in data:  # a stage recorded before ONNX Runtime was timed
+            ms = {b: {"median_ms": v, "spread_ms": None, "repeats": None} for b, v in data["latency_ms"].items()}
+            data = {
+                **data,
+                "latency": {"eager": {"runtime": "eager", "version": "", "threads": 0, "ms": ms}} if ms else {},
+            }
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -342,7 +348,11 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
     best = parts.checkpoint.best_model_score if stage.trains else None
     saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
              for e in stage.save_epochs if epoch_checkpoint(ckpt_dir, e).is_file()}  # fmt: skip
-    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size), latency_batches(ctx.cfg))
+    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size), latency_batches(ctx.cfg),
+                      latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
+    for runtime in cost["latency"].values():
+        if runtime["note"]:
+            print(f"[{stage.name}] {runtime['runtime']} latency {runtime['note']}", flush=True)
     result = StageResult(
         name=stage.name, index=stage.index, model=stage.model["name"], model_key=stage.model_key,
         model_cfg=stage.model, params=count_params(module.model), teachers=list(stage.teachers), terms=stage.terms,
@@ -352,7 +362,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         test_acc=float(metrics[metric_name(stage.name, "test", "acc")]),
         test_loss=float(metrics[metric_name(stage.name, "test", "loss")]),
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
-        macs=cost["macs"], latency_ms=cost["latency_ms"], seconds=round(time.perf_counter() - started, 2),
+        macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
         recovery=recovery,
     )  # fmt: skip
     atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
