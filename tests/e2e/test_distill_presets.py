@@ -31,7 +31,7 @@ def sweep(tmp_path_factory, tiny_run):
     fast = [
         "trainer.max_epochs=2",
         f"teacher.checkpoint={tiny_run / 'stages/00-teacher/checkpoints/best.ckpt'}",
-        "data.fraction=0.5",
+        "data.fraction=0.3",
         "report.latency_batches=[]",
     ]
     proc = in_process(

@@ -254,7 +254,7 @@ def test_ddp_two_ranks_split_the_epoch_and_share_the_teacher_outputs_they_store(
     # two CPU processes (gloo): each rank meets half the examples in the epoch and stores their teacher
     # logits; at the epoch's end the ranks exchange them, so the saved store is complete after one epoch
     proc = run_kdcl(["train", *TINY, "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
-                     "trainer.strategy=ddp_spawn", "data.fraction=0.5", "report.latency_batches=[]",
+                     "trainer.strategy=ddp_spawn", "data.fraction=0.25", "report.latency_batches=[]",
                      f"teacher.checkpoint={tiny_run / 'stages/00-teacher/checkpoints/best.ckpt'}"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = run_dir_of(proc)
