@@ -21,6 +21,7 @@ class Point:
     deferred: float  # share of images the teacher answers
     accuracy: float
     latency_ms: float  # expected per image
+    macs: float | None = None  # expected multiply-accumulates per image, where both models' are known
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -46,14 +47,15 @@ def answers(student: torch.Tensor, teacher: torch.Tensor, conf: torch.Tensor, ta
 
 
 def curve(student: Predictions, teacher: Predictions, kind: str, taus: list[float],
-          latency_ms: tuple[float, float]) -> list[Point]:  # fmt: skip
-    """One point per τ; `latency_ms`: (student, teacher) per image."""
+          latency_ms: tuple[float, float], macs: tuple[int, int] | None = None) -> list[Point]:  # fmt: skip
+    """One point per τ; `latency_ms` and `macs`: (student, teacher) per image."""
     conf, s, t, y = confidence(student, kind), student.predicted, teacher.predicted, student.labels
     points = []
     for tau in taus:
         deferred = float((conf < tau).float().mean())
         accuracy = float((answers(s, t, conf, tau) == y).float().mean())
-        points.append(Point(tau, deferred, accuracy, latency_ms[0] + deferred * latency_ms[1]))
+        cost = macs[0] + deferred * macs[1] if macs else None
+        points.append(Point(tau, deferred, accuracy, latency_ms[0] + deferred * latency_ms[1], cost))
     return points
 
 

@@ -108,7 +108,9 @@ def run_cascade(target: str, stage: str | None, cfg: DictConfig) -> dict:
     c = cfg.cascade
     preds, latency = both_predictions(pair, cfg)
     taus = thresholds(int(c.steps))
-    curves = {split: curve(s, t, str(c.confidence), taus, latency) for split, (s, t) in preds.items()}
+    macs = (pair.student.get("macs"), pair.teacher.get("macs"))
+    macs = macs if None not in macs else None
+    curves = {split: curve(s, t, str(c.confidence), taus, latency, macs) for split, (s, t) in preds.items()}
     chosen = operating_point(curves["val"], preds["val"][1].accuracy, float(c.max_drop))
     test_point = next(p for p in curves["test"] if p.tau == chosen.tau)
     result = {
@@ -116,6 +118,7 @@ def run_cascade(target: str, stage: str | None, cfg: DictConfig) -> dict:
         "student_model": pair.student["model"], "teacher_model": pair.teacher["model"],
         "confidence": str(c.confidence), "max_drop": float(c.max_drop),
         "latency_ms": {"student": latency[0], "teacher": latency[1], "batch": int(LATENCY_BATCH)},
+        "macs": {"student": macs[0], "teacher": macs[1]} if macs else None,
         "tau": chosen.tau, "val": chosen.to_json(), "test": test_point.to_json(),
         "splits": {split: {"examples": len(s.labels), "student_acc": s.accuracy, "teacher_acc": t.accuracy,
                            "curve": [p.to_json() for p in curves[split]]} for split, (s, t) in preds.items()},
@@ -157,7 +160,12 @@ def report(result: dict) -> None:
           f"{100 * result['max_drop']:g} pt on val): τ = {result['tau']:.2f} defers {100 * test['deferred']:.1f} % "
           f"of {split['examples']} test images; accuracy {100 * test['accuracy']:.2f} % (student "
           f"{100 * split['student_acc']:.2f} %, teacher {100 * split['teacher_acc']:.2f} %); "
-          f"{test['latency_ms']:.2f} ms per image (student {lat['student']:.2f}, teacher {lat['teacher']:.2f})")  # fmt: skip
+          f"{test['latency_ms']:.2f} ms per image (student {lat['student']:.2f}, teacher {lat['teacher']:.2f})"
+          + (f"; {test['macs'] / 1e6:.1f} MMACs per image (student {result['macs']['student'] / 1e6:.1f}, teacher "
+             f"{result['macs']['teacher'] / 1e6:.1f})" if result["macs"] else ""))  # fmt: skip
+    if test["latency_ms"] >= lat["teacher"]:  # the student always runs first: deferring costs both models
+        print(f"note: at this τ the cascade ({test['latency_ms']:.2f} ms) is slower than the teacher alone "
+              f"({lat['teacher']:.2f} ms) on this machine at batch 1")  # fmt: skip
     print(f"wrote {Path(result['run_dir']) / 'cascade.json'}, cascade.png, cascade_predictions.pt")
     print(json.dumps({k: result[k] for k in ("student", "teacher", "tau", "val", "test")}))
 

@@ -144,8 +144,8 @@ def statistics_section(rows: list[dict], comparisons: list[Comparison], baseline
     if comparisons:
         text += (f"\n## Against the baseline `{baseline}`, paired by seed\n\nΔ = setting − baseline (points) with "
                  "its 95 % t interval; paired t-test, and from 6 paired seeds the exact sign test and Wilcoxon's; "
-                 "`*`: significant at 0.05 after Holm's correction across settings (paired t). Seeds to detect: "
-                 "the seeds a paired t-test needs for 80 % power at the observed Δ and spread.\n\n"
+                 "`*`: significant at 0.05 after Holm's correction across settings (paired t). Seeds needed: "
+                 "how many a paired t-test needs for 80 % power at the observed Δ and spread.\n\n"
                  + markdown_table(COMPARE_HEADERS, compare_table(comparisons)))  # fmt: skip
     return text
 

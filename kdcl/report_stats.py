@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from kdcl.errors import KdclError
-from kdcl.stats import ALPHA, EXACT_TESTS_FROM, MAX_SEEDS, Paired, Spread, holm, paired, t_interval
+from kdcl.stats import ALPHA, MAX_SEEDS, Paired, Spread, holm, paired, t_interval
 
 CHECKPOINTS = {"chosen": "test_acc", "last": "test_acc_last"}  # which checkpoint → its key in summary.json
 
@@ -91,18 +91,18 @@ def spread_table(rows: list[dict]) -> list[list[str]]:
              *spread_cells(r["final_spread"]["chosen"]), *spread_cells(r["final_spread"]["last"])] for r in rows]  # fmt: skip
 
 
-COMPARE_HEADERS = ["settings", "checkpoint", "paired seeds", "Δ acc (pt)", "Δ 95 % CI", "p (paired t)",
-                   f"p (sign, ≥{EXACT_TESTS_FROM} seeds)", "p (Wilcoxon)", "p (Holm)", "sig. 0.05", "seeds to detect"]  # fmt: skip
+COMPARE_HEADERS = ["settings", "ckpt", "seeds", "Δ acc pt [95 % CI]", "p t-test", "p sign", "p Wilcoxon", "p Holm",
+                   "sig.", "seeds needed"]  # fmt: skip
 
 
 def compare_table(comparisons: list[Comparison]) -> list[list[str]]:
+    """One row per setting and checkpoint; sign and Wilcoxon only from kdcl.stats.EXACT_TESTS_FROM paired seeds."""
     body = []
     for c in comparisons:
-        d = c.paired.diff
-        needed = c.paired.seeds_needed
+        d, needed = c.paired.diff, c.paired.seeds_needed
         seeds_text = str(needed) if needed is not None else ("no Δ" if d.mean == 0 else f">{MAX_SEEDS}")
-        body.append([c.settings, c.checkpoint, str(len(c.paired.seeds)), f"{100 * d.mean:+.2f}",
-                     f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if not math.isnan(d.low) else "-",
+        interval = f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if not math.isnan(d.low) else ""
+        body.append([c.settings, c.checkpoint, str(len(c.paired.seeds)), f"{100 * d.mean:+.2f}{interval}",
                      pvalue(c.paired.t_p), pvalue(c.paired.sign_p), pvalue(c.paired.wilcoxon_p), pvalue(c.holm_p),
                      "*" if c.significant else "", seeds_text])  # fmt: skip
     return body
