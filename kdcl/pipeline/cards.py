@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from kdcl.data.datamodule import StagePart
+from kdcl.models import load_kdcl_checkpoint
 from kdcl.pipeline.plan import Stage
 from kdcl.pipeline.presets import task_classes
 from kdcl.pipeline.stage import StageContext, StageResult
@@ -17,6 +20,14 @@ def last_checkpoint(ctx: StageContext, stage: Stage, result: StageResult) -> Pat
     """The checkpoint after the stage's last epoch (the chosen one for a stage that only tests a model)."""
     last = ctx.stage_dir(stage) / "checkpoints" / "last.ckpt"
     return last if result.trained and last.is_file() else ctx.run_dir / result.checkpoint
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold the same model (best is often the last epoch): one test pass then serves both."""
+    if a.resolve() == b.resolve():
+        return True
+    (first, _), (second, _) = load_kdcl_checkpoint(a, "checkpoint"), load_kdcl_checkpoint(b, "checkpoint")
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, checkpoint: Path) -> Predictions:
@@ -35,8 +46,7 @@ def stage_cards(ctx: StageContext, stages: list[Stage]) -> list[Card]:
         result = ctx.handed[stage.name]
         chosen_path, last_path = ctx.run_dir / result.checkpoint, last_checkpoint(ctx, stage, result)
         chosen = test_predictions(ctx, stage, result, chosen_path)
-        same = last_path.resolve() == chosen_path.resolve()
-        last = chosen if same else test_predictions(ctx, stage, result, last_path)
+        last = chosen if same_weights(chosen_path, last_path) else test_predictions(ctx, stage, result, last_path)
         reference = reference or chosen
         cards.append(build_card(stage.name, result.model, chosen, last, reference))
     return cards
