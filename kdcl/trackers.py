@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -157,8 +158,13 @@ def publish(cfg: DictConfig, run_dir: Path, summary: dict) -> None:
     files = [run_dir / f for f in ("summary.json", "summary.md", "reliability.png") if (run_dir / f).is_file()]
     writers = {"MLFlowLogger": publish_mlflow, "WandbLogger": publish_wandb, "TensorBoardLogger": publish_tensorboard}
     for name, spec in (cfg.get("logger") or {}).items():
-        if spec is not None and kind(spec) in writers:
+        if spec is None or kind(spec) not in writers:
+            continue
+        try:
             writers[kind(spec)](run_dir, str(name), metrics, files)
+        except Exception as exc:  # the run's own files are complete: a tracker that fails now costs only itself
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            print(f"warning: logger.{name}: the report card was not published ({reason})", file=sys.stderr, flush=True)
 
 
 def publish_mlflow(run_dir: Path, name: str, metrics: dict, files: list[Path]) -> None:
