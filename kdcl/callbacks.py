@@ -54,8 +54,8 @@ def progress_callbacks(mode: str, stage: str) -> tuple[list[pl.Callback], bool]:
 
 class SaveAfterEpochs(pl.Callback):
     """Keeps the model after chosen epochs ({epoch: path}): teachers for `name@E` references (anchors)
-    and early-teacher curriculum scores. Lightning writes through a temporary file, so a kill mid-save
-    leaves no half-written checkpoint."""
+    and early-teacher curriculum scores. Written through the Trainer's atomic CheckpointIO
+    (kdcl/checkpoints.py), so a kill mid-save leaves no half-written checkpoint."""
 
     def __init__(self, paths: dict[int, list[Path]]):
         self.paths = paths
@@ -91,3 +91,51 @@ class KeepRandomState(pl.Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, state, gauss_next = s["python"]
         random.setstate((version, tuple(state), gauss_next))
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stops the stage at the first non-finite training loss, before its backward pass: the weights stay
+    as the last finite step left them and no checkpoint of a diverged model is written. Lightning's
+    EarlyStopping(check_finite=True) looks only at epoch-level metrics, after NaN weights were saved.
+    The check reads one scalar per step (on a GPU a synchronisation, as the progress bar's loss is)."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):  # any rank: every rank stops
+            return
+        from kdcl.errors import Diverged
+
+        raise Diverged(
+            f"[{self.stage}] the training loss became {float(loss.detach().float().mean()) if bad else 'non-finite on another rank'} "
+            f"at epoch {trainer.current_epoch + 1}, step {trainer.global_step + 1}: the stage stopped and no later "
+            "stage ran; lower optim.lr, set trainer.gradient_clip_val (e.g. 1.0) or lower distill.temperature"
+        )
+
+
+class FollowChangedLearningRate(pl.Callback):
+    """A stage resumed with a changed `optim.lr` (a remedy for divergence): Lightning restores the
+    optimizer and scheduler of the checkpoint, with the old rates; every rate they hold is rescaled
+    by new/old, so the schedule goes on from where it was, at the new scale."""
+
+    def __init__(self):
+        self.ratio = 1.0
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        saved = ((checkpoint.get("hyper_parameters") or {}).get("config") or {}).get("optim", {}).get("lr")
+        now = pl_module.hparams["config"]["optim"]["lr"]
+        self.ratio = float(now) / float(saved) if saved else 1.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.ratio == 1.0:
+            return
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                for key in ("lr", "initial_lr", "max_lr", "min_lr"):  # the keys torch's schedulers keep
+                    if key in group:
+                        group[key] *= self.ratio
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [lr * self.ratio for lr in config.scheduler.base_lrs]
+            config.scheduler._last_lr = [group["lr"] for group in config.scheduler.optimizer.param_groups]

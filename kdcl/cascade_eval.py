@@ -79,18 +79,36 @@ def model_of(pair: Pair, result: dict, dm: KdclDataModule, cfg: DictConfig) -> t
     return create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), result["model_key"])
 
 
-def latency_of(result: dict, model: torch.nn.Module, dm: KdclDataModule, cfg: DictConfig) -> float:
-    """Per-image latency at batch 1: as the run measured it (report.latency_batches), else measured now."""
-    measured = (result.get("latency_ms") or {}).get(LATENCY_BATCH)
-    if measured is not None:
-        return float(measured)
-    from kdcl.models.cost import cpu_latency_ms
+def recorded_ms(result: dict, runtime: str) -> float | None:
+    """A stage's batch-1 latency in `runtime` as its run measured it (older runs: eager PyTorch only)."""
+    from kdcl.pipeline.stage import StageResult  # reads both the current and the older latency records
+    from kdcl.summary import medians
 
-    return cpu_latency_ms(model, dm.in_chans, int(cfg.data.image_size), 1)
+    return medians(StageResult.from_json(result).to_json(), runtime).get(LATENCY_BATCH)
 
 
-def both_predictions(pair: Pair, cfg: DictConfig) -> tuple[dict, tuple[float, float]]:
-    """{split: (student, teacher) Predictions} for val and test, and their per-image latencies."""
+def measured_ms(model: torch.nn.Module, runtime: str, dm: KdclDataModule, cfg: DictConfig) -> float | None:
+    from kdcl.models.cost import model_cost
+
+    timing = model_cost(model, dm.in_chans, int(cfg.data.image_size), [1], [runtime]).latency[runtime].ms.get("1")
+    return None if timing is None else timing.median_ms
+
+
+def latencies(pair: Pair, models: list, dm: KdclDataModule, cfg: DictConfig) -> tuple[str, tuple[float, float]]:
+    """(runtime, per-image latency at batch 1 of student and teacher) in the run's speed-up runtime (ONNX
+    Runtime by default): as the run measured them, else measured now; eager PyTorch when that runtime
+    cannot time both (not installed, a model it cannot export)."""
+    wanted = str((cfg.get("report") or {}).get("speedup_runtime") or "onnxruntime")
+    for runtime in dict.fromkeys([wanted, "eager"]):
+        ms = [recorded_ms(r, runtime) or measured_ms(m, runtime, dm, cfg)
+              for r, m in zip((pair.student, pair.teacher), models, strict=True)]  # fmt: skip
+        if None not in ms:
+            return runtime, (float(ms[0]), float(ms[1]))
+    raise KdclError("cascade=true: the models' latency could not be measured in any runtime")
+
+
+def both_predictions(pair: Pair, cfg: DictConfig) -> tuple[dict, tuple[str, tuple[float, float]]]:
+    """{split: (student, teacher) Predictions} for val and test, and their per-image latencies (runtime, ms)."""
     check_data(cfg.data)
     dm = KdclDataModule(cfg.data, seed=cfg.seed)
     dm.setup()
@@ -98,15 +116,14 @@ def both_predictions(pair: Pair, cfg: DictConfig) -> tuple[dict, tuple[float, fl
     models = [model_of(pair, r, dm, cfg) for r in (pair.student, pair.teacher)]
     loaders = {"val": view.val_dataloader(), "test": view.test_dataloader()}
     preds = {split: tuple(predict(m, loader, dm.normalize) for m in models) for split, loader in loaders.items()}
-    latency = tuple(latency_of(r, m, dm, cfg) for r, m in zip((pair.student, pair.teacher), models, strict=True))
-    return preds, latency
+    return preds, latencies(pair, models, dm, cfg)
 
 
 def run_cascade(target: str, stage: str | None, cfg: DictConfig) -> dict:
     """Curves on both splits, τ chosen on val, the files written; returns cascade.json's content."""
     pair = find_pair(target, stage)
     c = cfg.cascade
-    preds, latency = both_predictions(pair, cfg)
+    preds, (runtime, latency) = both_predictions(pair, cfg)
     taus = thresholds(int(c.steps))
     macs = (pair.student.get("macs"), pair.teacher.get("macs"))
     macs = macs if None not in macs else None
@@ -117,7 +134,7 @@ def run_cascade(target: str, stage: str | None, cfg: DictConfig) -> dict:
         "run_dir": str(pair.run_dir), "student": pair.student["name"], "teacher": pair.teacher["name"],
         "student_model": pair.student["model"], "teacher_model": pair.teacher["model"],
         "confidence": str(c.confidence), "max_drop": float(c.max_drop),
-        "latency_ms": {"student": latency[0], "teacher": latency[1], "batch": int(LATENCY_BATCH)},
+        "latency_ms": {"student": latency[0], "teacher": latency[1], "batch": int(LATENCY_BATCH), "runtime": runtime},
         "macs": {"student": macs[0], "teacher": macs[1]} if macs else None,
         "tau": chosen.tau, "val": chosen.to_json(), "test": test_point.to_json(),
         "splits": {split: {"examples": len(s.labels), "student_acc": s.accuracy, "teacher_acc": t.accuracy,
@@ -160,12 +177,13 @@ def report(result: dict) -> None:
           f"{100 * result['max_drop']:g} pt on val): τ = {result['tau']:.2f} defers {100 * test['deferred']:.1f} % "
           f"of {split['examples']} test images; accuracy {100 * test['accuracy']:.2f} % (student "
           f"{100 * split['student_acc']:.2f} %, teacher {100 * split['teacher_acc']:.2f} %); "
-          f"{test['latency_ms']:.2f} ms per image (student {lat['student']:.2f}, teacher {lat['teacher']:.2f})"
+          f"{test['latency_ms']:.2f} ms per image in {lat['runtime']} (student {lat['student']:.2f}, teacher "
+          f"{lat['teacher']:.2f})"
           + (f"; {test['macs'] / 1e6:.1f} MMACs per image (student {result['macs']['student'] / 1e6:.1f}, teacher "
              f"{result['macs']['teacher'] / 1e6:.1f})" if result["macs"] else ""))  # fmt: skip
     if test["latency_ms"] >= lat["teacher"]:  # the student always runs first: deferring costs both models
         print(f"note: at this τ the cascade ({test['latency_ms']:.2f} ms) is slower than the teacher alone "
-              f"({lat['teacher']:.2f} ms) on this machine at batch 1")  # fmt: skip
+              f"({lat['teacher']:.2f} ms) in {lat['runtime']} on this machine at batch 1")  # fmt: skip
     print(f"wrote {Path(result['run_dir']) / 'cascade.json'}, cascade.png, cascade_predictions.pt")
     print(json.dumps({k: result[k] for k in ("student", "teacher", "tau", "val", "test")}))
 
@@ -185,7 +203,7 @@ def cascade_eval(target: str, stage: str | None, overrides: list[str]) -> dict:
     from kdcl.evaluate import apply_overrides, locate
 
     pair = find_pair(target, stage)
-    _, cfg, _ = locate(str(pair.run_dir), pair.student["name"])
+    cfg = locate(str(pair.run_dir), pair.student["name"]).cfg
     cfg = apply_overrides(cascade_settings(cfg), [o for o in overrides if o.split("=", 1)[0] != "cascade"])
     check_cascade(cfg.cascade)
     result = run_cascade(target, pair.student["name"], cfg)

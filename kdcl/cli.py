@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kdcl import __version__
 from kdcl.confdir import config_dir
-from kdcl.errors import KdclError, did_you_mean, exit_with
+from kdcl.errors import KdclError, did_you_mean, exit_with, io_failure
 
 USAGE = f"""kdcl {__version__}: knowledge distillation with curriculum learning
 
@@ -20,7 +20,9 @@ usage:
                                                   test a run's final model (or stage NAME) again
   kdcl eval RUN_DIR cascade=true [cascade.max_drop=0.01]
                                                   the student answers, the teacher takes what it is unsure of
-  kdcl models [PATTERN]                           timm model names and kdcl's aliases
+  kdcl export RUN_DIR|CHECKPOINT [stage=NAME] [format=safetensors|onnx] [out=DIR] [quantize=int8] [overwrite=true]
+                                                  the final model (or stage NAME) alone, for timm or ONNX Runtime
+  kdcl models [PATTERN] [--cost [data=...]]       timm model names and kdcl's aliases; --cost: params, MACs, latency
   kdcl report DIR [baseline=KEY=VALUE]            compare the runs under DIR (a sweep): mean ± std, 95 % CI per
                                                   setting; paired tests against the baseline setting
   kdcl --version
@@ -30,10 +32,14 @@ examples:
   kdcl train teacher=resnet50 student=mobilenet
   kdcl train -m distill.temperature=2,4,8 seed=0,1,2
   kdcl eval outputs/train/2026-11-22/17-40-12
+  kdcl export outputs/train/2026-11-22/17-40-12 format=onnx quantize=int8
+  kdcl models 'mobilenet*' --cost
   kdcl report outputs/multirun/2026-11-22/18-02-11
 """
-COMMANDS = ("train", "eval", "models", "report")
+COMMANDS = ("train", "eval", "export", "models", "report")
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
+# what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
+RESUME_MAY_CHANGE = ("optim.lr", "trainer.gradient_clip_val", "distill.temperature")
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -167,9 +173,34 @@ def resume_argv(rest: list[str], overrides: list[str]) -> list[str] | None:
             f"resume '{run_dir}' is not a kdcl run directory (no run.json); give a directory that kdcl train printed"
         )
     others = [o for o in overrides if not o.startswith(("resume=", "hydra.", "hydra/"))]
-    if others:
-        raise KdclError(f"resume takes no other overrides ({' '.join(others)}): a run continues with its own config")
+    refused = [o for o in others if o.split("=", 1)[0] not in RESUME_MAY_CHANGE]
+    if refused:
+        raise KdclError(
+            f"resume takes no other overrides than {', '.join(RESUME_MAY_CHANGE)} (got {' '.join(refused)}): "
+            "a run continues with its own config; start a new run to change anything else"
+        )
     return rest + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def resume_changes(task_overrides: list[str], given, saved) -> dict[str, tuple]:
+    """{key: (saved value, new value)} for the RESUME_MAY_CHANGE keys given with `resume=` that differ."""
+    from omegaconf import OmegaConf
+
+    keys = [o.split("=", 1)[0] for o in task_overrides if o.split("=", 1)[0] in RESUME_MAY_CHANGE]
+    pairs = {k: (OmegaConf.select(saved, k), OmegaConf.select(given, k)) for k in keys}
+    return {k: (old, new) for k, (old, new) in pairs.items() if old != new}
+
+
+def run_dir_of_resume(overrides: list[str]) -> Path:
+    return Path(next(o for o in overrides if o.startswith("resume=")).split("=", 1)[1])
+
+
+def training_process_leader() -> bool:
+    """Whether this process leads its run: not one of the extra ranks that torchrun, SLURM or Lightning's
+    DDP launcher start with the same command line (they work in the leader's run directory)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only  # the rank Lightning reads from the environment
+
+    return rank_zero_only.rank == 0
 
 
 def train(rest: list[str]) -> None:
@@ -183,6 +214,10 @@ def train(rest: list[str]) -> None:
         custom = args.config_dir or args.config_name or args.config_path
         if resumed is not None:
             rest = resumed
+            if training_process_leader():
+                from kdcl.runlock import lock_run_dir
+
+                lock_run_dir(run_dir_of_resume(args.overrides))  # before Hydra writes its log into the run
         elif not (informational or custom):
             precheck(args.overrides)
     except KdclError as err:
@@ -200,33 +235,46 @@ def train_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from kdcl.runlock import release_run_dir
     from kdcl.trainer import quiet_libraries
 
     quiet_libraries()
+    run_dir = Path(cfg.resume) if cfg.get("resume") else Path(HydraConfig.get().runtime.output_dir)
     try:
         from omegaconf.errors import ValidationError
 
         from kdcl.config import check_config, schema_error, upgrade_saved
         from kdcl.pipeline.manifest import Manifest
         from kdcl.pipeline.runner import run_pipeline
+        from kdcl.runlock import lock_run_dir
         from kdcl.schema import TrainConfig
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if training_process_leader():
+            lock_run_dir(run_dir)
+        changes = {}
         if cfg.get("resume"):
-            run_dir = Path(cfg.resume)
             saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
+            changes = resume_changes(HydraConfig.get().overrides.task, cfg, saved)
             try:
-                cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+                cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved, OmegaConf.from_dotlist(
+                    [f"{k}={new}" for k, (_, new) in changes.items()]))  # fmt: skip
             except ValidationError as exc:
                 raise schema_error(exc) from None
-            print(f"resuming {run_dir}", flush=True)
+            print(
+                f"resuming {run_dir}" + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items()),
+                flush=True,
+            )
         elif Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix or overwrite them
             raise KdclError(
                 f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
             )
-        run_pipeline(check_config(cfg), run_dir)
+        run_pipeline(check_config(cfg), run_dir, changes)
+    except OSError as exc:  # a write no kdcl code wraps (Hydra's, a library's): one line all the same
+        exit_with(io_failure(exc, "write the run's files"))
     except KdclError as err:
         exit_with(err)
+    finally:
+        release_run_dir(run_dir)
     print(f"run directory: {run_dir}", flush=True)
 
 
@@ -234,7 +282,12 @@ def models(rest: list[str]) -> None:
     import timm
     from omegaconf import OmegaConf
 
-    pattern = rest[0] if rest else "*"
+    cost = "--cost" in rest
+    args = [a for a in rest if a != "--cost"]
+    overrides = [a for a in args if "=" in a]
+    if overrides and not cost:
+        raise KdclError(f"kdcl models takes {' '.join(overrides)} only with --cost (the data to measure at)")
+    pattern = next((a for a in args if "=" not in a), "*")
     aliases = []
     for group in ("teacher", "student"):
         for f in sorted((config_dir() / group).glob("*.yaml")):
@@ -242,16 +295,37 @@ def models(rest: list[str]) -> None:
             if fnmatch.fnmatch(f.stem, pattern) or fnmatch.fnmatch(name, pattern):
                 aliases.append(f"  {group}={f.stem:<12} → {name}")
     names = timm.list_models(pattern)
+    if not names and not aliases:
+        raise KdclError(f"no timm model matches '{pattern}'; try a pattern with * such as 'resnet*'")
     if aliases:
         print("kdcl aliases:")
         print("\n".join(aliases))
+    if cost:
+        return model_costs(pattern, overrides)
     print(f"timm models matching '{pattern}' ({len(names)}; use any as teacher.name=... or student.name=...):")
     width = max((len(n) for n in names), default=0) + 2
     per_line = max(1, 100 // max(width, 1))
     for i in range(0, len(names), per_line):
         print("  " + "".join(n.ljust(width) for n in names[i : i + per_line]).rstrip())
-    if not names and not aliases:
-        raise KdclError(f"no timm model matches '{pattern}'; try a pattern with * such as 'resnet*'")
+
+
+def model_costs(pattern: str, overrides: list[str]) -> None:
+    """`kdcl models PATTERN --cost`: each matching model measured at the data's size, one line at a time."""
+    from kdcl.models.catalog import cost_table, input_shape, matching, measure
+    from kdcl.tables import print_table
+
+    names, shape = matching(pattern), input_shape(overrides)
+    print(f"measuring {len(names)} models at {shape.in_chans}×{shape.image_size}×{shape.image_size}, "
+          f"{shape.num_classes} classes (data={shape.data}), batches {shape.batches}:", flush=True)  # fmt: skip
+    costs = []
+    for name in names:
+        costs.append(measure(name, shape))
+        print(f"  {name}: {costs[-1].error or 'measured'}", flush=True)
+    headers, rows = cost_table(costs, shape)
+    print_table(headers, rows, f"what each model costs on the CPU (data={shape.data})", left=("model",))
+    notes = {lat.note for c in costs if c.cost for lat in c.cost.latency.values() if lat.note}
+    for note in sorted(notes):
+        print(f"note: {note}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,6 +346,12 @@ def main(argv: list[str] | None = None) -> None:
 
             quiet_libraries()
             eval_command(rest)
+        elif command == "export":
+            from kdcl.export import export_command
+            from kdcl.trainer import quiet_libraries
+
+            quiet_libraries()
+            export_command(rest)
         elif command == "models":
             models(rest)
         elif command == "report":

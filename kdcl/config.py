@@ -144,6 +144,21 @@ def latency_batches(cfg: DictConfig) -> list[int]:
     return [int(b) for b in (cfg.get("report") or {}).get("latency_batches") or []]
 
 
+def latency_runtimes(cfg: DictConfig) -> list[str]:
+    """report.latency_runtimes as plain words, each once."""
+    return list(dict.fromkeys(str(r) for r in (cfg.get("report") or {}).get("latency_runtimes") or []))
+
+
+def check_report(cfg: DictConfig) -> None:
+    if any(b < 1 for b in latency_batches(cfg)):
+        raise KdclError(f"report.latency_batches={cfg.report.latency_batches} must list batch sizes ≥ 1, e.g. [1,64] "
+                        "(or [] to skip)")  # fmt: skip
+    runtimes = latency_runtimes(cfg)
+    if latency_batches(cfg) and runtimes and str(cfg.report.speedup_runtime) not in runtimes:
+        raise KdclError(f"report.speedup_runtime={cfg.report.speedup_runtime} is not measured "
+                        f"(report.latency_runtimes=[{','.join(runtimes)}]); add it there or choose one of those")  # fmt: skip
+
+
 LOGGER_EXTRAS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # logger class → its package = kdcl's extra
 
 
@@ -187,9 +202,8 @@ def check_values(cfg: DictConfig) -> None:
     temperature = cfg.distill.get("temperature")
     if temperature is not None and temperature <= 0:
         raise KdclError(f"distill.temperature={show(temperature)} must be > 0 (e.g. 4)")
-    if any(b < 1 for b in latency_batches(cfg)):
-        raise KdclError(f"report.latency_batches={cfg.report.latency_batches} must list batch sizes ≥ 1, e.g. [1,64] "
-                        "(or [] to skip)")  # fmt: skip
+    if cfg.get("report") is not None:
+        check_report(cfg)
     check_curriculum(cfg.curriculum)
     check_cascade(cfg.cascade)
     check_logger_extras(cfg.get("logger"))

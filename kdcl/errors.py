@@ -1,4 +1,5 @@
-"""The one user-facing error type: a mistake the user can fix, printed as one line, exit status 2."""
+"""User-facing failures, each printed as one line without a traceback, with its own exit status:
+2 bad input (nothing started), 3 training diverged, 4 the environment failed (disk, permissions)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from collections.abc import Iterable
 
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_ENVIRONMENT = 4
 
 
 class KdclError(Exception):
@@ -14,6 +17,27 @@ class KdclError(Exception):
 
     The message names the key, the bad value and a fix; it is printed without a traceback.
     """
+
+    exit_status = EXIT_USER_ERROR
+
+
+class Diverged(KdclError):
+    """A stage's training loss became non-finite: the stage stopped, later stages did not run."""
+
+    exit_status = EXIT_DIVERGED
+
+
+class EnvironmentFailure(KdclError):
+    """The machine refused a write or a read (no space left, no permission, a file vanished)."""
+
+    exit_status = EXIT_ENVIRONMENT
+
+
+def io_failure(exc: OSError, doing: str) -> EnvironmentFailure:
+    """One line for an OSError: what was being done, on which path, and the system's reason."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" {exc.filename}" if exc.filename and str(exc.filename) not in doing else ""
+    return EnvironmentFailure(f"could not {doing}{where}: {reason} (errno {exc.errno})")
 
 
 def show(value) -> str:
@@ -28,7 +52,7 @@ def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
 
 
 def exit_with(err: KdclError) -> None:
-    """Print `error: <message>` as a single line on stderr and exit with status 2."""
+    """Print `error: <message>` as a single line on stderr and exit with the error's status."""
     message = " ".join(str(err).split())  # one line, whatever the message was built from
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(err.exit_status)

@@ -1,12 +1,16 @@
-"""`kdcl eval`: test a run's model (or any kdcl checkpoint) again, optionally on other data."""
+"""`kdcl eval`: test a run's model (or any kdcl checkpoint) again, optionally on other data; and how a
+run's stage is found and its model rebuilt (`locate`, `load_stage`), which `kdcl export` shares."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
 
 from kdcl.confdir import config_dir
 from kdcl.config import check_data, upgrade_saved
@@ -23,9 +27,26 @@ from kdcl.pipeline.plan import HARD_LABELS
 from kdcl.trainer import build_trainer
 
 
-def locate(target: str, stage: str | None) -> tuple[Path, DictConfig, dict]:
-    """(checkpoint, the run's config, stage hyper-parameters) for a run directory or a checkpoint file."""
-    path = Path(target)
+@dataclass(frozen=True)
+class Located:
+    """A finished stage's checkpoint and what it was trained with; `run_dir` and the test accuracy the run
+    recorded are None when a checkpoint file was given."""
+
+    checkpoint: Path
+    cfg: DictConfig
+    hparams: dict
+    run_dir: Path | None = None
+    run_test_acc: float | None = None
+
+    @property
+    def stage(self) -> str:
+        return self.hparams["stage"]
+
+
+def locate(target: str, stage: str | None) -> Located:
+    """The checkpoint of a run directory's final stage (or stage `stage`), or a checkpoint file, with
+    the config and hyper-parameters saved in it. `kdcl eval` and `kdcl export` find models this way."""
+    path, run_dir, recorded = Path(target), None, None
     if path.is_dir():
         if not Manifest.exists(path):
             raise KdclError(f"'{path}' is not a kdcl run directory (no run.json); give a run directory or a .ckpt file")
@@ -39,13 +60,49 @@ def locate(target: str, stage: str | None) -> tuple[Path, DictConfig, dict]:
             raise KdclError(
                 f"stage={name} is not a finished stage of {path}{did_you_mean(name, done)}; finished: {', '.join(done)}"
             )
+        run_dir, recorded = path, float(done[name]["test_acc"])
         path = path / done[name]["checkpoint"]  # relative to the run (an absolute path stays as it is)
+    elif stage is not None:
+        raise KdclError(f"stage={stage} needs a run directory; '{target}' is not one (a checkpoint is one stage)")
     _, hparams = load_kdcl_checkpoint(path, "checkpoint")
     if "config" not in hparams or "model" not in hparams:
         raise KdclError(
             f"checkpoint '{path}' was not written by kdcl train (no config inside); give a kdcl stage checkpoint"
         )
-    return path, upgrade_saved(OmegaConf.create(hparams["config"])), hparams
+    return Located(path, upgrade_saved(OmegaConf.create(hparams["config"])), hparams, run_dir, recorded)
+
+
+@dataclass
+class StageModel:
+    """A stage's model rebuilt from its checkpoint, and the data it is tested on."""
+
+    located: Located
+    data: KdclDataModule
+    model: nn.Module
+
+    @property
+    def seen_classes(self) -> list[int] | None:
+        return self.located.hparams.get("seen_classes")  # a class-incremental stage is tested among these
+
+    @property
+    def test_set(self) -> Dataset:
+        return of_classes(self.data.test_set, self.seen_classes)
+
+
+def load_stage(located: Located, overrides: list[str] | None = None) -> StageModel:
+    """The stage's model (weights from its checkpoint) and its data, with `data=...` overrides applied."""
+    cfg, hp = apply_overrides(located.cfg, overrides or []), located.hparams
+    check_data(cfg.data)
+    dm = KdclDataModule(cfg.data, seed=cfg.seed)
+    dm.setup()
+    if dm.num_classes != hp["num_classes"] or dm.in_chans != hp["in_chans"]:
+        raise KdclError(
+            f"data={cfg.data.name} has {dm.num_classes} classes × {dm.in_chans} channels but the model was trained "
+            f"for {hp['num_classes']} × {hp['in_chans']}; evaluate on data with the same classes"
+        )
+    model_cfg = OmegaConf.create({**hp["model"], "checkpoint": str(located.checkpoint), "weights": None})
+    model = create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), "checkpoint")
+    return StageModel(Located(located.checkpoint, cfg, hp, located.run_dir, located.run_test_acc), dm, model.eval())
 
 
 EVAL_GROUPS = ("data",)  # the model comes from the checkpoint; only the data can be swapped
@@ -100,20 +157,9 @@ def eval_command(args: list[str]) -> dict:
     if cascade_flag(overrides):  # the student answers, the run's teacher takes what it is unsure of
         return cascade_eval(target, stage, overrides)
     overrides = [o for o in overrides if o.split("=", 1)[0] != "cascade"]
-    ckpt, cfg, hp = locate(target, stage)
-    cfg = apply_overrides(cfg, overrides)
-    check_data(cfg.data)
-    dm = KdclDataModule(cfg.data, seed=cfg.seed)
-    dm.setup()
-    if dm.num_classes != hp["num_classes"] or dm.in_chans != hp["in_chans"]:
-        raise KdclError(
-            f"data={cfg.data.name} has {dm.num_classes} classes × {dm.in_chans} channels but the model was trained "
-            f"for {hp['num_classes']} × {hp['in_chans']}; evaluate on data with the same classes"
-        )
-    model_cfg = OmegaConf.create({**hp["model"], "checkpoint": str(ckpt), "weights": None})
-    model = create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), "checkpoint")
-    seen = hp.get("seen_classes")  # a class-incremental stage is tested among the classes it had seen
-    module = DistillationModule(model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp,
+    loaded = load_stage(locate(target, stage), overrides)
+    cfg, hp, dm, seen = loaded.located.cfg, loaded.located.hparams, loaded.data, loaded.seen_classes
+    module = DistillationModule(loaded.model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp,
                                 seen_classes=seen)  # fmt: skip
     gpu = torch.cuda.is_available()  # a GPU-trained run can be checked on a laptop, and the other way round
     trainer = build_trainer(cfg.trainer, accelerator="gpu" if gpu else "cpu", devices=1, num_nodes=1, strategy="auto",
@@ -122,9 +168,9 @@ def eval_command(args: list[str]) -> dict:
     result = {
         "stage": hp["stage"],
         "model": hp["model"]["name"],
-        "checkpoint": str(ckpt),
+        "checkpoint": str(loaded.located.checkpoint),
         "data": cfg.data.name,
-        "test_examples": len(of_classes(dm.test_set, seen)),
+        "test_examples": len(loaded.test_set),
         "test_acc": float(metrics[metric_name(hp["stage"], "test", "acc")]),
         "test_loss": float(metrics[metric_name(hp["stage"], "test", "loss")]),
     }

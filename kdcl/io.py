@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -10,23 +11,44 @@ from typing import Any
 
 import torch
 
-from kdcl.errors import KdclError
+from kdcl.errors import KdclError, io_failure
+
+UMASK = os.umask(0o022)  # read once: os.umask can only be read by setting it
+os.umask(UMASK)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write so that a reader (or a resume after SIGKILL) sees the old file or the new one, never half."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write so that a reader (or a resume after SIGKILL) sees the old file or the new one, never half:
+    a temporary file in the same directory, flushed to disk, then renamed over `path`. A failed write
+    (no space, no permission) leaves the old file as it was and is one line naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~UMASK)  # as open() would create it (mkstemp makes it private)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise io_failure(exc, f"write {path}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save, atomically (torch writing straight to a full disk fails with a RuntimeError that
+    does not name the file, and leaves half a file)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

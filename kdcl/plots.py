@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +21,14 @@ def saved_figure(path: Path, size: tuple[float, float] = (6, 4), dpi: int = 100)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from kdcl.io import atomic_write_bytes
+
     fig, ax = plt.subplots(figsize=size, dpi=dpi)
     try:
         yield ax
         fig.tight_layout()
-        fig.savefig(path)
+        image = io.BytesIO()
+        fig.savefig(image, format=Path(path).suffix.lstrip(".") or "png")
+        atomic_write_bytes(path, image.getvalue())
     finally:
         plt.close(fig)

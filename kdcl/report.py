@@ -1,10 +1,11 @@
 """`kdcl report DIR [baseline=KEY=VALUE]`: compare the runs under DIR (a multirun sweep, or any folder of runs).
 
 Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,none seed=0,1,2` gives
-two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std). The
-final model's chosen and last-epoch accuracy get 95 % intervals, and with a baseline paired tests
-(kdcl/report_stats.py). Writes report.csv, report.md, report.json and report.png (final-stage accuracy
-against parameters) into DIR.
+two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std), and the
+final model's latency and speed-up against the first (in each run's `report.speedup_runtime`) are the
+median over the group's runs. The final model's chosen and last-epoch accuracy get 95 % intervals, and
+with a baseline paired tests (kdcl/report_stats.py). Writes report.csv, report.md, report.json and
+report.png (final-stage accuracy against parameters) into DIR.
 """
 
 from __future__ import annotations
@@ -32,9 +33,16 @@ from kdcl.report_stats import (
     spread_table,
     spreads,
 )
+from kdcl.summary import fmt_ms, medians
 from kdcl.tables import markdown_table, print_table
 
 NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "paths.", "name=", "resume=")
+
+
+REPORT_NOTE = (
+    "Test accuracy, mean ± std over runs. The final model's CPU latency (ms per batch) and speed-up "
+    "against the first model: median over runs, in the runtime named (each run's report.speedup_runtime)."
+)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -79,10 +87,26 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
         final = summaries[0]["stages"][-1]
         row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
         row["stages"], row["overrides"] = stages, overrides[runs_of[key][0]]
+        row.update(final_latency(summaries))
         row["final_seeds"] = {c: by_seed(summaries, final["name"], k) for c, k in CHECKPOINTS.items()}
         row["final_spread"] = spreads(row["final_seeds"])
         rows.append(row)
     return rows, common
+
+
+def final_latency(summaries: list[dict]) -> dict:
+    """The final model's latency (ms) and speed-up per batch size, median over runs, in the runtime the
+    runs' speed-up used (runs written before ONNX Runtime was timed: none)."""
+    runtime = summaries[0].get("speedup_runtime")
+    finals = [s["stages"][-1] for s in summaries]
+    ms = [medians(f, runtime) for f in finals] if runtime else []
+    batches = sorted({b for m in ms for b in m}, key=int)
+    return {
+        "runtime": runtime or "-",
+        "final_ms": {b: statistics.median(m[b] for m in ms if b in m) for b in batches},
+        "speedup": {b: statistics.median(f["speedup"][b] for f in finals if b in (f.get("speedup") or {}))
+                    for b in batches if any(b in (f.get("speedup") or {}) for f in finals)},
+    }  # fmt: skip
 
 
 def fmt(ms: tuple[float, float] | None, runs: int) -> str:
@@ -100,7 +124,9 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
         raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
     comparisons = compare(rows, baseline_row(rows, baseline)) if baseline else []
     stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
-    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)"]
+    batches = sorted({b for r in rows for b in r["final_ms"]}, key=int)
+    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)", "runtime",
+              *[f"ms@{b}" for b in batches], *[f"speed-up@{b}" for b in batches]]  # fmt: skip
     table_rows = [
         [
             r["settings"],
@@ -108,21 +134,15 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
             *[fmt(r.get(n), r["runs"]) for n in stage_names],
             r["final_model"],
             f"{r['final_params'] / 1e6:.2f}",
+            r["runtime"],
+            *[fmt_ms(r["final_ms"].get(b)) for b in batches],
+            *[f"{r['speedup'][b]:.1f}×" if b in r["speedup"] else "-" for b in batches],
         ]  # fmt: skip
         for r in rows
     ]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
-                     "final_model", "final_params"])  # fmt: skip
-    for r in rows:
-        values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
-        writer.writerow(
-            [r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"], r["final_params"]]
-        )
-    atomic_write_text(root / "report.csv", buf.getvalue())
+    atomic_write_text(root / "report.csv", report_csv(rows, stage_names, batches))
     md = markdown_table(header, table_rows) + statistics_section(rows, comparisons, baseline)
-    atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\nTest accuracy, mean ± std over runs.\n\n" + md)
+    atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\n{REPORT_NOTE}\n\n" + md)
     atomic_write_json(root / "report.json", report_json(rows, comparisons, baseline))
     plot(rows, root / "report.png")
     title = f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)"
@@ -155,6 +175,20 @@ def report_json(rows: list[dict], comparisons: list[Comparison], baseline: str |
                  "seeds": {c: {str(k): v for k, v in r["final_seeds"][c].items()} for c in CHECKPOINTS},
                  "spread": {c: (s.__dict__ if s else None) for c, s in r["final_spread"].items()}} for r in rows]  # fmt: skip
     return {"baseline": baseline, "settings": settings, "comparisons": [c.to_json() for c in comparisons]}
+
+
+def report_csv(rows: list[dict], stage_names: list[str], batches: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
+                     "final_model", "final_params", "runtime", *[f"final_ms_{b}" for b in batches],
+                     *[f"speedup_{b}" for b in batches]])  # fmt: skip
+    for r in rows:
+        values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
+        latency = [r["final_ms"].get(b, "") for b in batches] + [r["speedup"].get(b, "") for b in batches]
+        writer.writerow([r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"],
+                         r["final_params"], r["runtime"], *latency])  # fmt: skip
+    return buf.getvalue()
 
 
 def plot(rows: list[dict], path: Path) -> None:

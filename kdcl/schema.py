@@ -39,6 +39,7 @@ Source = choice("Source", "final early folds")
 Advance = choice("Advance", "schedule on_plateau on_threshold")
 TeacherOutputs = choice("TeacherOutputs", "online cached auto")
 ProgressBar = choice("ProgressBar", "auto rich lines none")
+Runtime = choice("Runtime", "onnxruntime eager")
 Confidence = choice("Confidence", "max_prob margin")
 
 
@@ -155,6 +156,8 @@ class PathsConfig:
 @dataclass
 class ReportConfig:
     latency_batches: list[int] = field(default_factory=lambda: [1, 64])  # [] skips latency
+    latency_runtimes: list[Runtime] = field(default_factory=lambda: [Runtime.onnxruntime, Runtime.eager])
+    speedup_runtime: Runtime = Runtime.onnxruntime  # the runtime whose latency the speed-up column compares
 
 
 @dataclass

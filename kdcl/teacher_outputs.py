@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdcl.data.datamodule import source_indices
+from kdcl.io import atomic_torch_save
 
 log = logging.getLogger("kdcl")
 CACHE_FILE = "teacher_logits.pt"
@@ -173,8 +174,5 @@ class TeacherOutputs:
         """Write what is stored (atomically; only the first process of a DDP run), if anything changed."""
         if not self.changed or self.path is None or self.logits is None or rank_zero_only.rank != 0:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"key": self.key, "logits": self.logits.cpu(), "filled": self.filled.cpu()}, tmp)
-        tmp.replace(self.path)
+        atomic_torch_save({"key": self.key, "logits": self.logits.cpu(), "filled": self.filled.cpu()}, self.path)
         self.changed = False

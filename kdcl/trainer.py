@@ -126,6 +126,7 @@ def build_trainer(spec: DictConfig, progress_bar: str = "none", stage_name: str 
     kwargs.update(overrides)
     return instantiate(
         kwargs,
+        plugins=with_atomic_checkpoints(kwargs.pop("plugins", None)),
         callbacks=[*(callbacks or []), *progress],
         logger=logger,
         enable_progress_bar=bar,
@@ -133,6 +134,18 @@ def build_trainer(spec: DictConfig, progress_bar: str = "none", stage_name: str 
         use_distributed_sampler=not own_sampler,  # a curriculum sampler splits batches across ranks itself
         _convert_="all",
     )
+
+
+def with_atomic_checkpoints(plugins) -> list:
+    """The spec's plugins plus kdcl's atomic checkpoint writer, unless the spec brings its own CheckpointIO."""
+    from hydra.utils import instantiate
+    from lightning_fabric.plugins import CheckpointIO
+
+    from kdcl.checkpoints import AtomicCheckpointIO
+
+    given = plugins if isinstance(plugins, list) else [] if plugins is None else [plugins]
+    given = [instantiate(p) if isinstance(p, dict) else p for p in given]
+    return given if any(isinstance(p, CheckpointIO) for p in given) else [*given, AtomicCheckpointIO()]
 
 
 def quiet_libraries() -> None:

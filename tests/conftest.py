@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-# Small but real: timm's tiny test models on the real digits data, two short epochs per stage.
-TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "progress_bar=lines"]
+# Small but real: timm's tiny test models on the real digits data, two short epochs per stage. Latency is
+# timed in eager PyTorch only: ONNX Runtime's needs an ONNX export per stage (2–3 s); tests that check it
+# (test_trainer_spec, test_export) ask for it.
+TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "progress_bar=lines",
+        "report.latency_runtimes=[eager]", "report.speedup_runtime=eager"]  # fmt: skip
 # The shared tiny run: three epochs per stage, pinned to the CPU so that runs compared with it exactly
 # (eval, resume, cached vs online teacher outputs) compute the same numbers on any machine.
 TINY_RUN = [*TINY, "trainer=cpu", "trainer.max_epochs=3"]

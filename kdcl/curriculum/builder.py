@@ -30,6 +30,7 @@ from kdcl.curriculum.scoring import (
     warn_if_degenerate,
 )
 from kdcl.data.datamodule import unaugmented
+from kdcl.io import atomic_torch_save
 from kdcl.plots import saved_figure
 from kdcl.teacher_outputs import TeacherOutputs, pass_device, predict_logits
 
@@ -97,10 +98,7 @@ def load_or_score(c: DictConfig, inp: CurriculumInputs, stage_dir: Path, base: D
     scores = compute_scores(c, inp, base, labels)
     if c.scorer in TEACHER_SCORERS:
         warn_if_degenerate(scores, c.scorer, c.source)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"scores": scores, "labels": labels, "scorer": c.scorer, "source": c.source}, tmp)
-    tmp.replace(path)
+    atomic_torch_save({"scores": scores, "labels": labels, "scorer": c.scorer, "source": c.source}, path)
     return scores
 
 

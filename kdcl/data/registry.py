@@ -25,6 +25,7 @@ class ImageSplits:
     in_chans: int
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    class_names: tuple[str, ...] = ()  # by label; empty: the labels themselves name the classes
 
 
 DatasetLoader = Callable[[DictConfig], ImageSplits]

@@ -31,7 +31,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
 
 
-def in_memory(train_x, train_y, test_x, test_y, num_classes, size) -> ImageSplits:
+def in_memory(train_x, train_y, test_x, test_y, num_classes, size, class_names=()) -> ImageSplits:
     train_x, test_x = resize_uint8(train_x, size), resize_uint8(test_x, size)
     mean, std = channel_stats(train_x)
     return ImageSplits(
@@ -41,6 +41,7 @@ def in_memory(train_x, train_y, test_x, test_y, num_classes, size) -> ImageSplit
         in_chans=train_x.shape[1],
         mean=mean,
         std=std,
+        class_names=tuple(class_names),
     )
 
 
@@ -94,8 +95,10 @@ def fashion_mnist(cfg: DictConfig) -> ImageSplits:
                 "(apt-get install -y dataset-fashion-mnist), or set data.download=true to fetch it with torchvision"
             )
         files = download_fashion_mnist(download_root, stems)
+    from torchvision.datasets import FashionMNIST
+
     tx, ty, vx, vy = (read_idx(f) for f in files)
-    return in_memory(tx[:, None], ty.long(), vx[:, None], vy.long(), 10, cfg.image_size)
+    return in_memory(tx[:, None], ty.long(), vx[:, None], vy.long(), 10, cfg.image_size, FashionMNIST.classes)
 
 
 def download_fashion_mnist(root: Path, stems: list[str]) -> list[Path]:
@@ -133,7 +136,7 @@ def cifar(cfg: DictConfig, n: int) -> ImageSplits:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets, dtype=torch.long)
 
     (tx, ty), (vx, vy) = tensors(train), tensors(test)
-    return in_memory(tx, ty, vx, vy, n, cfg.image_size)
+    return in_memory(tx, ty, vx, vy, n, cfg.image_size, train.classes)
 
 
 @register_dataset("cifar10")
@@ -182,7 +185,7 @@ def image_folder(cfg: DictConfig) -> ImageSplits:
     if sample.shape[1] not in (1, 3):
         raise KdclError(f"data.root '{root}': images have {sample.shape[1]} channels; use grey or RGB images")
     mean, std = channel_stats(sample)
-    return ImageSplits(train, test, len(train.classes), sample.shape[1], mean, std)
+    return ImageSplits(train, test, len(train.classes), sample.shape[1], mean, std, tuple(train.classes))
 
 
 @register_dataset("synthetic")

@@ -1,14 +1,58 @@
-"""What a model costs to run: multiply-accumulates (torch's own flop counter) and CPU latency."""
+"""What a model costs to run: multiply-accumulates (torch's own flop counter) and CPU latency, in eager
+PyTorch and in ONNX Runtime. The one place latency is measured: the run's compression report,
+`kdcl models --cost`, `kdcl export` and scripts/student_candidates.py all time models here.
+
+Eager PyTorch runs depthwise convolutions and batch-1 calls poorly (Python overhead per module), so a
+student can be slower than its teacher there and faster in the runtime it would be deployed with;
+both are measured, with the same thread count, and the report says which one its speed-up uses.
+"""
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+RUNTIMES = ("onnxruntime", "eager")
+WARMUP = 3  # first calls allocate buffers (ONNX Runtime's arena, oneDNN's primitives)
+# Timed calls: at least REPEATS and at least WINDOW_S of them, so that the median of a sub-millisecond
+# call is not one scheduler hiccup of a shared machine; a slow model stops after BUDGET_S (≥ 3 calls).
+REPEATS, WINDOW_S, BUDGET_S, MAX_REPEATS = 10, 0.1, 1.0, 2000
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds per call: median and interquartile range of `repeats` timed calls after warm-up."""
+
+    median_ms: float
+    spread_ms: float
+    repeats: int
+
+
+@dataclass(frozen=True)
+class RuntimeLatency:
+    """One runtime's latency at each batch size ("1", "64"), with what it ran on."""
+
+    runtime: str
+    version: str
+    threads: int
+    ms: dict[str, Timing] = field(default_factory=dict)
+    note: str | None = None  # why nothing was measured (runtime missing, model not exportable)
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    macs: int
+    latency: dict[str, RuntimeLatency]  # runtime -> its latency
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def count_macs(model: nn.Module, in_chans: int, image_size: int) -> int:
@@ -19,27 +63,73 @@ def count_macs(model: nn.Module, in_chans: int, image_size: int) -> int:
     return int(counter.get_total_flops() // 2)
 
 
-def cpu_latency_ms(model: nn.Module, in_chans: int, image_size: int, batch: int, budget_s: float = 1.0) -> float:
-    """Median wall time of one inference-mode forward on the CPU, after two warm-up passes; repeats
-    until `budget_s` is spent (at least 3, at most 20 times) so big models do not stall a run."""
-    model = copy.deepcopy(model).cpu().eval()
-    x = torch.zeros(batch, in_chans, image_size, image_size)
+def time_calls(call: Callable[[], object]) -> Timing:
+    """Warm up, then time `call` (see REPEATS, WINDOW_S, BUDGET_S)."""
+    for _ in range(WARMUP):
+        call()
     times: list[float] = []
+    spent = 0.0
+    while not ((len(times) >= REPEATS and spent >= WINDOW_S) or (len(times) >= 3 and spent >= BUDGET_S)):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+        if len(times) >= MAX_REPEATS:
+            break
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return Timing(round(1000 * statistics.median(times), 4), round(1000 * (q3 - q1), 4), len(times))
+
+
+def eager_latency(model: nn.Module, in_chans: int, image_size: int, batches: list[int]) -> RuntimeLatency:
+    """Inference-mode forward passes of an fp32 CPU copy of the model (as `kdcl export` exports it)."""
+    from kdcl.models.onnx_graph import plain_copy
+
+    model = plain_copy(model)
+    ms = {}
     with torch.inference_mode():
-        for _ in range(2):
-            model(x)
-        spent = 0.0
-        while len(times) < 3 or (spent < budget_s and len(times) < 20):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-            spent += times[-1]
-    return 1000 * statistics.median(times)
+        for b in batches:
+            x = torch.zeros(b, in_chans, image_size, image_size)
+            ms[str(b)] = time_calls(lambda x=x: model(x))
+    return RuntimeLatency("eager", f"torch {torch.__version__}", torch.get_num_threads(), ms)
 
 
-def model_cost(model: nn.Module, in_chans: int, image_size: int, batches: list[int]) -> dict:
-    """{macs, latency_ms: {batch: ms}} for the summary's compression columns."""
-    return {
-        "macs": count_macs(model, in_chans, image_size),
-        "latency_ms": {str(b): round(cpu_latency_ms(model, in_chans, image_size, b), 3) for b in batches},
-    }
+def onnx_latency(graph: bytes | Path, in_chans: int, image_size: int, batches: list[int]) -> RuntimeLatency:
+    """session.run of an ONNX graph (fp32 or int8) on the CPU, with torch's thread count."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from kdcl.models.onnx_graph import run_session, session
+
+    sess = session(graph)
+    ms = {}
+    for b in batches:
+        x = np.zeros((b, in_chans, image_size, image_size), dtype=np.float32)
+        ms[str(b)] = time_calls(lambda x=x: run_session(sess, x))
+    threads = sess.get_session_options().intra_op_num_threads
+    return RuntimeLatency("onnxruntime", f"onnxruntime {ort.__version__}", threads, ms)
+
+
+def model_onnx_latency(model: nn.Module, in_chans: int, image_size: int, batches: list[int]) -> RuntimeLatency:
+    """The model exported as `kdcl export` exports it, timed in ONNX Runtime; a note instead when the
+    runtime is not installed or the model cannot be exported (the run's other results still count)."""
+    from kdcl.errors import KdclError
+    from kdcl.models.onnx_graph import INSTALL_HINT, export_onnx, missing_onnx_packages
+
+    missing = missing_onnx_packages()
+    if missing:
+        return RuntimeLatency("onnxruntime", "", 0, note=f"not measured: {', '.join(missing)} not installed "
+                                                           f"({INSTALL_HINT})")  # fmt: skip
+    try:
+        graph = export_onnx(model, in_chans, image_size)
+    except KdclError as exc:
+        return RuntimeLatency("onnxruntime", "", 0, note=f"not measured: {exc}")
+    return onnx_latency(graph.model, in_chans, image_size, batches)
+
+
+def model_cost(model: nn.Module, in_chans: int, image_size: int, batches: list[int], runtimes: list[str]) -> ModelCost:
+    """MACs, and latency at each batch size in each runtime (none when `batches` is empty)."""
+    latency = {}
+    for runtime in runtimes if batches else []:
+        measure = model_onnx_latency if runtime == "onnxruntime" else eager_latency
+        latency[runtime] = measure(model, in_chans, image_size, batches)
+    return ModelCost(count_macs(model, in_chans, image_size), latency)

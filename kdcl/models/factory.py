@@ -26,6 +26,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def timm_kwargs(name: str, num_classes: int, in_chans: int, image_size: int) -> dict[str, Any]:
+    """The arguments kdcl gives `timm.create_model` besides the name: everything that shapes the model
+    (`kdcl export` writes them into its sidecar, so plain timm rebuilds the same architecture)."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
+    pretrained_cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = image_size  # ViT-style models build position embeddings for one input size
+    return kwargs
+
+
 def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: int, key: str) -> nn.Module:
     """A timm model with the dataset's class count and input channels.
 
@@ -34,12 +44,7 @@ def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: i
     transfer-learning case. Nothing is fetched from a hub unless the user names no file and asks for it.
     """
     check_model_cfg(cfg, key)
-    kwargs: dict[str, Any] = dict(
-        num_classes=num_classes, in_chans=in_chans, drop_rate=float(cfg.get("drop_rate", 0.0))
-    )
-    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name.split(".")[0])
-    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
-        kwargs["img_size"] = image_size  # ViT-style models build position embeddings for one input size
+    kwargs = timm_kwargs(cfg.name, num_classes, in_chans, image_size) | {"drop_rate": float(cfg.get("drop_rate", 0.0))}
     if cfg.get("weights"):
         check_weights_file(cfg.weights, f"{key}.weights")  # one clear error if corrupt, before timm reads it
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(cfg.weights).resolve())))

@@ -41,5 +41,22 @@ class Manifest:
         }
         self.save()
 
+    def mark_failed(self, stage: str, reason: str) -> None:
+        self.data["stages"][stage] = {**self.data["stages"].get(stage, {}), "status": "failed", "reason": reason,
+                                      "failed": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        self.save()
+
+    def record_changes(self, changes: dict) -> None:
+        """Settings a resume changed, {key: (old, new)}: the stopped stage and those after it run with them."""
+        stopped = [name for name, s in self.data["stages"].items() if s.get("status") != "done"]
+        self.data.setdefault("resumed_with_changes", []).append(
+            {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
+                "from_stage": stopped[0] if stopped else None,
+            }
+        )
+        self.save()
+
     def save(self) -> None:
         atomic_write_json(self.path, self.data)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdcl import __version__
 from kdcl.data import KdclDataModule
-from kdcl.errors import KdclError
+from kdcl.errors import Diverged, EnvironmentFailure, KdclError, io_failure
 from kdcl.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.pipeline.cards import stage_cards
 from kdcl.pipeline.manifest import Manifest
@@ -77,26 +77,49 @@ def finished(plan: Plan, run_dir: Path) -> dict | None:
     return read_json(run_dir / "summary.json")
 
 
-def claim(cfg: DictConfig, run_dir: Path) -> Manifest:
-    """Create the run directory and its records; a resume keeps the original config and adds its environment."""
+def claim(cfg: DictConfig, run_dir: Path, changes: dict) -> Manifest:
+    """Create the run directory and its records; a resume keeps the original config (with the `changes`
+    it was resumed with, each recorded in run.json) and adds its environment."""
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir)
     manifest.save()  # claims the directory first: a second run started into it is refused
-    if not (run_dir / "config.yaml").is_file():
+    resumed = (run_dir / "config.yaml").is_file()
+    for stale in run_dir.rglob(".*.tmp"):  # atomic writes a killed process left unfinished (the lock is ours)
+        stale.unlink(missing_ok=True)
+    if not resumed or changes:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if changes:
+        manifest.record_changes(changes)
+    if not resumed:
         atomic_write_json(run_dir / "environment.json", environment())
     else:
         atomic_write_json(run_dir / f"environment-resume-{time.strftime('%Y%m%d-%H%M%S')}.json", environment())
     return manifest
 
 
-def run_pipeline(plan: Plan, run_dir: Path) -> dict:
-    """Run every stage not done yet, in order, and write the run's summary."""
+def run_recorded(ctx: StageContext, stage: Stage, manifest: Manifest) -> StageResult:
+    """run_stage; a stage that diverged or could not write is marked failed in run.json with the reason."""
+    try:
+        return run_stage(ctx, stage)
+    except OSError as exc:  # a write kdcl does not make itself (a logger, a library): still one line
+        err: KdclError = io_failure(exc, f"run stage {stage.name}")
+    except (Diverged, EnvironmentFailure) as exc:
+        err = exc
+    try:
+        manifest.mark_failed(stage.name, str(err))
+    except EnvironmentFailure:
+        pass  # the disk that failed the stage may refuse the record too: the error itself says why
+    raise type(err)(f"{err}; then continue with kdcl train resume={ctx.run_dir}") from None
+
+
+def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict:
+    """Run every stage not done yet, in order, and write the run's summary. `changes`: the settings a
+    resume changed (cli.RESUME_MAY_CHANGE), applied from the stopped stage on."""
     run_dir = Path(run_dir)
     done = finished(plan, run_dir)
     if done is not None:
         return done
-    manifest = claim(plan.cfg, run_dir)
+    manifest = claim(plan.cfg, run_dir, changes or {})
     data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
     data.setup()
     ctx = StageContext(plan, data, run_dir, {})
@@ -111,7 +134,7 @@ def run_pipeline(plan: Plan, run_dir: Path) -> dict:
         init = f", starting from {stage.init}" if stage.init else ""
         print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
         manifest.mark_running(stage.name)
-        ctx.handed[stage.name] = run_stage(ctx, stage)
+        ctx.handed[stage.name] = run_recorded(ctx, stage, manifest)
         manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
         print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
     in_summary = [s for s in plan.stages if s.in_summary]

@@ -18,8 +18,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from kdcl.callbacks import KeepRandomState, SaveAfterEpochs
-from kdcl.config import latency_batches
+from kdcl.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
+from kdcl.checkpoints import resume_point
+from kdcl.config import latency_batches, latency_runtimes
 from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
 from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
@@ -63,8 +64,9 @@ class StageResult:
     init: str | None
     epoch_checkpoints: dict[str, str] = field(default_factory=dict)  # "E" -> checkpoint after epoch E
     macs: int | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, dict] = field(default_factory=dict)  # runtime -> kdcl.models.cost.RuntimeLatency as JSON
     seconds: float = 0.0
+    recovery: str | None = None  # what a resume did instead of reading an unreadable last.ckpt
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -72,6 +74,12 @@ class StageResult:
     @classmethod
     def from_json(cls, data: dict) -> StageResult:
         known = cls.__dataclass_fields__
+        if "latency_ms" in data and "latency" not in data:  # a stage recorded before ONNX Runtime was timed
+            ms = {b: {"median_ms": v, "spread_ms": None, "repeats": None} for b, v in data["latency_ms"].items()}
+            data = {
+                **data,
+                "latency": {"eager": {"runtime": "eager", "version": "", "threads": 0, "ms": ms}} if ms else {},
+            }
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -133,6 +141,9 @@ def relative_to_run(path: Path, run_dir: Path) -> str:
         return str(path)
 
 
+LAST = "last"  # last.ckpt: the model after the latest epoch
+
+
 def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
     return ckpt_dir / f"epoch-{epoch}.ckpt"
 
@@ -142,12 +153,13 @@ def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
     started = time.perf_counter()
     parts = build_parts(ctx, stage)
     trainer = stage_trainer(ctx, stage, parts)
+    recovery = None
     if stage.trains:
-        chosen = fit(trainer, parts, stage, ctx.stage_dir(stage) / "checkpoints")
+        chosen, recovery = fit(trainer, parts, stage, ctx.stage_dir(stage) / "checkpoints")
     else:
         chosen = Path(stage.model["checkpoint"]).resolve()
     metrics = test(trainer, parts, chosen if stage.trains else None)
-    return record(ctx, stage, parts, trainer, metrics, chosen, started)
+    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery)
 
 
 # build ---------------------------------------------------------------------------------------------
@@ -260,17 +272,25 @@ def speed_up(module: DistillationModule, speed: DictConfig | dict) -> None:
 
 
 def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, list[pl.Callback]]:
-    """The checkpoint callback (best by val acc + last), the random state, and the epochs kept for later stages."""
+    """The checkpoints (best.ckpt by val acc; last.ckpt after every epoch, where a stopped stage
+    continues), the random state, the epochs kept for later stages, and the non-finite-loss guard."""
     ckpt_dir = ctx.stage_dir(stage) / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
-                                 save_top_k=1, save_last=True, auto_insert_metric_name=False,
-                                 enable_version_counter=False)  # fmt: skip
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)  # fmt: skip
     if not stage.trains:
-        return checkpoint, []
-    callbacks: list[pl.Callback] = [checkpoint, KeepRandomState()]
+        return best, []
+    # a second callback for last.ckpt: one with save_last writes it only in epochs that improved best
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, save_top_k=1, enable_version_counter=False)
+    callbacks: list[pl.Callback] = [
+        best,
+        last,
+        KeepRandomState(),
+        StopOnNonFiniteLoss(stage.name),
+        FollowChangedLearningRate(),
+    ]
     if stage.save_epochs:
         callbacks.append(SaveAfterEpochs({e: [epoch_checkpoint(ckpt_dir, e)] for e in stage.save_epochs}))
-    return checkpoint, callbacks
+    return best, callbacks
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
@@ -289,14 +309,18 @@ def stage_trainer(ctx: StageContext, stage: Stage, parts: StageParts) -> pl.Trai
 
 
 # fit, test, record ----------------------------------------------------------------------------------
-def fit(trainer: pl.Trainer, parts: StageParts, stage: Stage, ckpt_dir: Path) -> Path:
-    """Train (a stage stopped mid-way continues from its last checkpoint); the checkpoint `select` chooses."""
-    last = ckpt_dir / "last.ckpt"
-    trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(last) if last.is_file() else None,
+def fit(trainer: pl.Trainer, parts: StageParts, stage: Stage, ckpt_dir: Path) -> tuple[Path, str | None]:
+    """Train (a stage stopped mid-way continues from its last readable checkpoint); returns the checkpoint
+    `select` chooses, and what was done if last.ckpt could not be read."""
+    start = resume_point(ckpt_dir)
+    if start.recovery:
+        print(f"[{stage.name}] {start.recovery}", flush=True)
+    trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(start.checkpoint) if start.checkpoint else None,
                 weights_only=True)  # fmt: skip
-    best = parts.checkpoint.best_model_path
-    chosen = best if stage.select == "best" and best else parts.checkpoint.last_model_path
-    return Path(chosen or last)
+    best, last = parts.checkpoint.best_model_path, ckpt_dir / f"{LAST}.ckpt"
+    if stage.select == "best" and best:
+        return Path(best), start.recovery
+    return (last if last.is_file() else start.checkpoint or last), start.recovery  # resumed at its end: no new last
 
 
 def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dict:
@@ -315,14 +339,18 @@ def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) 
 
 
 def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Trainer, metrics: dict, chosen: Path,
-           started: float) -> StageResult:  # fmt: skip
+           started: float, recovery: str | None) -> StageResult:  # fmt: skip
     """The stage's StageResult, with its model's cost, written to metrics.json."""
     module, ckpt_dir = parts.module, ctx.stage_dir(stage) / "checkpoints"
     log_hparams_with_results(trainer, dict(module.hparams), metrics)
     best = parts.checkpoint.best_model_score if stage.trains else None
     saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
              for e in stage.save_epochs if epoch_checkpoint(ckpt_dir, e).is_file()}  # fmt: skip
-    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size), latency_batches(ctx.cfg))
+    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size), latency_batches(ctx.cfg),
+                      latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
+    for runtime in cost["latency"].values():
+        if runtime["note"]:
+            print(f"[{stage.name}] {runtime['runtime']} latency {runtime['note']}", flush=True)
     result = StageResult(
         name=stage.name, index=stage.index, model=stage.model["name"], model_key=stage.model_key,
         model_cfg=stage.model, params=count_params(module.model), teachers=list(stage.teachers), terms=stage.terms,
@@ -332,7 +360,8 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         test_acc=float(metrics[metric_name(stage.name, "test", "acc")]),
         test_loss=float(metrics[metric_name(stage.name, "test", "loss")]),
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
-        macs=cost["macs"], latency_ms=cost["latency_ms"], seconds=round(time.perf_counter() - started, 2),
+        macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
+        recovery=recovery,
     )  # fmt: skip
     atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
     return result

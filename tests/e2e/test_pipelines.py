@@ -52,13 +52,21 @@ def test_takd_chains_assistants_and_reports_compression(tmp_path, kdcl_main):
     assert [s[n]["teachers"] for n in s] == [[], ["teacher"], ["assistant1"], ["assistant2"], []]
     assert s["finetune"]["init"] == "student" and s["finetune"]["model"] == s["student"]["model"]
     for stage in summary["stages"]:  # the compression columns, measured for every model
-        assert stage["macs"] > 0 and set(stage["latency_ms"]) == {"1", "4"}
-        assert all(v > 0 for v in stage["latency_ms"].values())
+        assert (
+            stage["macs"] > 0
+            and set(stage["latency"]) == {"eager"}
+            and set(stage["latency"]["eager"]["ms"]) == {"1", "4"}
+        )
+        assert all(t["median_ms"] > 0 for t in stage["latency"]["eager"]["ms"].values())
+        ref = s["teacher"]["latency"]["eager"]["ms"]
+        assert stage["speedup"] == {
+            b: ref[b]["median_ms"] / t["median_ms"] for b, t in stage["latency"]["eager"]["ms"].items()
+        }
         assert math.isclose(stage["compression"], s["teacher"]["params"] / stage["params"])
         assert math.isclose(stage["acc_gap"], stage["test_acc"] - s["teacher"]["test_acc"])
     assert s["student"]["params"] < s["teacher"]["params"] and s["student"]["compression"] > 1
     md = (run_dir / "summary.md").read_text()
-    assert "MMACs" in md and "ms@4" in md and "compr." in md
+    assert "MMACs" in md and "| eager ms@1/4 |" in md and "compr." in md and "| eager speed-up@1/4 |" in md
     # the fine-tune started from the student's chosen weights and moved on from them ...
     config = json.loads((run_dir / "stages/04-finetune/metrics.json").read_text())
     assert config["init"] == "student"

@@ -65,8 +65,10 @@ def test_cascade_at_tau_zero_is_the_student_and_above_one_the_teacher(cascade_ru
     first, last = test["curve"][0], test["curve"][-1]
     assert first["tau"] == 0 and first["deferred"] == 0 and first["accuracy"] == pytest.approx(student["test_acc"])
     assert last["tau"] > 1 and last["deferred"] == 1 and last["accuracy"] == pytest.approx(teacher["test_acc"])
-    lat = result["latency_ms"]  # the latencies the run measured at batch 1
-    assert (lat["student"], lat["teacher"]) == (student["latency_ms"]["1"], teacher["latency_ms"]["1"])
+    lat = result["latency_ms"]  # the latencies the run measured at batch 1, in its speed-up runtime
+    assert lat["runtime"] == summary_of(run)["speedup_runtime"]
+    recorded = [s["latency"][lat["runtime"]]["ms"]["1"]["median_ms"] for s in (student, teacher)]
+    assert [lat["student"], lat["teacher"]] == recorded
     assert first["latency_ms"] == pytest.approx(lat["student"])
     assert last["latency_ms"] == pytest.approx(lat["student"] + lat["teacher"])
     assert (run / "cascade.png").stat().st_size > 1000 and "defers" in proc.stdout

@@ -1,4 +1,5 @@
-"""A 3-stage run killed (SIGKILL) at a random step of its second stage resumes to the same results."""
+"""A 3-stage run killed (SIGKILL) at a random step of its second stage resumes to the same results; while
+it runs, no second process may train it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert last.is_file(), log.read_text()[-3000:]
+    # while it trains, the run is its alone: a second trainer is refused (one line naming the holder),
+    # reading it is not
+    second = kdcl_main(["train", f"resume={run_dir}"], tmp_path)
+    assert second.returncode == 2 and f"in use by another kdcl process (PID {proc.pid} on host" in second.stderr
+    assert not list(run_dir.glob("environment-resume-*"))  # the refused process wrote nothing
+    assert kdcl_main(["eval", str(run_dir), "stage=teacher"], tmp_path).returncode == 0
+    assert proc.poll() is None, log.read_text()[-3000:]
     first = last.stat().st_mtime_ns  # epoch 1 saved; time epoch 2 to learn how long an epoch takes here
     started = time.time()
     while last.stat().st_mtime_ns == first and proc.poll() is None and time.time() < deadline:

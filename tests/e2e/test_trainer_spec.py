@@ -46,10 +46,17 @@ def test_any_trainer_argument_takes_effect(baseline_runs):
     assert global_step(baseline_runs["accumulate"]["run_dir"], "00-student") == 2  # half the optimizer steps
 
 
-def test_report_latency_is_measured_unless_the_report_node_is_removed(baseline_runs):
+def test_report_latency_is_measured_in_both_runtimes_unless_the_report_node_is_removed(baseline_runs):
     plain, removed = baseline_runs["plain"]["stages"][0], baseline_runs["accumulate"]["stages"][0]
-    assert sorted(plain["latency_ms"]) == ["1", "64"] and all(ms > 0 for ms in plain["latency_ms"].values())
-    assert removed["latency_ms"] == {}  # `~report`: no latency measured, and no complaint
+    assert sorted(plain["latency"]) == ["eager", "onnxruntime"]
+    for runtime in plain["latency"].values():
+        assert runtime["threads"] == torch.get_num_threads() and runtime["version"] and runtime["note"] is None
+        assert sorted(runtime["ms"]) == ["1", "64"]
+        assert all(t["median_ms"] > 0 and t["spread_ms"] >= 0 and t["repeats"] >= 10 for t in runtime["ms"].values())
+    assert baseline_runs["plain"]["speedup_runtime"] == "onnxruntime"
+    assert plain["speedup"] == {"1": 1.0, "64": 1.0}  # the only model is its own reference
+    assert sorted(baseline_runs["plain"]["latency_runtimes"]) == ["eager", "onnxruntime"]
+    assert removed["latency"] == {}  # `~report`: no latency measured, and no complaint
     assert removed["macs"] == plain["macs"] > 0
 
 
@@ -80,7 +87,8 @@ def test_sgd_without_momentum_trains_when_nesterov_is_off():
 
 
 def test_eval_of_a_lifelong_stage_reproduces_its_summary_accuracy(tmp_path, capsys):
-    summary = train(tmp_path, "lifelong", "pipeline=lifelong", "pipeline.tasks=2", "data.fraction=0.5")
+    summary = train(tmp_path, "lifelong", "pipeline=lifelong", "pipeline.tasks=2", "data.fraction=0.5",
+                    "report.latency_batches=[]")  # fmt: skip
     for stage in summary["stages"]:
         evaluated = eval_command([str(summary["run_dir"]), f"stage={stage['name']}"])
         assert evaluated["test_acc"] == pytest.approx(stage["test_acc"], abs=1e-6), stage["name"]

@@ -10,7 +10,13 @@ from kdcl.errors import KdclError
 from kdcl.report import write_report
 
 
-def fake_job(root, num, overrides, seed, teacher_acc, student_acc):
+def latency(**ms: float) -> dict:
+    """A stage's recorded latency in ONNX Runtime: {"b1": 0.5} → batch 1 took 0.5 ms."""
+    timings = {b.removeprefix("b"): {"median_ms": v, "spread_ms": 0.01, "repeats": 50} for b, v in ms.items()}
+    return {"onnxruntime": {"runtime": "onnxruntime", "version": "onnxruntime 1", "threads": 2, "ms": timings}}
+
+
+def fake_job(root, num, overrides, seed, teacher_acc, student_acc, student_ms=None):
     job = root / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}", "progress_bar=lines"]))
@@ -18,7 +24,12 @@ def fake_job(root, num, overrides, seed, teacher_acc, student_acc):
         {"name": "teacher", "model": "resnet18", "params": 11_000_000, "test_acc": teacher_acc},
         {"name": "student", "model": "mobilenetv3_small_100", "params": 1_500_000, "test_acc": student_acc},
     ]
-    (job / "summary.json").write_text(json.dumps({"seed": seed, "stages": stages}))
+    summary = {"seed": seed, "stages": stages}
+    if student_ms is not None:  # as kdcl train writes it: the speed-up against the teacher, in ONNX Runtime
+        stages[0]["latency"], stages[1]["latency"] = latency(b1=0.5, b64=20.0), latency(b1=student_ms, b64=5.0)
+        stages[1]["speedup"] = {"1": 0.5 / student_ms, "64": 4.0}
+        summary["speedup_runtime"] = "onnxruntime"
+    (job / "summary.json").write_text(json.dumps(summary))
 
 
 def test_report_groups_by_overrides_and_averages_over_seeds(tmp_path):
@@ -37,6 +48,20 @@ def test_report_groups_by_overrides_and_averages_over_seeds(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| distill=kd | 3 | 98.00 ± 0.00 | 93.00 ± 3.61 |" in md
     assert (tmp_path / "report.png").is_file() and len((tmp_path / "report.csv").read_text().splitlines()) == 3
+
+
+def test_report_shows_the_final_models_latency_and_speed_up_median_over_runs(tmp_path):
+    for seed, ms in enumerate([0.2, 0.25, 0.3]):
+        fake_job(tmp_path, seed, ["distill=kd"], seed, 0.98, 0.95, student_ms=ms)
+    fake_job(tmp_path, 3, ["distill=none"], 0, 0.98, 0.90)  # a run written before latency was recorded
+    rows = {r["settings"]: r for r in write_report(tmp_path)}
+    kd = rows["distill=kd"]
+    assert kd["runtime"] == "onnxruntime" and kd["final_ms"] == {"1": 0.25, "64": 5.0}
+    assert kd["speedup"] == {"1": pytest.approx(2.0), "64": pytest.approx(4.0)}
+    assert rows["distill=none"]["final_ms"] == {} and rows["distill=none"]["runtime"] == "-"
+    md = (tmp_path / "report.md").read_text()
+    assert "| runtime | ms@1 | ms@64 | speed-up@1 | speed-up@64 |" in md
+    assert "| onnxruntime | 0.25 | 5.0 | 2.0× | 4.0× |" in md and "| - | - | - | - | - |" in md
 
 
 def test_report_on_a_folder_without_runs_is_a_clear_error(tmp_path):
