@@ -22,12 +22,12 @@ from kdcl.config import check_cascade, check_data
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart
 from kdcl.errors import KdclError, did_you_mean
-from kdcl.io import atomic_write_json, read_json
+from kdcl.io import atomic_torch_save, atomic_write_json, read_json
 from kdcl.models import create_model
 from kdcl.pipeline.manifest import Manifest
 from kdcl.plots import saved_figure
 from kdcl.predictions import predict
-from kdcl.schema import CascadeConfig
+from kdcl.schema import CascadeConfig, ReportConfig
 
 LATENCY_BATCH = "1"  # the cascade serves one image at a time: per-image latency at batch 1
 
@@ -67,9 +67,11 @@ def find_pair(target: str, stage: str | None) -> Pair:
 
 
 def cascade_settings(cfg: DictConfig) -> DictConfig:
-    """The run's config with the cascade's defaults where it has none (a run saved before they existed)."""
+    """The run's config with the cascade's and the report's defaults where it has none (a run saved before
+    they existed), so `cascade.*` and `report.speedup_runtime=eager` can be set for any run."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     cfg.cascade = OmegaConf.merge(OmegaConf.structured(CascadeConfig), cfg.get("cascade") or {})
+    cfg.report = OmegaConf.merge(OmegaConf.structured(ReportConfig), cfg.get("report") or {})
     return cfg
 
 
@@ -141,7 +143,7 @@ def run_cascade(target: str, stage: str | None, cfg: DictConfig) -> dict:
                            "curve": [p.to_json() for p in curves[split]]} for split, (s, t) in preds.items()},
     }  # fmt: skip
     atomic_write_json(pair.run_dir / "cascade.json", result)
-    torch.save(saved_predictions(preds, str(c.confidence), chosen.tau), pair.run_dir / "cascade_predictions.pt")
+    atomic_torch_save(saved_predictions(preds, str(c.confidence), chosen.tau), pair.run_dir / "cascade_predictions.pt")
     plot(result, curves["test"], pair.run_dir / "cascade.png")
     return result
 
