@@ -18,10 +18,13 @@ usage:
   kdcl train [GROUP=OPTION ...] [KEY=VALUE ...]   train the pipeline (Hydra: -m to sweep, --cfg job, --help)
   kdcl eval RUN_DIR|CHECKPOINT [stage=NAME] [data=...] [KEY=VALUE ...]
                                                   test a run's final model (or stage NAME) again
+  kdcl eval RUN_DIR cascade=true [cascade.max_drop=0.01]
+                                                  the student answers, the teacher takes what it is unsure of
   kdcl export RUN_DIR|CHECKPOINT [stage=NAME] [format=safetensors|onnx] [out=DIR] [quantize=int8] [overwrite=true]
                                                   the final model (or stage NAME) alone, for timm or ONNX Runtime
   kdcl models [PATTERN] [--cost [data=...]]       timm model names and kdcl's aliases; --cost: params, MACs, latency
-  kdcl report DIR                                 compare the runs under DIR (a sweep): mean ± std per setting
+  kdcl report DIR [baseline=KEY=VALUE]            compare the runs under DIR (a sweep): mean ± std, 95 % CI per
+                                                  setting; paired tests against the baseline setting
   kdcl --version
 
 examples:
@@ -102,7 +105,7 @@ def precheck(overrides: list[str]) -> None:
         except Exception:  # glob sweeps and the like: left to Hydra and the per-job check
             continue
         if key in groups:
-            for v in values:
+            for v in group_options(o, values):
                 if v not in groups[key] and v != "null":
                     raise KdclError(
                         f"{key}={v}: there is no '{v}' in the {key} group{did_you_mean(v, groups[key])}; "
@@ -116,6 +119,12 @@ def precheck(overrides: list[str]) -> None:
     combos = list(itertools.islice(itertools.product(*axes), MAX_CHECKED_SWEEP_POINTS))
     for combo in combos:
         check_point(fixed + list(combo), group_overrides)
+
+
+def group_options(override, values: list[str]) -> list[str]:
+    """The options an override picks from a group: `logger=[tensorboard,mlflow]` picks two."""
+    value = override.value()
+    return [str(v) for v in value] if isinstance(value, list) else values
 
 
 def check_point(overrides: list[str], group_overrides: list[str]) -> None:
@@ -348,9 +357,12 @@ def main(argv: list[str] | None = None) -> None:
         elif command == "report":
             from kdcl.report import write_report
 
-            if len(rest) != 1:
-                raise KdclError("report takes one directory: kdcl report outputs/multirun/<date>/<time>")
-            write_report(Path(rest[0]))
+            extra = [a for a in rest[1:] if not a.startswith("baseline=")]
+            if not rest or rest[0].startswith("baseline=") or extra:
+                raise KdclError("report takes one directory and optionally a baseline: kdcl report "
+                                "outputs/multirun/<date>/<time> [baseline=KEY=VALUE]")  # fmt: skip
+            baselines = [a.split("=", 1)[1] for a in rest[1:]]
+            write_report(Path(rest[0]), baselines[-1] if baselines else None)
         else:
             raise KdclError(
                 f"unknown command '{command}'{did_you_mean(command, COMMANDS)}; commands: {', '.join(COMMANDS)}"

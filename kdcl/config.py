@@ -9,6 +9,7 @@ torch nor Lightning, so a typo is answered in a fraction of a second; `check_con
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -158,6 +159,37 @@ def check_report(cfg: DictConfig) -> None:
                         f"(report.latency_runtimes=[{','.join(runtimes)}]); add it there or choose one of those")  # fmt: skip
 
 
+LOGGER_EXTRAS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # logger class → its package = kdcl's extra
+
+
+def logger_kind(spec) -> str:
+    """A logger spec's class name: MLFlowLogger, WandbLogger, TensorBoardLogger, ..."""
+    return str(spec.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: importing it is blocked
+        return False
+
+
+def check_logger_extras(loggers) -> None:
+    """A logger whose package is missing is one line naming the extra to install (found without importing it)."""
+    for name, spec in (loggers or {}).items():
+        module = LOGGER_EXTRAS.get(logger_kind(spec)) if spec is not None else None
+        if module and not installed(module):
+            raise KdclError(f"logger.{name} needs {module}, which is not installed: pip install 'kdcl[{module}]'")
+
+
+def check_cascade(c: DictConfig) -> None:
+    """The cascade's settings (read by kdcl eval cascade=true)."""
+    if not 0 <= c.max_drop <= 1:
+        raise KdclError(f"cascade.max_drop={show(c.max_drop)} must be in [0, 1]: the accuracy (a fraction, 0.01 = "
+                        "one point) the cascade may lose against the teacher")  # fmt: skip
+    positive_int(c.steps, "cascade.steps")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Everything that needs no torch, Lightning, models or data (a few milliseconds)."""
     from kdcl.trainer import check_trainer_keys
@@ -173,6 +205,8 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.get("report") is not None:
         check_report(cfg)
     check_curriculum(cfg.curriculum)
+    check_cascade(cfg.cascade)
+    check_logger_extras(cfg.get("logger"))
     check_term_values(OmegaConf.to_container(cfg.distill.terms, resolve=True))
 
 

@@ -147,10 +147,16 @@ def yaml_value(text: str):
 
 def eval_command(args: list[str]) -> dict:
     if not args or args[0].startswith("-"):
-        raise KdclError("kdcl eval needs a run directory or a checkpoint: kdcl eval RUN_DIR [stage=NAME] [data=...]")
+        raise KdclError("kdcl eval needs a run directory or a checkpoint: kdcl eval RUN_DIR [stage=NAME] [data=...] "
+                        "[cascade=true]")  # fmt: skip
     target, overrides = args[0], args[1:]
     stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), None)
     overrides = [o for o in overrides if not o.startswith("stage=")]
+    from kdcl.cascade_eval import cascade_eval, cascade_flag
+
+    if cascade_flag(overrides):  # the student answers, the run's teacher takes what it is unsure of
+        return cascade_eval(target, stage, overrides)
+    overrides = [o for o in overrides if o.split("=", 1)[0] != "cascade"]
     loaded = load_stage(locate(target, stage), overrides)
     cfg, hp, dm, seen = loaded.located.cfg, loaded.located.hparams, loaded.data, loaded.seen_classes
     module = DistillationModule(loaded.model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp,

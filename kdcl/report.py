@@ -1,9 +1,11 @@
-"""`kdcl report DIR`: compare the runs under DIR (a multirun sweep, or any folder of runs).
+"""`kdcl report DIR [baseline=KEY=VALUE]`: compare the runs under DIR (a multirun sweep, or any folder of runs).
 
 Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,none seed=0,1,2` gives
 two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std), and the
 final model's latency and speed-up against the first (in each run's `report.speedup_runtime`) are the
-median over the group's runs. Writes report.csv, report.md and report.png (final-stage accuracy against parameters) into DIR.
+median over the group's runs. The final model's chosen and last-epoch accuracy get 95 % intervals, and
+with a baseline paired tests (kdcl/report_stats.py). Writes report.csv, report.md, report.json and
+report.png (final-stage accuracy against parameters) into DIR.
 """
 
 from __future__ import annotations
@@ -17,8 +19,20 @@ from pathlib import Path
 import yaml
 
 from kdcl.errors import KdclError
-from kdcl.io import atomic_write_text
+from kdcl.io import atomic_write_json, atomic_write_text
 from kdcl.plots import saved_figure
+from kdcl.report_stats import (
+    CHECKPOINTS,
+    COMPARE_HEADERS,
+    SPREAD_HEADERS,
+    Comparison,
+    baseline_row,
+    by_seed,
+    compare,
+    compare_table,
+    spread_table,
+    spreads,
+)
 from kdcl.summary import fmt_ms, medians
 from kdcl.tables import markdown_table, print_table
 
@@ -56,9 +70,11 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
     overrides = {run: overrides_of(run) for run in runs}
     shared = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
     groups: dict[str, list[dict]] = {}
+    runs_of: dict[str, list[Path]] = {}
     for run in runs:  # settings every run shares say nothing about the differences: shown once, not per row
         key = " ".join(o for o in overrides[run] if o not in shared) or "(defaults)"
         groups.setdefault(key, []).append(json.loads((run / "summary.json").read_text()))
+        runs_of.setdefault(key, []).append(run)
     common = [o for o in overrides[runs[0]] if o in shared] if runs else []
     rows = []
     for key, summaries in groups.items():
@@ -70,8 +86,10 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
             row[name] = mean_std(accs)
         final = summaries[0]["stages"][-1]
         row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
-        row["stages"] = stages
+        row["stages"], row["overrides"] = stages, overrides[runs_of[key][0]]
         row.update(final_latency(summaries))
+        row["final_seeds"] = {c: by_seed(summaries, final["name"], k) for c, k in CHECKPOINTS.items()}
+        row["final_spread"] = spreads(row["final_seeds"])
         rows.append(row)
     return rows, common
 
@@ -97,13 +115,14 @@ def fmt(ms: tuple[float, float] | None, runs: int) -> str:
     return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if runs > 1 else f"{100 * ms[0]:.2f}"
 
 
-def write_report(root: Path) -> list[dict]:
+def write_report(root: Path, baseline: str | None = None) -> list[dict]:
     root = Path(root)
     if not root.is_dir():
         raise KdclError(f"report: '{root}' is not a directory; give a run or multirun directory (outputs/multirun/...)")
     rows, common = collect(root)
     if not rows:
         raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
+    comparisons = compare(rows, baseline_row(rows, baseline)) if baseline else []
     stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
     batches = sorted({b for r in rows for b in r["final_ms"]}, key=int)
     header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)", "runtime",
@@ -122,15 +141,40 @@ def write_report(root: Path) -> list[dict]:
         for r in rows
     ]
     atomic_write_text(root / "report.csv", report_csv(rows, stage_names, batches))
-    md = markdown_table(header, table_rows)
+    md = markdown_table(header, table_rows) + statistics_section(rows, comparisons, baseline)
     atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\n{REPORT_NOTE}\n\n" + md)
+    atomic_write_json(root / "report.json", report_json(rows, comparisons, baseline))
     plot(rows, root / "report.png")
     title = f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)"
     print_table(header, table_rows, title, left=("settings", "final model"))
+    print_table(SPREAD_HEADERS, spread_table(rows), "final model over seeds: mean ± std, 95 % t interval",
+                left=SPREAD_HEADERS[:2])  # fmt: skip
+    if comparisons:
+        print_table(COMPARE_HEADERS, compare_table(comparisons), f"against baseline {baseline}, paired by seed",
+                    left=COMPARE_HEADERS[:2])  # fmt: skip
     if common:
         print(f"settings of every run: {' '.join(common)}")
-    print(f"wrote {root / 'report.md'}, report.csv, report.png")
+    print(f"wrote {root / 'report.md'}, report.csv, report.json, report.png")
     return rows
+
+
+def statistics_section(rows: list[dict], comparisons: list[Comparison], baseline: str | None) -> str:
+    text = ("\n## Final model over seeds\n\nTest accuracy of the chosen (best-validation) and the last epoch's "
+            "checkpoint: mean ± sample std, 95 % t interval of the mean.\n\n" + markdown_table(SPREAD_HEADERS, spread_table(rows)))  # fmt: skip
+    if comparisons:
+        text += (f"\n## Against the baseline `{baseline}`, paired by seed\n\nΔ = setting − baseline (points) with "
+                 "its 95 % t interval; paired t-test, and from 6 paired seeds the exact sign test and Wilcoxon's; "
+                 "`*`: significant at 0.05 after Holm's correction across settings (paired t). Seeds needed: "
+                 "how many a paired t-test needs for 80 % power at the observed Δ and spread.\n\n"
+                 + markdown_table(COMPARE_HEADERS, compare_table(comparisons)))  # fmt: skip
+    return text
+
+
+def report_json(rows: list[dict], comparisons: list[Comparison], baseline: str | None) -> dict:
+    settings = [{"settings": r["settings"], "final_stage": r["final_stage"],
+                 "seeds": {c: {str(k): v for k, v in r["final_seeds"][c].items()} for c in CHECKPOINTS},
+                 "spread": {c: (s.__dict__ if s else None) for c, s in r["final_spread"].items()}} for r in rows]  # fmt: skip
+    return {"baseline": baseline, "settings": settings, "comparisons": [c.to_json() for c in comparisons]}
 
 
 def report_csv(rows: list[dict], stage_names: list[str], batches: list[str]) -> str:

@@ -40,6 +40,7 @@ Advance = choice("Advance", "schedule on_plateau on_threshold")
 TeacherOutputs = choice("TeacherOutputs", "online cached auto")
 ProgressBar = choice("ProgressBar", "auto rich lines none")
 Runtime = choice("Runtime", "onnxruntime eager")
+Confidence = choice("Confidence", "max_prob margin")
 
 
 @dataclass
@@ -160,6 +161,15 @@ class ReportConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """`kdcl eval RUN_DIR cascade=true`: the student answers when its confidence reaches τ, else the teacher."""
+
+    confidence: Confidence = Confidence.max_prob  # max_prob: top probability; margin: top minus second
+    max_drop: float = 0.01  # the operating point: cheapest τ whose val accuracy is within this of the teacher's
+    steps: int = 100  # τ on a grid of steps + 1 values in [0, 1], and one above 1 (the teacher alone)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = MISSING
     teacher: ModelConfig | None = None
@@ -173,6 +183,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     progress_bar: ProgressBar = ProgressBar.auto
     seed: int = 0
     name: str = "train"

@@ -13,10 +13,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kdcl.io import atomic_write_json, atomic_write_text
+from kdcl.report_card import CARD_HEADERS, card_row, reliability_plot
 from kdcl.tables import markdown_table, print_table
 
 SUMMARY_KEYS = ("name", "model", "params", "macs", "latency", "test_acc", "test_loss", "best_val_acc",
                 "teachers", "init", "epochs", "trained", "checkpoint", "seconds")  # fmt: skip
+CARD_KEYS = ("test_acc_last", "agreement", "kl", "ece", "nll")  # copied from the report card into each stage row
 
 
 def medians(stage: dict, runtime: str) -> dict[str, float]:
@@ -145,9 +147,25 @@ def incremental_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return headers, body
 
 
-def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict]) -> dict:
+def with_cards(rows: list[dict], cards: list[dict]) -> list[dict]:
+    by_stage = {c["stage"]: c for c in cards}
+    return [{**r, **{k: by_stage[r["name"]][k] for k in CARD_KEYS}} if r["name"] in by_stage else r for r in rows]
+
+
+def card_section(cards: list[dict], run_dir: Path) -> str:
+    """The report card in summary.md (and on the terminal), with its reliability diagram."""
+    reliability_plot(cards, run_dir / "reliability.png")
+    body = [card_row(c) for c in cards]
+    print_table(CARD_HEADERS, body, f"report card · test set · against {cards[0]['stage']}", left=CARD_HEADERS[:1])
+    return (f"\n## Report card (test set, against `{cards[0]['stage']}`)\n\n"
+            "Agreement: same top-1 class as the reference; KL(reference ‖ model), nats per image; ECE: 15 bins. "
+            "Chosen: the checkpoint tested and handed on (best validation accuracy unless `select: last`).\n\n"
+            + markdown_table(CARD_HEADERS, body) + "\n![reliability](reliability.png)\n")  # fmt: skip
+
+
+def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict], cards: list[dict] | None = None) -> dict:
     speedup_runtime = str((cfg.get("report") or {}).get("speedup_runtime") or "onnxruntime")
-    rows = compression(stages, speedup_runtime)
+    rows = with_cards(compression(stages, speedup_runtime), cards or [])
     measured = runtimes_measured(rows)
     summary = {
         "run_dir": str(run_dir),
@@ -162,6 +180,8 @@ def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict]) -> dict:
     lifelong = incremental(stages)
     if lifelong:
         summary["incremental"] = lifelong
+    if cards:
+        summary["report_card"] = cards
     atomic_write_json(run_dir / "summary.json", summary)
 
     title = f"pipeline {summary['pipeline']} · data {summary['data']} · seed {summary['seed']}"
@@ -176,5 +196,7 @@ def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict]) -> dict:
         inc_headers, inc_body = incremental_table(lifelong)
         text += "\n## Class-incremental accuracy (test, %)\n\n" + markdown_table(inc_headers, inc_body)
         print_table(inc_headers, inc_body, "accuracy on each task after each stage · forgetting", left=inc_headers[:3])
+    if cards:
+        text += card_section(cards, run_dir)
     atomic_write_text(run_dir / "summary.md", text)
     return summary

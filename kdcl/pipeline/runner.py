@@ -14,11 +14,13 @@ from kdcl import __version__
 from kdcl.data import KdclDataModule
 from kdcl.errors import Diverged, EnvironmentFailure, KdclError, io_failure
 from kdcl.io import atomic_write_json, atomic_write_text, read_json
+from kdcl.pipeline.cards import stage_cards
 from kdcl.pipeline.manifest import Manifest
 from kdcl.pipeline.plan import Plan, Stage
 from kdcl.pipeline.presets import task_classes
 from kdcl.pipeline.stage import StageContext, StageResult, run_stage
 from kdcl.summary import write_summary
+from kdcl.trackers import publish
 
 
 def environment() -> dict:
@@ -135,5 +137,8 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict
         ctx.handed[stage.name] = run_recorded(ctx, stage, manifest)
         manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
         print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
-    results = [ctx.handed[s.name].to_json() for s in plan.stages if s.in_summary]
-    return write_summary(plan.cfg, run_dir, results)
+    in_summary = [s for s in plan.stages if s.in_summary]
+    cards = [card.to_json() for card in stage_cards(ctx, in_summary)]
+    summary = write_summary(plan.cfg, run_dir, [ctx.handed[s.name].to_json() for s in in_summary], cards)
+    publish(plan.cfg, run_dir, summary)
+    return summary

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -37,6 +36,7 @@ from kdcl.module import DistillationModule
 from kdcl.pipeline.plan import FOLD_SEED, Plan, Stage, split_ref
 from kdcl.pipeline.presets import task_classes
 from kdcl.teacher_outputs import TeacherOutputs
+from kdcl.trackers import stage_loggers
 from kdcl.trainer import build_trainer
 
 
@@ -294,10 +294,8 @@ def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, l
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
-    """Each configured logger writes to <run>/<logger>/<NN-stage>/ (e.g. tensorboard/01-student)."""
-    specs = (cfg.get("logger") or {}).items()
-    return [instantiate(spec, save_dir=str(run_dir / name), name=stage.dirname, version="")
-            for name, spec in specs if spec is not None]  # fmt: skip
+    """Each configured logger, for this stage: TensorBoard writes to <run>/tensorboard/<NN-stage>/ (kdcl/trackers.py)."""
+    return stage_loggers(cfg, run_dir, stage.dirname)
 
 
 def stage_trainer(ctx: StageContext, stage: Stage, parts: StageParts) -> pl.Trainer:

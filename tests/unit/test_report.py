@@ -67,3 +67,65 @@ def test_report_shows_the_final_models_latency_and_speed_up_median_over_runs(tmp
 def test_report_on_a_folder_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(KdclError, match="no finished runs"):
         write_report(tmp_path)
+
+
+def sweep_with_last(root, accs: dict[str, list[tuple[float, float]]]):
+    """One fake job per (setting, seed): the student's chosen and last-epoch accuracy."""
+    num = 0
+    for setting, values in accs.items():
+        for seed, (chosen, last) in enumerate(values):
+            fake_job(root, num, ["distill=kd", setting], seed, 0.98, chosen)
+            summary = json.loads((root / str(num) / "summary.json").read_text())
+            summary["stages"][1]["test_acc_last"] = last
+            (root / str(num) / "summary.json").write_text(json.dumps(summary))
+            num += 1
+
+
+def test_report_against_a_baseline_matches_scipy_by_hand(tmp_path, capsys):
+    from scipy import stats
+
+    accs = {
+        "curriculum=none": [(0.80, 0.79), (0.82, 0.80), (0.78, 0.78)],
+        "curriculum=linear": [(0.83, 0.80), (0.84, 0.83), (0.80, 0.79)],
+        "curriculum=root": [(0.79, 0.80), (0.83, 0.81), (0.78, 0.76)],
+    }
+    sweep_with_last(tmp_path, accs)
+    write_report(tmp_path, baseline="curriculum=none")
+    report = json.loads((tmp_path / "report.json").read_text())
+    got = {(c["settings"], c["checkpoint"]): c for c in report["comparisons"]}
+    assert len(got) == 4  # two settings × chosen and last
+    for checkpoint, k in (("chosen", 0), ("last", 1)):
+        base = [v[k] for v in accs["curriculum=none"]]
+        ps = {}
+        for setting in ("curriculum=linear", "curriculum=root"):
+            x = [v[k] for v in accs[setting]]
+            c = got[(setting, checkpoint)]
+            diff = [a - b for a, b in zip(x, base, strict=True)]
+            low, high = stats.t.interval(0.95, 2, loc=statistics.fmean(diff), scale=stats.sem(diff))
+            assert c["paired"]["t_p"] == pytest.approx(stats.ttest_rel(x, base).pvalue)
+            assert (c["paired"]["diff"]["mean"], c["paired"]["diff"]["low"], c["paired"]["diff"]["high"]) == (
+                pytest.approx(statistics.fmean(diff)), pytest.approx(low), pytest.approx(high))  # fmt: skip
+            assert c["paired"]["sign_p"] is None  # three seeds: no exact tests
+            ps[setting] = c["paired"]["t_p"]
+        m = sorted(ps.values())  # Holm by hand with two tests
+        holm = {s: min(1, 2 * p) if p == m[0] else max(min(1, 2 * m[0]), p) for s, p in ps.items()}
+        for setting, p in holm.items():
+            assert got[(setting, checkpoint)]["holm_p"] == pytest.approx(p)
+            assert got[(setting, checkpoint)]["significant"] == (p < 0.05)
+    spread = {s["settings"]: s["spread"] for s in report["settings"]}["curriculum=linear"]["last"]
+    low, high = stats.t.interval(0.95, 2, loc=statistics.fmean([0.80, 0.83, 0.79]), scale=stats.sem([0.80, 0.83, 0.79]))
+    assert (spread["low"], spread["high"]) == (pytest.approx(low), pytest.approx(high))
+    out = capsys.readouterr().out
+    assert "against baseline curriculum=none" in out and "Against the baseline" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("baseline", "message"),
+    [("curriculum=anti", "is not a setting of this sweep"), ("distill=kd", "matches 3 settings")],
+)
+def test_a_baseline_that_is_not_one_setting_is_one_line_and_exit_2(tmp_path, kdcl_main, baseline, message):
+    sweep_with_last(tmp_path, {s: [(0.8, 0.8), (0.81, 0.8)] for s in ("curriculum=none", "curriculum=linear",
+                                                                        "curriculum=root")})  # fmt: skip
+    proc = kdcl_main(["report", str(tmp_path), f"baseline={baseline}"], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not (tmp_path / "report.md").exists()  # refused before anything is written

@@ -1,0 +1,52 @@
+"""The report card of every stage of a finished run (kdcl/report_card.py): the test-set predictions of
+its chosen and its last checkpoint, against the run's first model (the summary's reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdcl.data.datamodule import StagePart
+from kdcl.models import load_kdcl_checkpoint
+from kdcl.pipeline.plan import Stage
+from kdcl.pipeline.presets import task_classes
+from kdcl.pipeline.stage import StageContext, StageResult
+from kdcl.predictions import Predictions, predict
+from kdcl.report_card import Card, build_card
+
+
+def last_checkpoint(ctx: StageContext, stage: Stage, result: StageResult) -> Path:
+    """The checkpoint after the stage's last epoch (the chosen one for a stage that only tests a model)."""
+    last = ctx.stage_dir(stage) / "checkpoints" / "last.ckpt"
+    return last if result.trained and last.is_file() else ctx.run_dir / result.checkpoint
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold the same model (best is often the last epoch): one test pass then serves both."""
+    if a.resolve() == b.resolve():
+        return True
+    (first, _), (second, _) = load_kdcl_checkpoint(a, "checkpoint"), load_kdcl_checkpoint(b, "checkpoint")
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, checkpoint: Path) -> Predictions:
+    """The model's logits on the test images its stage was tested on (a class-incremental stage: the
+    classes seen so far), in the stage's test batches (trainer.limit_test_batches too)."""
+    seen = task_classes(stage.task, ctx.data.num_classes)[1] if stage.task else None
+    model = ctx.build_model(result.model_cfg, result.model_key, checkpoint)
+    loader = ctx.data.for_stage(StagePart(eval_classes=seen)).test_dataloader()
+    return predict(model, loader, ctx.data.normalize, seen, ctx.cfg.trainer.get("limit_test_batches"))
+
+
+def stage_cards(ctx: StageContext, stages: list[Stage]) -> list[Card]:
+    """One card per stage (in order), each against the first stage's chosen model."""
+    cards, reference = [], None
+    for stage in stages:
+        result = ctx.handed[stage.name]
+        chosen_path, last_path = ctx.run_dir / result.checkpoint, last_checkpoint(ctx, stage, result)
+        chosen = test_predictions(ctx, stage, result, chosen_path)
+        last = chosen if same_weights(chosen_path, last_path) else test_predictions(ctx, stage, result, last_path)
+        reference = reference or chosen
+        cards.append(build_card(stage.name, result.model, chosen, last, reference))
+    return cards

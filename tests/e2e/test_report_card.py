@@ -1,0 +1,121 @@
+"""The report card of a run and the teacher–student cascade (`kdcl eval RUN_DIR cascade=true`), on tiny runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kdcl.cascade import answers
+from tests.conftest import TINY, in_process, run_dir_of, summary_of
+
+
+def test_report_card_of_every_stage_against_the_teacher(tiny_run, kdcl_main):
+    summary = summary_of(tiny_run)
+    cards = {c["stage"]: c for c in summary["report_card"]}
+    teacher, student = summary["stages"]
+    assert cards["teacher"]["agreement"] == 1.0 and cards["teacher"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    card = cards["student"]
+    assert card["test_acc"] == pytest.approx(student["test_acc"])  # the card saw the stage's own test images
+    assert 0.5 < card["agreement"] < 1.0 and card["kl"] > 0 and 0 < card["ece"] < 0.5 and card["nll"] > 0
+    counts = json.loads((tiny_run / "stages/01-student/metrics.json").read_text())["test_per_class"]
+    assert card["examples"] == sum(counts["total"]) == 360
+    assert card["per_class"] == pytest.approx([c / t for c, t in zip(counts["correct"], counts["total"], strict=True)])
+    assert student["agreement"] == card["agreement"] and student["ece"] == card["ece"]  # copied into the stage row
+    # the last epoch's checkpoint, tested on its own by kdcl eval, has the card's last-epoch accuracy
+    last = kdcl_main(["eval", str(tiny_run / "stages/01-student/checkpoints/last.ckpt")], tiny_run)
+    assert last.returncode == 0, last.stderr[-2000:]
+    assert json.loads(last.stdout.strip().splitlines()[-1])["test_acc"] == pytest.approx(card["test_acc_last"])
+    assert (tiny_run / "reliability.png").stat().st_size > 1000
+    assert "## Report card" in (tiny_run / "summary.md").read_text()
+    events = EventAccumulator(str(tiny_run / "tensorboard" / "report_card")).Reload()
+    assert events.Scalars("report_card/student/test/agreement")[0].value == pytest.approx(card["agreement"])
+    assert "report_card/reliability" in events.Tags()["images"]
+
+
+def test_agreement_is_one_and_kl_zero_when_the_student_is_the_teachers_own_checkpoint(tiny_run, tmp_path, kdcl_main):
+    ckpt = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
+    proc = kdcl_main(["train", *TINY, f"teacher.checkpoint={ckpt}", "student.name=test_resnet",
+                      f"student.checkpoint={ckpt}", "report.latency_batches=[]", "logger=none"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(run_dir_of(proc))
+    card = {c["stage"]: c for c in summary["report_card"]}["student"]
+    assert card["agreement"] == 1.0 and card["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert card["test_acc"] == card["test_acc_last"] == summary["stages"][0]["test_acc"]
+    assert card["largest_gaps"] == []
+
+
+@pytest.fixture(scope="module")
+def cascade_run(tiny_run, tmp_path_factory):
+    """(a copy of tiny_run, kdcl eval's process, cascade.json) for `cascade=true`: the copy keeps tiny_run as it is."""
+    run = tmp_path_factory.mktemp("cascade") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("tensorboard"))
+    proc = in_process(["eval", str(run), "cascade=true"], run)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return run, proc, json.loads((run / "cascade.json").read_text())
+
+
+def test_cascade_at_tau_zero_is_the_student_and_above_one_the_teacher(cascade_run):
+    run, proc, result = cascade_run
+    teacher, student = summary_of(run)["stages"]
+    test = result["splits"]["test"]
+    first, last = test["curve"][0], test["curve"][-1]
+    assert first["tau"] == 0 and first["deferred"] == 0 and first["accuracy"] == pytest.approx(student["test_acc"])
+    assert last["tau"] > 1 and last["deferred"] == 1 and last["accuracy"] == pytest.approx(teacher["test_acc"])
+    lat = result["latency_ms"]  # the latencies the run measured at batch 1, in its speed-up runtime
+    assert lat["runtime"] == summary_of(run)["speedup_runtime"]
+    recorded = [s["latency"][lat["runtime"]]["ms"]["1"]["median_ms"] for s in (student, teacher)]
+    assert [lat["student"], lat["teacher"]] == recorded
+    assert first["latency_ms"] == pytest.approx(lat["student"])
+    assert last["latency_ms"] == pytest.approx(lat["student"] + lat["teacher"])
+    assert (run / "cascade.png").stat().st_size > 1000 and "defers" in proc.stdout
+
+
+def test_cascade_operating_point_recomputed_from_the_saved_predictions(cascade_run):
+    run, _, result = cascade_run
+    saved = torch.load(run / "cascade_predictions.pt", weights_only=True)
+    tau = result["tau"]
+    for split in ("val", "test"):
+        p = saved[split]
+        picked = answers(p["student"], p["teacher"], p["student_confidence"], tau)
+        assert float((picked == p["labels"]).float().mean()) == pytest.approx(result[split]["accuracy"])
+        assert float((p["student_confidence"] < tau).float().mean()) == pytest.approx(result[split]["deferred"])
+    # the chosen τ is the cheapest on val within max_drop of the teacher's val accuracy
+    val = result["splits"]["val"]
+    allowed = [q for q in val["curve"] if q["accuracy"] >= val["teacher_acc"] - result["max_drop"] - 1e-12]
+    assert result["val"]["latency_ms"] == min(q["latency_ms"] for q in allowed)
+    assert result["val"]["accuracy"] >= val["teacher_acc"] - result["max_drop"]
+
+
+def without_teacher_stage(run_dir, tmp_path):
+    """A copy of the run whose manifest lists only its student stage (as a pipeline=baseline run would)."""
+    copy = tmp_path / "no-teacher"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tensorboard", "checkpoints"))
+    manifest = json.loads((copy / "run.json").read_text())
+    del manifest["stages"]["teacher"]
+    (copy / "run.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["cascade=true", "cascade.max_drop=-0.1"], "cascade.max_drop=-0.1 must be in [0, 1]"),
+        (["cascade=true", "stage=teacher"], "is the teacher itself"),
+        (["cascade=maybe"], "cascade=maybe must be true or false"),
+        (["cascade.max_drop=0.05"], "add cascade=true"),
+        ("no-teacher", "has no finished teacher stage"),
+    ],
+)
+def test_bad_cascade_input_is_one_line_and_exit_2(tiny_run, tmp_path, kdcl_main, extra, message):
+    if extra == "no-teacher":
+        target, extra = without_teacher_stage(tiny_run, tmp_path), ["cascade=true"]
+    else:
+        target = tiny_run
+    proc = kdcl_main(["eval", str(target), *extra], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert not (tiny_run / "cascade.json").exists()
