@@ -91,8 +91,11 @@ def precheck(overrides: list[str]) -> None:
         key = o.key_or_group
         if key in ("hydra.run.dir", "hydra.sweep.dir"):
             from kdcl.pipeline.manifest import Manifest
+            from kdcl.runlock import holder_of, in_use
 
             target = Path(o.get_value_element_as_str())
+            if holder_of(target) is not None:
+                raise in_use(target.resolve())
             if Manifest.exists(target) or any(target.glob("*/run.json")):
                 raise KdclError(f"{key}={target} already holds kdcl runs; choose a new directory or resume={target}")
         if key == "hydra" or key.startswith("hydra."):

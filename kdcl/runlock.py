@@ -21,6 +21,28 @@ LOCK_FILE = ".lock"
 _HELD: dict[Path, int] = {}  # run directories this process holds (flock is per open file: take it once)
 
 
+def in_use(run_dir: Path) -> KdclError:
+    return KdclError(
+        f"run directory {run_dir} is in use by another kdcl process ({holder_of(run_dir)}); wait for it to "
+        "finish or stop it (a killed process releases the run at once), or train into a new directory"
+    )
+
+
+def holder_of(run_dir: Path) -> str | None:
+    """Who holds `run_dir` ("PID n on host h, since t"), or None when no process does."""
+    path = Path(run_dir).resolve() / LOCK_FILE
+    if Path(run_dir).resolve() in _HELD or not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return read_holder(fd)
+    finally:
+        os.close(fd)  # closing drops a shared lock taken only to look
+
+
 def lock_run_dir(run_dir: Path) -> None:
     """Hold `run_dir` for the rest of this process, or refuse with one line naming the holder."""
     run_dir = Path(run_dir).resolve()
@@ -31,12 +53,8 @@ def lock_run_dir(run_dir: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = read_holder(fd)
         os.close(fd)
-        raise KdclError(
-            f"run directory {run_dir} is in use by another kdcl process ({holder}); wait for it to finish or "
-            "stop it (a killed process releases the run at once), or train into a new directory"
-        ) from None
+        raise in_use(run_dir) from None
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())  # fmt: skip

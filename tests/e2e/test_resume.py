@@ -39,6 +39,8 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     second = kdcl_main(["train", f"resume={run_dir}"], tmp_path)
     assert second.returncode == 2 and f"in use by another kdcl process (PID {proc.pid} on host" in second.stderr
     assert not list(run_dir.glob("environment-resume-*"))  # the refused process wrote nothing
+    again = kdcl_main(["train", *ARGS, f"hydra.run.dir={run_dir}"], tmp_path)  # a new run into it: refused too
+    assert again.returncode == 2 and f"in use by another kdcl process (PID {proc.pid} on host" in again.stderr
     assert kdcl_main(["eval", str(run_dir), "stage=teacher"], tmp_path).returncode == 0
     assert proc.poll() is None, log.read_text()[-3000:]
     first = last.stat().st_mtime_ns  # epoch 1 saved; time epoch 2 to learn how long an epoch takes here
