@@ -21,6 +21,7 @@ from kdcl.losses.terms import TermInputs
 from kdcl.metric_names import metric_name
 from kdcl.models import FrozenTeacher
 from kdcl.optim import build_optimizer
+from kdcl.predictions import unseen_mask
 from kdcl.teacher_outputs import TeacherOutputs
 
 
@@ -61,9 +62,7 @@ class DistillationModule(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)  # per-class accuracy (forgetting)
         self.test_per_class: dict[str, list[int]] = {}
-        unseen = torch.ones(num_classes, dtype=torch.bool)
-        unseen[list(range(num_classes)) if seen_classes is None else seen_classes] = False
-        self.unseen = unseen if unseen.any() else None
+        self.unseen = unseen_mask(num_classes, seen_classes)  # made once: predict_seen runs every step
         self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
         self.num_classes = num_classes
         self.teacher_outputs = teacher_outputs  # a plain attribute: never in the checkpoint

@@ -31,6 +31,21 @@ class Predictions:
         return float((self.predicted == self.labels).float().mean()) if len(self.labels) else math.nan
 
 
+def unseen_mask(num_classes: int, seen: list[int] | None, device=None) -> torch.Tensor | None:
+    """True for the classes a class-incremental stage has not seen yet; None when it has seen them all."""
+    if seen is None:
+        return None
+    unseen = torch.ones(num_classes, dtype=torch.bool, device=device)
+    unseen[seen] = False
+    return unseen if unseen.any() else None
+
+
+def mask_unseen(logits: torch.Tensor, seen: list[int] | None) -> torch.Tensor:
+    """Logits with unseen classes at a large negative (not -inf: softmax-based losses stay finite)."""
+    unseen = unseen_mask(logits.shape[-1], seen, logits.device)
+    return logits if unseen is None else logits.masked_fill(unseen, -1e4)
+
+
 def batch_limit(limit, batches: int) -> int:
     """How many of `batches` a Trainer's limit_test_batches lets through (an int: that many; a fraction: that share)."""
     if limit is None or (isinstance(limit, float) and limit >= 1.0):
@@ -50,12 +65,7 @@ def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | N
     for i, (x, y) in enumerate(loader):
         if i >= batch_limit(limit, len(loader)):
             break
-        out = model(normalize(x.to(device))).float()
-        if seen is not None:
-            unseen = torch.ones(out.shape[-1], dtype=torch.bool, device=device)
-            unseen[seen] = False
-            out = out.masked_fill(unseen, -1e4)
-        logits.append(out.cpu())
+        logits.append(mask_unseen(model(normalize(x.to(device))).float(), seen).cpu())
         labels.append(y.long())
     model.cpu()
     if not logits:
