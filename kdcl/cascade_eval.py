@@ -21,8 +21,9 @@ from kdcl.cascade import Point, confidence, curve, operating_point, thresholds
 from kdcl.config import check_cascade, check_data
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart
-from kdcl.errors import KdclError, did_you_mean
-from kdcl.io import atomic_torch_save, atomic_write_json, read_json
+from kdcl.errors import KdclError
+from kdcl.evaluate import finished_stage
+from kdcl.io import atomic_torch_save, atomic_write_json
 from kdcl.models import create_model
 from kdcl.pipeline.manifest import Manifest
 from kdcl.plots import saved_figure
@@ -47,13 +48,7 @@ def find_pair(target: str, stage: str | None) -> Pair:
     if not (run_dir.is_dir() and Manifest.exists(run_dir)):
         raise KdclError(f"cascade=true needs a kdcl run directory (it pairs the run's student with its teacher); "
                         f"'{target}' is not one")  # fmt: skip
-    done = {n: s["result"] for n, s in read_json(run_dir / "run.json")["stages"].items() if s.get("status") == "done"}
-    if not done:
-        raise KdclError(f"run '{run_dir}' has no finished stage yet; resume it with kdcl train resume={run_dir}")
-    name = stage or max(done, key=lambda n: done[n]["index"])
-    if name not in done:
-        raise KdclError(f"stage={name} is not a finished stage of {run_dir}{did_you_mean(name, done)}; "
-                        f"finished: {', '.join(done)}")  # fmt: skip
+    name, done = finished_stage(run_dir, stage)
     teachers = [r for r in done.values() if r.get("model_key") == "teacher"]
     if not teachers or teachers[0]["name"] == name:
         what = "is the teacher itself" if teachers else "has no finished teacher stage"

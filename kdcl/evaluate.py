@@ -43,6 +43,19 @@ class Located:
         return self.hparams["stage"]
 
 
+def finished_stage(run_dir: Path, stage: str | None) -> tuple[str, dict[str, dict]]:
+    """(stage `stage`, or the run's last finished stage; every finished stage's run.json result)."""
+    done = {n: s["result"] for n, s in read_json(run_dir / "run.json")["stages"].items() if s.get("status") == "done"}
+    if not done:
+        raise KdclError(f"run '{run_dir}' has no finished stage yet; resume it with kdcl train resume={run_dir}")
+    name = stage or max(done, key=lambda n: done[n]["index"])
+    if name not in done:
+        raise KdclError(
+            f"stage={name} is not a finished stage of {run_dir}{did_you_mean(name, done)}; finished: {', '.join(done)}"
+        )
+    return name, done
+
+
 def locate(target: str, stage: str | None) -> Located:
     """The checkpoint of a run directory's final stage (or stage `stage`), or a checkpoint file, with
     the config and hyper-parameters saved in it. `kdcl eval` and `kdcl export` find models this way."""
@@ -50,16 +63,7 @@ def locate(target: str, stage: str | None) -> Located:
     if path.is_dir():
         if not Manifest.exists(path):
             raise KdclError(f"'{path}' is not a kdcl run directory (no run.json); give a run directory or a .ckpt file")
-        done = {
-            name: s["result"] for name, s in read_json(path / "run.json")["stages"].items() if s.get("status") == "done"
-        }
-        if not done:
-            raise KdclError(f"run '{path}' has no finished stage yet; resume it with kdcl train resume={path}")
-        name = stage or max(done, key=lambda n: done[n]["index"])
-        if name not in done:
-            raise KdclError(
-                f"stage={name} is not a finished stage of {path}{did_you_mean(name, done)}; finished: {', '.join(done)}"
-            )
+        name, done = finished_stage(path, stage)
         run_dir, recorded = path, float(done[name]["test_acc"])
         path = path / done[name]["checkpoint"]  # relative to the run (an absolute path stays as it is)
     elif stage is not None:

@@ -135,8 +135,11 @@ def wandb_arguments(cfg, run_dir: Path, name: str, spec, stage_dir: str) -> dict
 
 # the summarised run ------------------------------------------------------------------------------------
 def global_rank() -> int:
-    """Under torchrun every rank runs the pipeline; only rank 0 creates tracker runs and publishes."""
-    return int(os.environ.get("RANK", "0"))
+    """Under torchrun or SLURM every rank runs the pipeline; only rank 0 creates tracker runs and publishes
+    (the rank as Lightning reads it from the environment, like the run lock and the teacher outputs)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank
 
 
 def card_metrics(summary: dict) -> dict[str, float]:
