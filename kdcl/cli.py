@@ -25,6 +25,8 @@ usage:
   kdcl models [PATTERN] [--cost [data=...]]       timm model names and kdcl's aliases; --cost: params, MACs, latency
   kdcl report DIR [baseline=KEY=VALUE]            compare the runs under DIR (a sweep): mean ± std, 95 % CI per
                                                   setting; paired tests against the baseline setting
+  kdcl cache list|clear [DIR]                     the stores shared by runs (teacher views, teachers' tests) in
+                                                  DIR (paths.cache_dir, default outputs/cache): show or free them
   kdcl --version
 
 examples:
@@ -36,7 +38,7 @@ examples:
   kdcl models 'mobilenet*' --cost
   kdcl report outputs/multirun/2026-11-22/18-02-11
 """
-COMMANDS = ("train", "eval", "export", "models", "report")
+COMMANDS = ("train", "eval", "export", "models", "report", "cache")
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
 # what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
 RESUME_MAY_CHANGE = ("optim.lr", "trainer.gradient_clip_val", "distill.temperature")
@@ -357,6 +359,10 @@ def main(argv: list[str] | None = None) -> None:
             export_command(rest)
         elif command == "models":
             models(rest)
+        elif command == "cache":
+            from kdcl.cache import cache_command
+
+            cache_command(rest)
         elif command == "report":
             from kdcl.report import write_report
 

@@ -88,6 +88,7 @@ def check_data(d: DictConfig) -> None:
     positive_int(d.eval_batch_size, "data.eval_batch_size")
     positive_int(d.num_workers, "data.num_workers", 0)
     positive_int(d.epochs, "data.epochs")
+    positive_int(d.views, "data.views")
     for key in SYNTHETIC_ONLY:
         if d.get(key) is not None and d.name != "synthetic":
             raise KdclError(f"data.{key} is a setting of data=synthetic only; data={d.name} reads it from its files")
@@ -199,6 +200,11 @@ def check_values(cfg: DictConfig) -> None:
     check_optim(cfg.optim)
     positive_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs")
     check_trainer_keys(cfg.trainer)
+    if cfg.distill.get("store_topk") is not None:
+        positive_int(cfg.distill.store_topk, "distill.store_topk")
+    budget = cfg.distill.get("store_max_mb")
+    if budget is not None and budget <= 0:
+        raise KdclError(f"distill.store_max_mb={show(budget)} must be > 0 (megabytes), or null for no limit")
     temperature = cfg.distill.get("temperature")
     if temperature is not None and temperature <= 0:
         raise KdclError(f"distill.temperature={show(temperature)} must be > 0 (e.g. 4)")
@@ -266,6 +272,7 @@ def plan_checked(cfg: DictConfig):
     get_loader(cfg.data.name)
     check_feature_taps(plan.stages, int(cfg.data.image_size))
     check_scores_file(plan)
+    check_view_stores(plan)
     check_trainer_values(cfg.trainer)
     return plan
 
@@ -318,3 +325,39 @@ def check_scores_file(plan) -> None:
         if stage.curriculum:
             classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
             file_scores(c.scores_file, len(dm.stage_subset(stage.fraction, classes)))
+
+
+def check_view_stores(plan) -> None:
+    """distill.teacher_outputs=views: each stage's store must fit distill.store_max_mb (on disk and in
+    memory) and the free space of paths.cache_dir, found before the pass (needs the data's size)."""
+    stages = [s for s in plan.stages if s.teacher_outputs == "views"]
+    if not stages:
+        return
+    import shutil
+
+    from kdcl.cache import cache_dir
+    from kdcl.data import KdclDataModule
+    from kdcl.pipeline.presets import task_classes
+    from kdcl.teacher_views import ViewSpec, store_bytes
+
+    cfg = plan.cfg
+    dm = KdclDataModule(cfg.data, seed=cfg.seed)
+    dm.setup()
+    budget = cfg.distill.get("store_max_mb")
+    where = cache_dir(cfg).absolute()
+    existing = next(p for p in (where, *where.parents) if p.exists())
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    for stage in stages:
+        classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
+        n = len(dm.stage_subset(stage.fraction, classes))
+        spec = ViewSpec.of(cfg, dm.num_classes, stage.curriculum)
+        mb = len(stage.teachers) * store_bytes(n, dm.num_classes, spec) / 2**20
+        size = (f"stage '{stage.name}' needs a view store of {mb:.1f} MB ({n} examples × data.views={spec.k} × "
+                f"{'all ' + str(dm.num_classes) if spec.topk is None else 'the top ' + str(spec.topk)} logits × "
+                f"{len(stage.teachers)} teacher(s))")  # fmt: skip
+        if budget is not None and mb > budget:
+            raise KdclError(f"distill.teacher_outputs=views: {size}, over distill.store_max_mb={show(budget)}; "
+                            "lower data.views, set distill.store_topk, or raise distill.store_max_mb")  # fmt: skip
+        if mb > free_mb:
+            raise KdclError(f"distill.teacher_outputs=views: {size}, but paths.cache_dir '{where}' has only "
+                            f"{free_mb:.1f} MB free; free space, set paths.cache_dir elsewhere or lower data.views")  # fmt: skip

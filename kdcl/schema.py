@@ -37,7 +37,7 @@ Scheduler = choice("Scheduler", "onecycle cosine constant")
 Order = choice("Order", "easy_first hard_first random")
 Source = choice("Source", "final early folds")
 Advance = choice("Advance", "schedule on_plateau on_threshold")
-TeacherOutputs = choice("TeacherOutputs", "online cached auto")
+TeacherOutputs = choice("TeacherOutputs", "online cached views auto")
 ProgressBar = choice("ProgressBar", "auto rich lines none")
 Runtime = choice("Runtime", "onnxruntime eager")
 Confidence = choice("Confidence", "max_prob margin")
@@ -59,6 +59,7 @@ class DataConfig:
     on_device: Any = "auto"  # true | false | auto (a bool or a word: checked in kdcl/config.py)
     augment: bool = False
     hflip: bool = False
+    views: int = 8  # distill.teacher_outputs=views: stored augmented views per training example (K)
     epochs: int = 10
     # data=synthetic only
     num_classes: int | None = None
@@ -79,6 +80,8 @@ class ModelConfig:
 class DistillConfig:
     name: str = MISSING
     teacher_outputs: TeacherOutputs = TeacherOutputs.auto
+    store_topk: int | None = None  # views: keep the top k logits per view (None: all up to 100 classes, else 10)
+    store_max_mb: float | None = None  # views: refuse (before the pass) a store larger than this, on disk and in memory
     temperature: float | None = None
     terms: dict[str, Any] = MISSING
 
@@ -151,6 +154,7 @@ class SpeedConfig:
 class PathsConfig:
     output_dir: str = "outputs"
     data_dir: str = "data"
+    cache_dir: str | None = None  # stores shared by runs (teacher views, teachers' tests); None: <output_dir>/cache
 
 
 @dataclass

@@ -101,22 +101,35 @@ def in_memory_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
     return base.tensors[0][idx], base.tensors[1][idx].long()
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, hflip: bool) -> torch.Tensor:
-    """A batch's random crops with zero padding (and horizontal flips), drawn per image, on x's device:
-    the batched counterpart of train_transform."""
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor | None, pad: int) -> torch.Tensor:
+    """Each image's crop at (dy, dx) of its zero-padded copy (and mirrored where `flip`), on x's device:
+    one batched gather. The same function draws random views and rebuilds stored ones
+    (kdcl/teacher_views.py), so a replayed view is the same pixels."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
-    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
-    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+    rows = (dy.reshape(n, 1) + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (dx.reshape(n, 1) + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     out = padded[batch, chans, rows, cols]
-    if hflip:
-        flip = torch.rand(n, device=x.device) < 0.5
-        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if flip is not None:
+        out = torch.where(flip.reshape(n, 1, 1, 1).bool(), out.flip(-1), out)
     return out
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, hflip: bool) -> torch.Tensor:
+    """A batch's random crops with zero padding (and horizontal flips), drawn per image, on x's device:
+    the batched counterpart of train_transform."""
+    n = x.shape[0]
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=x.device)
+    flip = torch.rand(n, device=x.device) < 0.5 if hflip else None
+    return crop_flip(x, dy, dx, flip, pad)
+
+
+def crop_padding(cfg: DictConfig) -> int:
+    """The zero padding of data.augment's random crops: an eighth of the image side (at least 1)."""
+    return max(1, int(cfg.image_size) // 8)
 
 
 def dataset_labels(ds: Dataset) -> torch.Tensor:
@@ -144,7 +157,7 @@ def of_classes(ds: Dataset, classes: list[int] | None) -> Dataset:
 def train_transform(cfg: DictConfig):
     from torchvision.transforms import v2
 
-    steps = [v2.RandomCrop(cfg.image_size, padding=max(1, cfg.image_size // 8))]
+    steps = [v2.RandomCrop(cfg.image_size, padding=crop_padding(cfg))]
     if cfg.get("hflip", False):
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
@@ -159,6 +172,7 @@ class StagePart:
     eval_classes: list[int] | None = None  # class-incremental stages validate and test on the seen classes
     with_index: bool = False  # batches also carry each example's position (stored teacher outputs)
     channels_last: bool = False  # speed.channels_last: batches in the models' memory format
+    views: Any = None  # stored teacher views (kdcl.teacher_views.TeacherViews): training replays them
 
 
 class KdclDataModule(pl.LightningDataModule):
@@ -299,8 +313,12 @@ class KdclDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, *rest = batch
-        if self.augment_on_device and self.trainer is not None and self.trainer.training:
-            x = random_crop_flip(x, max(1, int(self.cfg.image_size) // 8), bool(self.cfg.get("hflip", False)))
+        training = self.trainer is not None and self.trainer.training
+        if training and self.part.views is not None:  # each example's stored view; rest: label, position
+            x, rows = self.part.views.replay(x, rest[1], self.trainer.current_epoch)
+            rest = [rest[0], rows]
+        elif training and self.augment_on_device:
+            x = random_crop_flip(x, crop_padding(self.cfg), bool(self.cfg.get("hflip", False)))
         x = self.normalize(x)
         if self.part.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

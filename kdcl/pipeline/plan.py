@@ -44,7 +44,7 @@ class Stage:
     # the out-of-fold stages (source folds), each scoring the examples its training never saw
     scorers: tuple[str, ...] = ()
     holdout: tuple[int, int] | None = None  # an out-of-fold stage: (fold k, of K) of its scored stage's examples
-    teacher_outputs: str = "online"  # online | cached: how the stage reads its teachers' logits
+    teacher_outputs: str = "online"  # online | cached | views: how the stage reads its teachers' logits
 
     @property
     def dirname(self) -> str:
@@ -231,29 +231,33 @@ TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputs)  # declared 
 
 
 def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:
-    """online | cached for a stage whose loss needs teachers; errors name the setting that forbids caching."""
+    """online | cached | views for a stage whose loss needs teachers; errors name the setting that forbids
+    storing. auto: cached without augmentation, views with it, online with feature terms."""
     if mode not in TEACHER_OUTPUT_MODES:
         raise KdclError(f"distill.teacher_outputs '{mode}' must be one of {'|'.join(TEACHER_OUTPUT_MODES)}"
                         f"{did_you_mean(str(mode), TEACHER_OUTPUT_MODES)}")  # fmt: skip
     if mode == "online":
         return "online"
     if mode == "auto":
-        return "online" if augment or feature_terms else "cached"
-    if augment:
-        raise KdclError(
-            "distill.teacher_outputs=cached with data.augment=true would pair a stored logit with a new random "
-            "view of each image; use distill.teacher_outputs=auto|online or data.augment=false"
-        )
+        return "online" if feature_terms else "views" if augment else "cached"
     if feature_terms:
         raise KdclError(
-            f"distill.teacher_outputs=cached: the feature terms {', '.join(feature_terms)} need the teachers' "
+            f"distill.teacher_outputs={mode}: the feature terms {', '.join(feature_terms)} need the teachers' "
             "activations on every batch; use distill.teacher_outputs=auto|online"
         )
-    return "cached"
+    if mode == "cached" and augment:
+        raise KdclError(
+            "distill.teacher_outputs=cached with data.augment=true would pair a stored logit with a new random "
+            "view of each image; use distill.teacher_outputs=views (stored augmented views), auto or online"
+        )
+    if mode == "views" and not augment:
+        raise KdclError("distill.teacher_outputs=views stores augmented views, but data.augment=false; set "
+                        "data.augment=true, or use distill.teacher_outputs=cached (or auto)")  # fmt: skip
+    return mode
 
 
 def teacher_outputs_mode(cfg: DictConfig, stage: Stage) -> str:
-    """Stored teacher logits where they are exact (distill.teacher_outputs); online otherwise."""
+    """Stored teacher logits or views where they are exact (distill.teacher_outputs); online otherwise."""
     mode = str(cfg.distill.get("teacher_outputs", "online"))
     needs_teacher = any(t.spec.needs_teacher for t in stage.loss_terms if t.weight > 0 or "weight" in t.schedule)
     if not (stage.trains and stage.teachers and needs_teacher):

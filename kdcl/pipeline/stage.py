@@ -6,6 +6,8 @@ later stages is a typed `StageResult`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from kdcl.cache import load_or_build, store_path
 from kdcl.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
 from kdcl.checkpoints import resume_point
 from kdcl.config import latency_batches, latency_runtimes
@@ -36,6 +39,7 @@ from kdcl.module import DistillationModule
 from kdcl.pipeline.plan import FOLD_SEED, Plan, Stage, split_ref
 from kdcl.pipeline.presets import task_classes
 from kdcl.teacher_outputs import TeacherOutputs
+from kdcl.teacher_views import TeacherViews, open_teacher_views
 from kdcl.trackers import stage_loggers
 from kdcl.trainer import build_trainer
 
@@ -67,6 +71,8 @@ class StageResult:
     latency: dict[str, dict] = field(default_factory=dict)  # runtime -> kdcl.models.cost.RuntimeLatency as JSON
     seconds: float = 0.0
     recovery: str | None = None  # what a resume did instead of reading an unreadable last.ckpt
+    teacher_store: dict | None = None  # stored teacher views: files, size on disk, pass time (teacher_views.py)
+    test_reused: str | None = None  # a given checkpoint's test read from the shared cache: the entry's file
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -130,6 +136,7 @@ class StageParts:
     callbacks: list[pl.Callback]
     checkpoint: ModelCheckpoint
     classes: list[int] | None
+    views: TeacherViews | None = None
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:
@@ -158,8 +165,11 @@ def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
         chosen, recovery = fit(trainer, parts, stage, ctx.stage_dir(stage) / "checkpoints")
     else:
         chosen = Path(stage.model["checkpoint"]).resolve()
-    metrics = test(trainer, parts, chosen if stage.trains else None)
-    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery)
+    if stage.trains:
+        metrics, reused = test(trainer, parts, chosen), None
+    else:
+        metrics, reused = test_given(ctx, stage, trainer, parts, chosen)
+    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery, reused)
 
 
 # build ---------------------------------------------------------------------------------------------
@@ -174,6 +184,7 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
     classes, seen, old = task_classes(stage.task, ctx.data.num_classes) if stage.task else (None, None, None)
     train_set = training_examples(ctx, stage, classes)
     outputs = teacher_store(ctx, stage, teachers, train_set)
+    views = outputs if isinstance(outputs, TeacherViews) else None
     loss = DistillLoss(stage.loss_terms, stage.terms_key)
     module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
                                 stage_hparams(ctx, stage, classes, seen, outputs), seen_classes=seen,
@@ -185,12 +196,13 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
         inputs = CurriculumInputs(stage.name, stage.epochs, int(cfg.data.batch_size), int(cfg.seed) + stage.index,
                                   train_set, ctx.data.normalize, model,
                                   lambda: scoring_models(ctx, stage, teachers, len(train_set)),
-                                  outputs)  # fmt: skip
+                                  views.plain_outputs() if views else outputs)  # fmt: skip
         sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
         callbacks.append(callback)
         pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
-    part = StagePart(train_set, sampler, seen, outputs is not None, bool((cfg.get("speed") or {}).get("channels_last")))
-    return StageParts(module, ctx.data.for_stage(part), callbacks, checkpoint, classes)
+    part = StagePart(unaugmented(train_set) if views else train_set, sampler, seen, outputs is not None,
+                     bool((cfg.get("speed") or {}).get("channels_last")), views)  # fmt: skip
+    return StageParts(module, ctx.data.for_stage(part), callbacks, checkpoint, classes, views)
 
 
 def training_examples(ctx: StageContext, stage: Stage, classes: list[int] | None) -> Dataset:
@@ -219,11 +231,16 @@ def scoring_models(ctx: StageContext, stage: Stage, teachers: list[nn.Module], n
     return models
 
 
-def teacher_store(ctx: StageContext, stage: Stage, teachers: list, train_set: Dataset) -> TeacherOutputs | None:
-    """The stage's stored teacher outputs (distill.teacher_outputs=cached|auto), or None for online."""
+def teacher_store(ctx: StageContext, stage: Stage, teachers: list,
+                  train_set: Dataset) -> TeacherOutputs | TeacherViews | None:  # fmt: skip
+    """The stage's stored teacher outputs (distill.teacher_outputs=cached|views|auto), or None for online.
+    Views: one pass before training (shared through the cache with every job that has the same teachers
+    and data), which also scores the un-augmented examples when the stage has a curriculum."""
+    plain = unaugmented(train_set)
+    if stage.teacher_outputs == "views":
+        return open_teacher_views(teachers, plain, ctx.data, ctx.cfg, stage.name, ctx.run_dir, stage.curriculum)
     if stage.teacher_outputs != "cached":
         return None
-    plain = unaugmented(train_set)
     outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, ctx.stage_dir(stage), stage.name)
     if stage.curriculum:  # paced epochs meet the data piecemeal: store it all in one pass
         outputs.fill(teachers, plain, ctx.data.normalize, int(ctx.cfg.data.eval_batch_size), stage.name)
@@ -253,7 +270,7 @@ def stage_hparams(ctx: StageContext, stage: Stage, classes, seen, outputs) -> di
         "classes": classes,
         "seen_classes": seen,  # a class-incremental stage predicts and is tested among these
         "curriculum": OmegaConf.to_container(cfg.curriculum) if stage.curriculum else None,
-        "teacher_outputs": "cached" if outputs is not None else "online",
+        "teacher_outputs": stage.teacher_outputs,
         "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -329,6 +346,28 @@ def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dic
     return tested[0] if tested else {}
 
 
+def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: StageParts,
+               checkpoint: Path) -> tuple[dict, str | None]:  # fmt: skip
+    """A given checkpoint's test (a teacher every job of a sweep loads): run once, then read from the
+    shared cache under a key over the file's bytes, the test data and the precision. Returns (metrics,
+    the cache file when it was reused)."""
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
+    what = {"kind": "test", "checkpoint": digest, "classes": parts.data.part.eval_classes,
+            "data": {k: data.get(k) for k in ("name", "root", "image_size", "test_fraction", "test_size", "num_classes",
+                                              "eval_batch_size")},
+            "precision": str(ctx.cfg.trainer.get("precision"))}  # fmt: skip
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    path = store_path(ctx.cfg, "test", stage.model["name"], key)
+
+    def build() -> dict:
+        return {"metrics": test(trainer, parts, None), "per_class": parts.module.test_per_class}
+
+    stored, entry = load_or_build(path, key, what, build, str(ctx.run_dir), stage.name)
+    parts.module.test_per_class = stored["per_class"]
+    return stored["metrics"], None if entry.built else entry.file
+
+
 def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
     """TensorBoard's HPARAMS tab needs the hyper-parameters written together with result metrics."""
     results = {f"hparams/{k.rsplit('/', 2)[-2]}_{k.rsplit('/', 1)[-1]}": float(v) for k, v in metrics.items()}
@@ -338,10 +377,24 @@ def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) 
             lg.finalize("success")
 
 
+def log_teacher_store(trainer: pl.Trainer, stage: Stage, store: dict | None) -> None:
+    """The store's size on disk and the pass's time (0 when reused), as TensorBoard scalars."""
+    if store is None:
+        return
+    values = {
+        f"{stage.name}/teacher_store/size_mb": store["size_mb"],
+        f"{stage.name}/teacher_store/pass_s": store["pass_s"],
+    }
+    for lg in trainer.loggers:
+        lg.log_metrics(values, step=0)
+
+
 def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Trainer, metrics: dict, chosen: Path,
-           started: float, recovery: str | None) -> StageResult:  # fmt: skip
+           started: float, recovery: str | None, test_reused: str | None = None) -> StageResult:  # fmt: skip
     """The stage's StageResult, with its model's cost, written to metrics.json."""
     module, ckpt_dir = parts.module, ctx.stage_dir(stage) / "checkpoints"
+    store = parts.views.summary() if parts.views is not None else None
+    log_teacher_store(trainer, stage, store)
     log_hparams_with_results(trainer, dict(module.hparams), metrics)
     best = parts.checkpoint.best_model_score if stage.trains else None
     saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
@@ -361,7 +414,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         test_loss=float(metrics[metric_name(stage.name, "test", "loss")]),
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
         macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
-        recovery=recovery,
+        recovery=recovery, teacher_store=store, test_reused=test_reused,
     )  # fmt: skip
     atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
     return result
