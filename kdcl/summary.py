@@ -17,7 +17,8 @@ from kdcl.report_card import CARD_HEADERS, card_row, reliability_plot
 from kdcl.tables import markdown_table, print_table
 
 SUMMARY_KEYS = ("name", "model", "params", "macs", "latency", "test_acc", "test_loss", "best_val_acc",
-                "teachers", "init", "epochs", "trained", "checkpoint", "seconds")  # fmt: skip
+                "teachers", "init", "epochs", "trained", "checkpoint", "seconds", "teacher_store",
+                "test_reused")  # fmt: skip
 CARD_KEYS = ("test_acc_last", "agreement", "kl", "ece", "nll")  # copied from the report card into each stage row
 
 
@@ -152,6 +153,20 @@ def with_cards(rows: list[dict], cards: list[dict]) -> list[dict]:
     return [{**r, **{k: by_stage[r["name"]][k] for k in CARD_KEYS}} if r["name"] in by_stage else r for r in rows]
 
 
+def store_notes(rows: list[dict]) -> list[str]:
+    """One line per stage that read stored teacher views: K, size on disk, the pass's time or reuse."""
+    notes = []
+    for r in rows:
+        store = r.get("teacher_store")
+        if store:
+            files = ", ".join(e["file"] for e in store["stores"])
+            how = f"built by this run, pass {store['pass_s']:.1f} s" if store["built"] else "reused (no pass)"
+            notes.append(
+                f"{r['name']}: teacher views K={store['views']}, {store['size_mb']:.2f} MB on disk ({files}), {how}"
+            )
+    return notes
+
+
 def card_section(cards: list[dict], run_dir: Path) -> str:
     """The report card in summary.md (and on the terminal), with its reliability diagram."""
     reliability_plot(cards, run_dir / "reliability.png")
@@ -192,6 +207,9 @@ def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict], cards: lis
     text += markdown_table(headers, body)
     print_table(headers, body, title, left=("stage", "model", "teachers"))
     print(note, flush=True)
+    for line in store_notes(rows):
+        print(line, flush=True)
+        text += f"\n{line}\n"
     if lifelong:
         inc_headers, inc_body = incremental_table(lifelong)
         text += "\n## Class-incremental accuracy (test, %)\n\n" + markdown_table(inc_headers, inc_body)

@@ -3,15 +3,17 @@ its chosen and its last checkpoint, against the run's first model (the summary's
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from kdcl.cache import load_or_build, store_path
 from kdcl.data.datamodule import StagePart
 from kdcl.models import load_kdcl_checkpoint
 from kdcl.pipeline.plan import Stage
 from kdcl.pipeline.presets import task_classes
-from kdcl.pipeline.stage import StageContext, StageResult
+from kdcl.pipeline.stage import StageContext, StageResult, given_model_key
 from kdcl.predictions import Predictions, predict
 from kdcl.report_card import Card, build_card
 
@@ -34,9 +36,19 @@ def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, check
     """The model's logits on the test images its stage was tested on (a class-incremental stage: the
     classes seen so far), in the stage's test batches (trainer.limit_test_batches too)."""
     seen = task_classes(stage.task, ctx.data.num_classes)[1] if stage.task else None
-    model = ctx.build_model(result.model_cfg, result.model_key, checkpoint)
-    loader = ctx.data.for_stage(StagePart(eval_classes=seen)).test_dataloader()
-    return predict(model, loader, ctx.data.normalize, seen, ctx.cfg.trainer.get("limit_test_batches"))
+
+    def run() -> Predictions:
+        model = ctx.build_model(result.model_cfg, result.model_key, checkpoint)
+        loader = ctx.data.for_stage(StagePart(eval_classes=seen)).test_dataloader()
+        return predict(model, loader, ctx.data.normalize, seen, ctx.cfg.trainer.get("limit_test_batches"))
+
+    if stage.trains:
+        return run()
+    # a given model (a sweep's shared teacher): its test predictions are the same in every job
+    key, what = given_model_key(ctx, "predictions", checkpoint, seen)
+    path = store_path(ctx.cfg, "predictions", result.model, key)
+    stored, _ = load_or_build(path, key, what, lambda: asdict(run()), str(ctx.run_dir), stage.name)
+    return Predictions(**stored)
 
 
 def stage_cards(ctx: StageContext, stages: list[Stage]) -> list[Card]:

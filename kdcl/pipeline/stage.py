@@ -346,18 +346,23 @@ def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dic
     return tested[0] if tested else {}
 
 
+def given_model_key(ctx: StageContext, kind: str, checkpoint: Path, classes: list[int] | None) -> tuple[str, dict]:
+    """(key, what it is made of) of a given checkpoint's test results in the shared cache: the file's
+    bytes, the test data, the classes tested, the precision."""
+    data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
+    what = {"kind": kind, "checkpoint": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "classes": classes,
+            "data": {k: data.get(k) for k in ("name", "root", "image_size", "test_fraction", "test_size", "num_classes",
+                                              "eval_batch_size")},
+            "precision": str(ctx.cfg.trainer.get("precision")),
+            "limit_test_batches": ctx.cfg.trainer.get("limit_test_batches")}  # fmt: skip
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
+
+
 def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: StageParts,
                checkpoint: Path) -> tuple[dict, str | None]:  # fmt: skip
     """A given checkpoint's test (a teacher every job of a sweep loads): run once, then read from the
-    shared cache under a key over the file's bytes, the test data and the precision. Returns (metrics,
-    the cache file when it was reused)."""
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
-    what = {"kind": "test", "checkpoint": digest, "classes": parts.data.part.eval_classes,
-            "data": {k: data.get(k) for k in ("name", "root", "image_size", "test_fraction", "test_size", "num_classes",
-                                              "eval_batch_size")},
-            "precision": str(ctx.cfg.trainer.get("precision"))}  # fmt: skip
-    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    shared cache. Returns (metrics, the cache file when it was reused)."""
+    key, what = given_model_key(ctx, "test", checkpoint, parts.data.part.eval_classes)
     path = store_path(ctx.cfg, "test", stage.model["name"], key)
 
     def build() -> dict:

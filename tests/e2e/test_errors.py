@@ -102,6 +102,19 @@ CASES = {
         "distill.teacher_outputs=cached with data.augment=true",
         "new random view",
     ),
+    "stored views with a feature term": (
+        ["distill=fitnet", "distill.teacher_outputs=views", "data.augment=true"],
+        "distill.teacher_outputs=views: the feature terms fitnet",
+        "auto|online",
+    ),
+    "stored views without augmentation": (["distill.teacher_outputs=views"], "data.augment=false", "cached"),
+    "fewer than one view": (["data.augment=true", "data.views=0"], "data.views=0", "≥ 1"),
+    "view store over its budget": (
+        ["data.augment=true", "data.views=4", "distill.store_max_mb=0.05"],
+        "needs a view store of 0.2 MB (1293 examples × data.views=4 × all 10 logits × 1 teacher(s)), over "
+        "distill.store_max_mb=0.05",
+        "lower data.views",
+    ),
     "run directory in use": (["hydra.run.dir={tmp}/old"], "already holds kdcl runs", "new directory"),
 }
 

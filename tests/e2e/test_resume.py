@@ -1,5 +1,7 @@
 """A 3-stage run killed (SIGKILL) at a random step of its second stage resumes to the same results; while
-it runs, no second process may train it."""
+it runs, no second process may train it. It trains with augmentation, so the distilled stages replay
+stored teacher views (distill.teacher_outputs=auto → views): the resumed stage reads the same store and
+draws the same views, or its results would differ."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import time
 
 from tests.conftest import TINY, run_dir_of, summary_of
 
-# teacher → assistant1 → student: three stages, four epochs each, on half the training set
+# teacher → assistant1 → student: three stages, four epochs each, on half the training set, augmented
 ARGS = [*TINY, "trainer=cpu", "trainer.max_epochs=4", "pipeline=takd", "pipeline.assistants=[test_resnet]",
-        "data.fraction=0.5", "report.latency_batches=[]"]  # fmt: skip
+        "data.fraction=0.5", "report.latency_batches=[]", "data.augment=true", "data.views=2"]  # fmt: skip
 METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint")
 
 
@@ -67,6 +69,8 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     out = resumed.stdout
     assert "[teacher] already done" in out and "[teacher] epoch" not in out
     assert "[assistant1] epoch 1/4" not in out and "[assistant1] epoch 4/4" in out  # continued, not restarted
+    assert "[assistant1] reused the shared store outputs/cache/views-" in out  # no second pass
+    assert "[student] reused the shared store outputs/cache/views-" in out  # the reference run's (same cwd)
     assert teacher_ckpt.stat().st_mtime_ns == teacher_mtime  # a finished stage is never rewritten
     expected = [{k: s[k] for k in METRICS} for s in summary_of(tmp_path / "reference")["stages"]]
     got = [{k: s[k] for k in METRICS} for s in summary_of(run_dir)["stages"]]

@@ -48,7 +48,9 @@ def teacher_on(teacher, data, rows) -> torch.Tensor:
 
 def test_choose_mode():
     assert choose_mode("auto", augment=False, feature_terms=[]) == "cached"
-    assert choose_mode("auto", augment=True, feature_terms=[]) == "online"  # a stored logit fits one view only
+    assert choose_mode("auto", augment=True, feature_terms=[]) == "views"  # a stored logit fits one view only
+    assert choose_mode("auto", augment=True, feature_terms=["at"]) == "online"
+    assert choose_mode("views", augment=True, feature_terms=[]) == "views"
     assert choose_mode("auto", augment=False, feature_terms=["at"]) == "online"
     assert choose_mode("online", augment=False, feature_terms=[]) == "online"
     with pytest.raises(KdclError, match="new random view"):
@@ -57,6 +59,10 @@ def test_choose_mode():
         choose_mode("cached", augment=False, feature_terms=["at"])
     with pytest.raises(KdclError, match="did you mean cached"):
         choose_mode("cache", augment=False, feature_terms=[])
+    with pytest.raises(KdclError, match="views: the feature terms fitnet"):
+        choose_mode("views", augment=True, feature_terms=["fitnet"])
+    with pytest.raises(KdclError, match="data.augment=false"):
+        choose_mode("views", augment=False, feature_terms=[])
 
 
 def test_a_pass_matches_the_teacher_and_leaves_the_random_state_alone(setup):

@@ -1,0 +1,55 @@
+"""Stored teacher views end to end: a sweep with augmentation runs the teacher's view pass and its test
+once for all jobs (the log says which job built and which reused), records the store in the summary
+and TensorBoard, a changed K builds a new store, and `kdcl cache list|clear` shows and frees them."""
+
+from __future__ import annotations
+
+import json
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, summary_of
+
+SHORT = ["trainer=cpu", "trainer.limit_train_batches=4", "report.latency_batches=[]", "data.augment=true"]
+
+
+def stage_of(run_dir, name: str) -> dict:
+    return next(s for s in summary_of(run_dir)["stages"] if s["name"] == name)
+
+
+def test_a_sweep_with_augmentation_shares_one_view_pass_and_one_teacher_test(tiny_run, tmp_path, kdcl_main):
+    teacher = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
+    sweep = ["train", "-m", *TINY, *SHORT, f"teacher.checkpoint={teacher}", "data.views=2", "distill.temperature=2,4",
+             f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    result = kdcl_main(sweep, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for kind in ("views", "test", "predictions"):  # the view pass, the teacher's test, its report-card predictions
+        assert out.count(f"built the shared store outputs/cache/{kind}-") == 1, out[-3000:]
+        assert out.count(f"reused the shared store outputs/cache/{kind}-") == 1, out[-3000:]
+    assert f"built by {tmp_path / 'sweep' / '0'} (host" in out  # the second job names the one that built it
+    first, second = stage_of(tmp_path / "sweep/0", "student"), stage_of(tmp_path / "sweep/1", "student")
+    assert first["teacher_store"]["built"] and not second["teacher_store"]["built"]
+    assert first["teacher_store"]["stores"][0]["file"] == second["teacher_store"]["stores"][0]["file"]
+    assert first["teacher_store"]["size_mb"] > 0 and first["teacher_store"]["pass_s"] > 0
+    assert second["teacher_store"]["pass_s"] == 0 and second["teacher_store"]["views"] == 2
+    assert stage_of(tmp_path / "sweep/1", "teacher")["test_reused"].startswith("test-test_resnet-")
+    assert stage_of(tmp_path / "sweep/1", "teacher")["test_acc"] == summary_of(tiny_run)["stages"][0]["test_acc"]
+    events = EventAccumulator(str(tmp_path / "sweep/0/tensorboard/01-student")).Reload()
+    assert events.Scalars("student/teacher_store/size_mb")[0].value > 0
+
+    # another K is another store: built, not the old one read
+    single = kdcl_main(["train", *TINY, *SHORT, f"teacher.checkpoint={teacher}", "data.views=3",
+                        "trainer.max_epochs=1"], tmp_path)  # fmt: skip
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    assert "built the shared store outputs/cache/views-" in single.stdout
+    assert "reused the shared store outputs/cache/test-" in single.stdout
+
+    listed = kdcl_main(["cache", "list"], tmp_path)
+    assert listed.returncode == 0 and "outputs/cache: 4 shared stores" in listed.stdout, listed.stdout
+    assert "views digits K=2 seed=0" in listed.stdout and "views digits K=3 seed=0" in listed.stdout
+    cleared = kdcl_main(["cache", "clear", "outputs/cache"], tmp_path)
+    assert cleared.returncode == 0 and "removed 4 shared stores" in cleared.stdout
+    assert not list((tmp_path / "outputs/cache").iterdir())
+    assert kdcl_main(["cache", "list"], tmp_path).stdout.strip() == "outputs/cache: no shared stores"
+    assert json.loads((tmp_path / "sweep/0/run.json").read_text())["stages"]["student"]["status"] == "done"
