@@ -86,6 +86,23 @@ def read_entry(path: Path, key: str) -> tuple[dict, CacheEntry] | None:
     return stored["tensors"], CacheEntry(**{k: v for k, v in meta.items() if k in known})
 
 
+def write_entry(path: Path, key: str, what: dict, tensors: dict, built_by: str, pass_s: float) -> CacheEntry:
+    """Write an entry and its sidecar (atomically; the caller holds the entry's lock)."""
+    atomic_torch_save({"key": key, "tensors": tensors}, path)
+    entry = CacheEntry(path.name, key, what, f"{built_by} (host {socket.gethostname()}, PID {os.getpid()})",
+                       round(path.stat().st_size / 2**20, 3), round(pass_s, 2), time.strftime("%Y-%m-%d %H:%M:%S"),
+                       built=True)  # fmt: skip
+    atomic_write_json(path.with_suffix(SIDECAR), asdict(entry) | {"built": False})
+    return entry
+
+
+def publish(path: Path, key: str, what: dict, tensors: dict, built_by: str) -> None:
+    """Share what a job computed anyway (complete stored logits), unless another job already did."""
+    with exclusive(path.with_suffix(".lock")):
+        if read_entry(path, key) is None:
+            write_entry(path, key, what, tensors, built_by, 0.0)
+
+
 def load_or_build(path: Path, key: str, what: dict, build: Callable[[], dict], run_dir: str,
                   stage_name: str) -> tuple[dict, CacheEntry]:  # fmt: skip
     """The tensors stored at `path` under `key`, or `build()`'s, written there for every later job.
@@ -98,11 +115,7 @@ def load_or_build(path: Path, key: str, what: dict, build: Callable[[], dict], r
                 started = time.perf_counter()
                 tensors = build()
                 pass_s = time.perf_counter() - started
-                atomic_torch_save({"key": key, "tensors": tensors}, path)
-                entry = CacheEntry(path.name, key, what, f"{run_dir} (host {socket.gethostname()}, PID {os.getpid()})",
-                                   round(path.stat().st_size / 2**20, 3), round(pass_s, 2),
-                                   time.strftime("%Y-%m-%d %H:%M:%S"), built=True)  # fmt: skip
-                atomic_write_json(path.with_suffix(SIDECAR), asdict(entry) | {"built": False})
+                entry = write_entry(path, key, what, tensors, run_dir, pass_s)
                 print(f"[{stage_name}] built the shared store {path} ({entry.size_mb:.2f} MB, {pass_s:.1f}s); "
                       "later jobs with the same teacher and data reuse it", flush=True)  # fmt: skip
                 return tensors, entry

@@ -9,7 +9,9 @@ training anyway; that pass fills the store, and training reads it from the first
 
 The store lives in the stage directory under a key over the teachers' weights, the training
 examples, the data settings and the normalisation: a store whose key differs is started again, never
-used. A stored logit belongs to one view of an image, so storing is refused with random
+used. A complete store is also published to the cache shared by runs (kdcl/cache.py, named by its
+key), where every later job with the same teachers, examples and settings finds it: that job's
+stage starts complete and never runs its teachers. A stored logit belongs to one view of an image, so storing is refused with random
 augmentation, and feature terms (which need the teachers' activations) keep the teachers online.
 `auto` picks `cached` exactly when it is exact.
 """
@@ -29,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from kdcl.cache import publish, read_entry, store_path
 from kdcl.data.datamodule import source_indices
 from kdcl.io import atomic_torch_save
 
@@ -94,6 +97,9 @@ class TeacherOutputs:
         self.full = bool(self.filled.all())  # a plain flag: no device sync per step once everything is stored
         self.changed = False
         self.new: list[torch.Tensor] = []  # positions stored by this process since the last share (DDP)
+        self.shared: Path | None = None  # the shared cache's file for this key (published once complete)
+        self.published = False
+        self.who = ""  # the run directory: who built a published store
 
     @classmethod
     def open(cls, teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, stage_dir: Path,
@@ -114,6 +120,14 @@ class TeacherOutputs:
             else:
                 log.warning("[%s] stored teacher outputs are for other teachers, data or settings; starting again",
                             stage_name)  # fmt: skip
+        shared = store_path(cfg, "logits", "teachers", key) if cfg.get("paths") else None
+        if shared is not None and not outputs.complete:
+            found = read_entry(shared, key)
+            if found is not None and len(found[0]["filled"]) == len(dataset):
+                outputs = cls(len(dataset), key, path, found[0]["logits"], found[0]["filled"])
+                outputs.changed = outputs.published = True  # the stage directory gets its copy at the first save
+                print(f"[{stage_name}] reused the shared store {shared}, built by {found[1].built_by}", flush=True)
+        outputs.shared, outputs.who = shared, str(stage_dir.parent.parent)
         done = int(outputs.filled.sum())
         print(f"[{stage_name}] teacher outputs: {done} of {len(dataset)} examples stored"
               f"{'' if outputs.complete else '; the rest are stored as training meets them'}", flush=True)  # fmt: skip
@@ -174,5 +188,9 @@ class TeacherOutputs:
         """Write what is stored (atomically; only the first process of a DDP run), if anything changed."""
         if not self.changed or self.path is None or self.logits is None or rank_zero_only.rank != 0:
             return
-        atomic_torch_save({"key": self.key, "logits": self.logits.cpu(), "filled": self.filled.cpu()}, self.path)
+        stored = {"logits": self.logits.cpu(), "filled": self.filled.cpu()}
+        atomic_torch_save({"key": self.key, **stored}, self.path)
         self.changed = False
+        if self.shared is not None and not self.published and self.complete:
+            publish(self.shared, self.key, {"kind": "logits", "examples": len(self.filled)}, stored, self.who)
+            self.published = True

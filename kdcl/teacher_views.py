@@ -124,7 +124,7 @@ def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, normal
               spec: ViewSpec) -> dict[str, torch.Tensor]:  # fmt: skip
     """The teacher's logits of every stored view (and of the plain view with spec.plain), in eval and
     inference mode. Examples are read once; each batch of them is run at each of its K views."""
-    device = pass_device()
+    device, home = pass_device(), next(teacher.parameters()).device
     teacher = teacher.to(device)
     was_training = teacher.training
     teacher.eval()
@@ -138,7 +138,7 @@ def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, normal
             by_view.append(torch.stack(views, 1).cpu())  # (batch, K, classes)
             if spec.plain:
                 plain.append(teacher(normalize(x)).cpu())
-    teacher.train(was_training)
+    teacher.train(was_training).to(home)  # training never runs it: its memory stays free
     logits = torch.cat(by_view)
     stored = {"params": params, **compress(logits, spec.topk)}
     if spec.plain:

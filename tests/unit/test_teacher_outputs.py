@@ -141,3 +141,19 @@ def test_stored_logits_keep_the_teachers_dtype():
     online = torch.randn(2, 3).bfloat16()
     got = outputs.read(torch.tensor([1, 2]), lambda rows: [online])
     assert got[0].dtype == torch.bfloat16 and torch.equal(got[0], online)  # bf16-mixed: exactly the online logits
+
+
+def test_a_complete_store_is_shared_with_later_jobs_through_the_cache(setup, tmp_path):
+    data, teacher = setup
+    dm = FakeDataModule()
+    cfg = OmegaConf.merge(CFG, {"paths": {"cache_dir": str(tmp_path / "cache")}})
+    first = TeacherOutputs.open([teacher], data, dm, cfg, tmp_path / "job0/stages/01-student", "student")
+    first.fill([teacher], data, dm.normalize, 7, "student")  # complete: saved and published
+    shared = list((tmp_path / "cache").glob("logits-*.pt"))
+    assert len(shared) == 1 and (tmp_path / "job0/stages/01-student" / CACHE_FILE).is_file()
+    second = TeacherOutputs.open([teacher], data, dm, cfg, tmp_path / "job1/stages/01-student", "student")
+    assert second.complete and torch.equal(second.logits, first.logits)  # another job: nothing to compute
+    second.save()  # its own stage directory gets a copy (a resume reads it there); the shared one is unchanged
+    assert (tmp_path / "job1/stages/01-student" / CACHE_FILE).is_file() and shared[0].is_file()
+    other = OmegaConf.merge(cfg, {"seed": 1})  # other settings: not this store
+    assert not TeacherOutputs.open([teacher], data, dm, other, tmp_path / "job2", "student").filled.any()
