@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -362,6 +363,8 @@ def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: Stag
                checkpoint: Path) -> tuple[dict, str | None]:  # fmt: skip
     """A given checkpoint's test (a teacher every job of a sweep loads): run once, then read from the
     shared cache. Returns (metrics, the cache file when it was reused)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank joins the test; none may wait on a lock
+        return test(trainer, parts, None), None
     key, what = given_model_key(ctx, "test", checkpoint, parts.data.part.eval_classes)
     path = store_path(ctx.cfg, "test", stage.model["name"], key)
 
