@@ -328,36 +328,24 @@ def check_scores_file(plan) -> None:
 
 
 def check_view_stores(plan) -> None:
-    """distill.teacher_outputs=views: each stage's store must fit distill.store_max_mb (on disk and in
-    memory) and the free space of paths.cache_dir, found before the pass (needs the data's size)."""
+    """distill.teacher_outputs=views with distill.store_max_mb: each stage's store must fit the budget (on
+    disk and in memory), found before any pass (this needs the data's size, so it loads the data; the
+    cache's free space is checked by each stage before its pass)."""
+    budget = plan.cfg.distill.get("store_max_mb")
     stages = [s for s in plan.stages if s.teacher_outputs == "views"]
-    if not stages:
+    if budget is None or not stages:
         return
-    import shutil
-
-    from kdcl.cache import cache_dir
     from kdcl.data import KdclDataModule
     from kdcl.pipeline.presets import task_classes
-    from kdcl.teacher_views import ViewSpec, store_bytes
+    from kdcl.teacher_views import ViewSpec, store_problem
 
     cfg = plan.cfg
     dm = KdclDataModule(cfg.data, seed=cfg.seed)
     dm.setup()
-    budget = cfg.distill.get("store_max_mb")
-    where = cache_dir(cfg).absolute()
-    existing = next(p for p in (where, *where.parents) if p.exists())
-    free_mb = shutil.disk_usage(existing).free / 2**20
     for stage in stages:
         classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
         n = len(dm.stage_subset(stage.fraction, classes))
         spec = ViewSpec.of(cfg, dm.num_classes, stage.curriculum)
-        mb = len(stage.teachers) * store_bytes(n, dm.num_classes, spec) / 2**20
-        size = (f"stage '{stage.name}' needs a view store of {mb:.1f} MB ({n} examples × data.views={spec.k} × "
-                f"{'all ' + str(dm.num_classes) if spec.topk is None else 'the top ' + str(spec.topk)} logits × "
-                f"{len(stage.teachers)} teacher(s))")  # fmt: skip
-        if budget is not None and mb > budget:
-            raise KdclError(f"distill.teacher_outputs=views: {size}, over distill.store_max_mb={show(budget)}; "
-                            "lower data.views, set distill.store_topk, or raise distill.store_max_mb")  # fmt: skip
-        if mb > free_mb:
-            raise KdclError(f"distill.teacher_outputs=views: {size}, but paths.cache_dir '{where}' has only "
-                            f"{free_mb:.1f} MB free; free space, set paths.cache_dir elsewhere or lower data.views")  # fmt: skip
+        problem = store_problem(stage.name, n, dm.num_classes, len(stage.teachers), spec, budget, None)
+        if problem:
+            raise KdclError(problem)

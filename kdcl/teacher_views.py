@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdcl.cache import CacheEntry, load_or_build, store_path
+from kdcl.cache import CacheEntry, cache_dir, load_or_build, store_path
 from kdcl.data.datamodule import crop_flip, crop_padding, source_indices
+from kdcl.errors import KdclError
 from kdcl.teacher_outputs import TeacherOutputs, pass_device, weights_digest
 
 VIEW_SEED = 7_368_787  # the view generator's seed offset (fixed: a resumed or repeated job draws alike)
@@ -70,6 +72,26 @@ def store_bytes(n: int, classes: int, spec: ViewSpec) -> int:
     """The size of one teacher's store of n examples (tensor data; the file adds a few kB)."""
     per_view = 4 * classes if spec.topk is None else 4 * spec.topk + 2  # fp32 logits | fp16 + int16, rest
     return n * spec.k * (per_view + 3 * 2) + (n * classes * 4 if spec.plain else 0)
+
+
+def store_problem(stage: str, n: int, classes: int, teachers: int, spec: ViewSpec, budget_mb: float | None,
+                  directory: Path | None) -> str | None:  # fmt: skip
+    """Why the stage's stores cannot be made (over distill.store_max_mb, or more than `directory`'s free
+    space), as the one-line error; None when they fit."""
+    mb = teachers * store_bytes(n, classes, spec) / 2**20
+    logits = f"all {classes}" if spec.topk is None else f"the top {spec.topk}"
+    size = (f"distill.teacher_outputs=views: stage '{stage}' needs a view store of {mb:.1f} MB ({n} examples × "
+            f"data.views={spec.k} × {logits} logits × {teachers} teacher(s))")  # fmt: skip
+    if budget_mb is not None and mb > budget_mb:
+        return (f"{size}, over distill.store_max_mb={budget_mb:g}; lower data.views, set distill.store_topk, or "
+                "raise distill.store_max_mb")  # fmt: skip
+    if directory is not None:
+        existing = next(p for p in (directory.absolute(), *directory.absolute().parents) if p.exists())
+        free = shutil.disk_usage(existing).free / 2**20
+        if mb > free:
+            return (f"{size}, but paths.cache_dir '{directory}' has only {free:.1f} MB free; free space, set "
+                    "paths.cache_dir elsewhere or lower data.views")  # fmt: skip
+    return None
 
 
 def draw_views(n: int, spec: ViewSpec) -> torch.Tensor:
@@ -180,6 +202,9 @@ def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, spec: 
     batch = int(cfg.data.eval_batch_size)
 
     def build() -> dict[str, torch.Tensor]:
+        problem = store_problem(stage_name, len(dataset), src.num_classes, 1, spec, None, cache_dir(cfg))
+        if problem:  # checked only where a store is to be written: reading one needs no space
+            raise KdclError(problem)
         print(f"[{stage_name}] teacher views: one pass over {len(dataset)} examples × {spec.k} views", flush=True)
         return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.normalize, batch, spec)
 
@@ -253,7 +278,12 @@ class TeacherViews:
 
 def open_teacher_views(teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, stage_name: str,
                        run_dir: Path, plain: bool) -> TeacherViews:  # fmt: skip
+    """The stage's views of every teacher; a store that cannot fit is one line (exit 2) before any pass."""
     spec = ViewSpec.of(cfg, dm.num_classes, plain)
+    problem = store_problem(stage_name, len(dataset), dm.num_classes, len(teachers), spec,
+                            cfg.distill.get("store_max_mb"), None)  # fmt: skip
+    if problem:
+        raise KdclError(problem)
     started = time.perf_counter()
     views = TeacherViews([open_views(t, dataset, dm, cfg, spec, stage_name, run_dir) for t in teachers], spec)
     print(f"[{stage_name}] teacher views ready in {time.perf_counter() - started:.1f}s", flush=True)

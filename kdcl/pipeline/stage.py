@@ -365,7 +365,9 @@ def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: Stag
     shared cache. Returns (metrics, the cache file when it was reused)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank joins the test; none may wait on a lock
         return test(trainer, parts, None), None
-    key, what = given_model_key(ctx, "test", checkpoint, parts.data.part.eval_classes)
+    key, what = given_model_key(
+        ctx, f"test of {stage.name}", checkpoint, parts.data.part.eval_classes
+    )  # names the metrics
     path = store_path(ctx.cfg, "test", stage.model["name"], key)
 
     def build() -> dict:
