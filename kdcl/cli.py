@@ -292,7 +292,7 @@ def run_training(cfg) -> float | None:
         if leader:
             lock_run_dir(run_dir)
         changes = {}
-        requeued = not cfg.get("resume") and requeued_run(run_dir)
+        requeued = leader and not cfg.get("resume") and requeued_run(run_dir)  # other ranks: the same config
         if cfg.get("resume") or requeued:
             saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
             changes = resume_changes(HydraConfig.get().overrides.task, cfg, saved) if not requeued else {}
@@ -318,14 +318,9 @@ def run_training(cfg) -> float | None:
         release_run_dir(run_dir)
     if leader:
         print(f"run directory: {run_dir}", flush=True)
+    from kdcl.sweep import objective
+
     return objective(summary)
-
-
-def objective(summary: dict) -> float | None:
-    """The final model's best validation accuracy: what a hyper-parameter search maximises."""
-    values = [s.get("best_val_acc") for s in summary.get("stages", [])]
-    values = [v for v in values if v is not None]
-    return float(values[-1]) if values else None
 
 
 def models(rest: list[str]) -> None:

@@ -19,7 +19,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.errors import KdclError, SweepFailed
-from kdcl.io import atomic_write_json, atomic_write_text, read_json
 
 FAILURE = "failure.json"
 SWEEP = "sweep.json"
@@ -58,6 +57,13 @@ def check_extras(overrides: list[str]) -> None:
             ) from None
 
 
+def objective(summary: dict) -> float | None:
+    """The final model's best validation accuracy: what a hyper-parameter search maximises."""
+    values = [s.get("best_val_acc") for s in summary.get("stages", [])]
+    values = [v for v in values if v is not None]
+    return float(values[-1]) if values else None
+
+
 def in_sweep_job() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -68,6 +74,8 @@ def in_sweep_job() -> bool:
 def record_failure(exc: BaseException) -> float:
     """Write this sweep job's error into its directory, print it as one line, and return NaN."""
     from hydra.core.hydra_config import HydraConfig
+
+    from kdcl.io import atomic_write_json, atomic_write_text
 
     hydra = HydraConfig.get()
     job_dir = Path(hydra.runtime.output_dir)
@@ -86,6 +94,8 @@ def record_failure(exc: BaseException) -> float:
 
 def job_record(job_dir: Path) -> dict:
     """One job of a sweep: its number, settings, status (done | failed | unfinished) and error."""
+    from kdcl.io import read_json
+
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     record: dict[str, Any] = {"job": int(job_dir.name), "dir": job_dir.name, "overrides": overrides}
@@ -100,11 +110,6 @@ def job_record(job_dir: Path) -> dict:
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
     dirs = [d for d in Path(sweep_dir).iterdir() if d.is_dir() and d.name.isdigit()]
     return [job_record(d) for d in sorted(dirs, key=lambda d: int(d.name))]
-
-
-def read_sweep(sweep_dir: Path) -> dict | None:
-    path = Path(sweep_dir) / SWEEP
-    return read_json(path) if path.is_file() else None
 
 
 _OUTCOME: list[SweepFailed | None] = [None]  # set by the callback in the launching process
@@ -130,6 +135,8 @@ class SweepSummary(Callback):
         _OUTCOME[0] = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from kdcl.io import atomic_write_json
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
