@@ -2,7 +2,7 @@
 best settings, each parameter's importance and the optimisation history, computed by Optuna itself.
 
 The sweeper keeps its study in memory; the report rebuilds it from what every trial left in its own
-directory (its overrides and its summary), with the search space the sweep recorded in multirun.yaml,
+directory (its overrides and its summary), with the search space the jobs recorded (.hydra/hydra.yaml),
 parsed by the sweeper's own parser. Needs kdcl[search].
 """
 
@@ -22,13 +22,17 @@ HISTORY_PLOT = "search_history.png"
 IMPORTANCE_PLOT = "search_importance.png"
 
 
+def sweeper_config(root: Path):
+    """The sweeper's settings as the sweep's jobs recorded them (<job>/.hydra/hydra.yaml), or None."""
+    for hydra_file in sorted(Path(root).glob("*/.hydra/hydra.yaml")):
+        return OmegaConf.load(hydra_file).hydra.sweeper
+    return None
+
+
 def is_search(root: Path) -> bool:
-    """A sweep directory written by the Optuna sweeper."""
-    multirun = Path(root) / "multirun.yaml"
-    if not multirun.is_file():
-        return False
-    sweeper = OmegaConf.load(multirun).hydra.sweeper
-    return "optuna" in str(sweeper.get("_target_", "")).lower()
+    """A sweep directory written by the Optuna sweeper (which also writes optimization_results.yaml)."""
+    sweeper = sweeper_config(root) if (Path(root) / "optimization_results.yaml").is_file() else None
+    return sweeper is not None and "optuna" in str(sweeper.get("_target_", "")).lower()
 
 
 def search_space(sweeper) -> dict:
@@ -46,7 +50,7 @@ def rebuild_study(root: Path):
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    sweeper = OmegaConf.load(root / "multirun.yaml").hydra.sweeper
+    sweeper = sweeper_config(root)
     space = search_space(sweeper)
     study = optuna.create_study(
         direction=str(sweeper.get("direction", "maximize")).lower(), study_name=sweeper.get("study_name")
