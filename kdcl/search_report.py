@@ -47,7 +47,11 @@ def search_space(sweeper) -> dict:
 
 def rebuild_study(root: Path):
     """An in-memory Optuna study holding every trial of the search in `root`, and the trials as records."""
+    import warnings
+
     import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # add_trial, the plots
     from optuna.trial import TrialState, create_trial
 
     sweeper = sweeper_config(root)
