@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
 import itertools
 import re
 import sys
@@ -69,12 +71,12 @@ def all_keys(node, prefix: str = "") -> list[str]:
     return keys
 
 
-def compose(overrides: list[str]):
+def compose(overrides: list[str], return_hydra_config: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-        return hydra_compose(config_name="train", overrides=overrides)
+        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def precheck(overrides: list[str]) -> None:
@@ -184,6 +186,8 @@ def resume_argv(rest: list[str], overrides: list[str]) -> list[str] | None:
             f"resume takes no other overrides than {', '.join(RESUME_MAY_CHANGE)} (got {' '.join(refused)}): "
             "a run continues with its own config; start a new run to change anything else"
         )
+    if any(o.startswith("hydra.run.dir=") for o in overrides):  # a worker Lightning's DDP launcher started
+        return rest
     return rest + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 
 
@@ -209,42 +213,75 @@ def training_process_leader() -> bool:
 
 
 def train(rest: list[str]) -> None:
-    import hydra
-    from hydra._internal.utils import get_args_parser
+    from hydra._internal.utils import _run_hydra, get_args_parser
 
-    args = get_args_parser().parse_args(rest)
+    from kdcl.launch import shared_run_dir
+    from kdcl.sweep import check_extras, sweep_outcome
+
+    parser = get_args_parser()
+    args = parser.parse_args(rest)
     try:
         resumed = resume_argv(rest, args.overrides)
         informational = args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
         custom = args.config_dir or args.config_name or args.config_path
+        check_extras(args.overrides)
+        if args.multirun and informational:
+            raise KdclError(
+                "-m cannot be combined with --cfg, --info or --help; drop -m to see what a sweep job composes"
+            )
         if resumed is not None:
             rest = resumed
             if training_process_leader():
                 from kdcl.runlock import lock_run_dir
 
                 lock_run_dir(run_dir_of_resume(args.overrides))  # before Hydra writes its log into the run
-        elif not (informational or custom):
+        elif not (informational or custom) and training_process_leader():  # other ranks: the leader checked
             precheck(args.overrides)
+        if not (args.multirun or informational or custom):
+            rest = [*rest, *shared_run_dir(args.overrides, compose)[len(args.overrides) :]]
     except KdclError as err:
         exit_with(err)
 
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def hydra_task(cfg) -> None:
-        train_task(cfg)
+    # Lightning's DDP launcher starts each extra rank as `sys.argv` + the run directory: keep the command
+    # (`kdcl train ...`, `python -m kdcl train ...`) that it re-runs
+    sys.argv = [sys.argv[0], "train", *rest]
+    _run_hydra(args=parser.parse_args(rest), args_parser=parser, task_function=train_task,
+               config_path=str(config_dir()), config_name="train")  # fmt: skip
+    failed = sweep_outcome()
+    if failed is not None:
+        exit_with(failed)
 
-    sys.argv = ["kdcl train", *rest]
-    hydra_task()
+
+def train_task(cfg) -> float | None:
+    """One run (or one sweep job). A sweep job's failure is recorded in its directory and the job returns
+    NaN, so the other jobs run on (kdcl/sweep.py); a single run exits with the error's status."""
+    from kdcl.sweep import in_sweep_job, record_failure
+
+    if not in_sweep_job():
+        try:
+            return run_training(cfg)
+        except KdclError as err:
+            exit_with(err)
+    try:
+        return run_training(cfg)
+    except Exception as exc:  # noqa: BLE001 — any failure of one job (bad data, NaN loss, out of memory)
+        return record_failure(exc)
 
 
-def train_task(cfg) -> None:
+def run_training(cfg) -> float | None:
+    """Train the run (or continue it: resume=, or a requeued submitit job); returns the objective a
+    sweeper optimises: the final model's best validation accuracy (never the test set's)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from kdcl.launch import requeued_run, set_threads
     from kdcl.runlock import release_run_dir
     from kdcl.trainer import quiet_libraries
 
     quiet_libraries()
     run_dir = Path(cfg.resume) if cfg.get("resume") else Path(HydraConfig.get().runtime.output_dir)
+    leader = training_process_leader()
+    set_threads(OmegaConf.select(cfg, "speed.threads"))
     try:
         from omegaconf.errors import ValidationError
 
@@ -254,33 +291,38 @@ def train_task(cfg) -> None:
         from kdcl.runlock import lock_run_dir
         from kdcl.schema import TrainConfig
 
-        if training_process_leader():
+        if leader:
             lock_run_dir(run_dir)
         changes = {}
-        if cfg.get("resume"):
+        requeued = leader and not cfg.get("resume") and requeued_run(run_dir)  # other ranks: the same config
+        if cfg.get("resume") or requeued:
             saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
-            changes = resume_changes(HydraConfig.get().overrides.task, cfg, saved)
+            changes = resume_changes(HydraConfig.get().overrides.task, cfg, saved) if not requeued else {}
             try:
                 cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved, OmegaConf.from_dotlist(
                     [f"{k}={new}" for k, (_, new) in changes.items()]))  # fmt: skip
             except ValidationError as exc:
                 raise schema_error(exc) from None
             print(
-                f"resuming {run_dir}" + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items()),
+                f"{'requeued: continuing' if requeued else 'resuming'} {run_dir}"
+                + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items()),
                 flush=True,
             )
-        elif Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix or overwrite them
+        elif leader and Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix them
             raise KdclError(
                 f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
             )
-        run_pipeline(check_config(cfg), run_dir, changes)
+        with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # the first rank speaks for all
+            summary = run_pipeline(check_config(cfg), run_dir, changes)
     except OSError as exc:  # a write no kdcl code wraps (Hydra's, a library's): one line all the same
-        exit_with(io_failure(exc, "write the run's files"))
-    except KdclError as err:
-        exit_with(err)
+        raise io_failure(exc, "write the run's files") from None
     finally:
         release_run_dir(run_dir)
-    print(f"run directory: {run_dir}", flush=True)
+    if leader:
+        print(f"run directory: {run_dir}", flush=True)
+    from kdcl.sweep import objective
+
+    return objective(summary)
 
 
 def models(rest: list[str]) -> None:

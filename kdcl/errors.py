@@ -1,5 +1,6 @@
 """User-facing failures, each printed as one line without a traceback, with its own exit status:
-2 bad input (nothing started), 3 training diverged, 4 the environment failed (disk, permissions)."""
+2 bad input (nothing started), 3 training diverged, 4 the environment failed (disk, permissions),
+5 some jobs of a sweep failed (the others ran to the end)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_ENVIRONMENT = 4
+EXIT_SWEEP_JOBS_FAILED = 5
 
 
 class KdclError(Exception):
@@ -31,6 +33,12 @@ class EnvironmentFailure(KdclError):
     """The machine refused a write or a read (no space left, no permission, a file vanished)."""
 
     exit_status = EXIT_ENVIRONMENT
+
+
+class SweepFailed(KdclError):
+    """Some jobs of a sweep failed; each recorded its error in its directory, the others finished."""
+
+    exit_status = EXIT_SWEEP_JOBS_FAILED
 
 
 def io_failure(exc: OSError, doing: str) -> EnvironmentFailure:

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from kdcl.losses import DistillLoss
@@ -60,6 +61,8 @@ class DistillationModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # mean losses as metrics: under DDP they average over every example of every rank, as the accuracies do
+        self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.test_confusion = MulticlassConfusionMatrix(num_classes)  # per-class accuracy (forgetting)
         self.test_per_class: dict[str, list[int]] = {}
         self.unseen = unseen_mask(num_classes, seen_classes)  # made once: predict_seen runs every step
@@ -160,7 +163,8 @@ class DistillationModule(pl.LightningModule):
     def evaluate(self, batch, split: str, metric: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self.predict_seen(x)
-        self.log(metric_name(self.stage, split, "loss"), ce_loss(logits, y), on_epoch=True, prog_bar=split == "val")
+        self.eval_loss[split](ce_loss(logits, y), weight=len(y))
+        self.log(metric_name(self.stage, split, "loss"), self.eval_loss[split], on_epoch=True, prog_bar=split == "val")
         metric(logits, y)
         self.log(metric_name(self.stage, split, "acc"), metric, on_epoch=True, prog_bar=split == "val")
         return logits

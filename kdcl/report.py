@@ -119,6 +119,13 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
     root = Path(root)
     if not root.is_dir():
         raise KdclError(f"report: '{root}' is not a directory; give a run or multirun directory (outputs/multirun/...)")
+    from kdcl.search_report import failed_jobs, is_search, write_search_report
+
+    if is_search(root):
+        write_search_report(root)
+    failed = failed_jobs(root)
+    for job in failed:
+        print(f"failed: job #{job['job']} {' '.join(job['overrides'])}: {job['error']}")
     rows, common = collect(root)
     if not rows:
         raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
@@ -142,6 +149,10 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
     ]
     atomic_write_text(root / "report.csv", report_csv(rows, stage_names, batches))
     md = markdown_table(header, table_rows) + statistics_section(rows, comparisons, baseline)
+    if failed:
+        md += f"\n## Failed jobs ({len(failed)})\n\n" + "".join(
+            f"- #{j['job']} `{' '.join(j['overrides'])}`: {j['error']}\n" for j in failed
+        )
     atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\n{REPORT_NOTE}\n\n" + md)
     atomic_write_json(root / "report.json", report_json(rows, comparisons, baseline))
     plot(rows, root / "report.png")

@@ -148,6 +148,9 @@ class SpeedConfig:
     channels_last: bool = False  # models and batches in channels-last memory format (GPU, bf16)
     compile: bool = False  # torch.compile the student and the teachers
     compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: graphs captured, no code generated)
+    threads: int | None = (
+        None  # CPU threads of this process; null: torch's default, or under the joblib launcher cores ÷ n_jobs
+    )
 
 
 @dataclass

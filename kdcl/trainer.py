@@ -155,7 +155,8 @@ def quiet_libraries() -> None:
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                    ".*LeafSpec.*", ".*isinstance.*treespec.*"):  # fmt: skip
+                    ".*LeafSpec.*", ".*isinstance.*treespec.*",
+                    ".*when logging on epoch level in distributed setting.*"):  # DDP: training losses are rank 0's  # fmt: skip
         warnings.filterwarnings("ignore", message=pattern)
 
 

@@ -299,10 +299,24 @@ class KdclDataModule(pl.LightningDataModule):
                           pin_memory=torch.cuda.is_available())  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(of_classes(self.val_set, self.part.eval_classes), train=False)
+        return self.eval_loader(of_classes(self.val_set, self.part.eval_classes))
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(of_classes(self.test_set, self.part.eval_classes), train=False)
+        return self.eval_loader(of_classes(self.test_set, self.part.eval_classes))
+
+    def eval_loader(self, ds: Dataset) -> DataLoader:
+        """Validation and test: under DDP each rank takes its share and every example counts once
+        (Lightning's own sampler pads the shares with repeats; its UnrepeatedDistributedSampler does not)."""
+        loader = self.loader(ds, train=False)
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return loader
+        from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+        sampler = UnrepeatedDistributedSampler(ds, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                               shuffle=False)  # fmt: skip
+        return DataLoader(ds, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                          persistent_workers=loader.persistent_workers, pin_memory=loader.pin_memory)  # fmt: skip
 
     # batches arrive as uint8 on the device; convert and normalise there, once per batch --------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,4 +59,8 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        """Written by the first process only: under DDP every rank runs the pipeline (torchrun, SLURM)."""
+        from kdcl.launch import process_rank
+
+        if process_rank() == 0:
+            atomic_write_json(self.path, self.data)

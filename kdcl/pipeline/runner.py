@@ -14,6 +14,7 @@ from kdcl import __version__
 from kdcl.data import KdclDataModule
 from kdcl.errors import Diverged, EnvironmentFailure, KdclError, io_failure
 from kdcl.io import atomic_write_json, atomic_write_text, read_json
+from kdcl.launch import process_rank
 from kdcl.pipeline.cards import stage_cards
 from kdcl.pipeline.manifest import Manifest
 from kdcl.pipeline.plan import Plan, Stage
@@ -116,10 +117,11 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict
     """Run every stage not done yet, in order, and write the run's summary. `changes`: the settings a
     resume changed (cli.RESUME_MAY_CHANGE), applied from the stopped stage on."""
     run_dir = Path(run_dir)
-    done = finished(plan, run_dir)
+    done = finished(plan, run_dir) if process_rank() == 0 else None
     if done is not None:
         return done
-    manifest = claim(plan.cfg, run_dir, changes or {})
+    leader = process_rank() == 0  # under DDP every rank runs the stages; the first one writes the records
+    manifest = claim(plan.cfg, run_dir, changes or {}) if leader else Manifest(run_dir)
     data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
     data.setup()
     ctx = StageContext(plan, data, run_dir, {})
@@ -137,6 +139,8 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict
         ctx.handed[stage.name] = run_recorded(ctx, stage, manifest)
         manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
         print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
+    if not leader:
+        return {"stages": [ctx.handed[s.name].to_json() for s in plan.stages if s.in_summary]}
     in_summary = [s for s in plan.stages if s.in_summary]
     cards = [card.to_json() for card in stage_cards(ctx, in_summary)]
     summary = write_summary(plan.cfg, run_dir, [ctx.handed[s.name].to_json() for s in in_summary], cards)

@@ -409,8 +409,9 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
     best = parts.checkpoint.best_model_score if stage.trains else None
     saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
              for e in stage.save_epochs if epoch_checkpoint(ckpt_dir, e).is_file()}  # fmt: skip
-    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size), latency_batches(ctx.cfg),
-                      latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
+    leader = trainer.is_global_zero  # under DDP only the first rank measures and writes
+    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size),
+                      latency_batches(ctx.cfg) if leader else [], latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
     for runtime in cost["latency"].values():
         if runtime["note"]:
             print(f"[{stage.name}] {runtime['runtime']} latency {runtime['note']}", flush=True)
@@ -426,5 +427,6 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
         recovery=recovery, teacher_store=store, test_reused=test_reused,
     )  # fmt: skip
-    atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
+    if leader:
+        atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
     return result
