@@ -129,6 +129,7 @@ class PipelineConfig:
     temperature: float | None = None  # lifelong
     teachers: list[Any] | None = None  # ensemble: model groups, timm names or model mappings (two or more)
     combine: str | None = None  # ensemble: mean | confidence (kdcl/losses/ensemble.py)
+    student_fraction: float | None = None  # ensemble: the student's share of the training set (None: all)
     finetune: bool = False  # true appends a hard-label fine-tune of the last model at a lower learning rate
     finetune_epochs: int | None = None  # default: half the last stage's epochs
     finetune_lr_scale: float = 0.1  # × optim.lr

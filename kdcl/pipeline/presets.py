@@ -135,7 +135,7 @@ def lifelong(p: dict, cfg: DictConfig) -> Specs:
     return specs
 
 
-@register_pipeline("ensemble", keys=("teachers", "combine", "epochs"))
+@register_pipeline("ensemble", keys=("teachers", "combine", "epochs", "student_fraction"))
 def ensemble(p: dict, cfg: DictConfig) -> Specs:
     """K teachers (the same model at different seeds, or different models), then a student distilled from
     their ensemble: one target per example, `combine` = mean (of probabilities) | confidence (weighted)."""
@@ -148,7 +148,8 @@ def ensemble(p: dict, cfg: DictConfig) -> Specs:
     for k, model in enumerate(teachers, 1):
         group = isinstance(model, str) and isinstance(cfg.get(model), DictConfig) and "name" in cfg[model]
         specs[f"teacher{k}"] = stage(model if group or isinstance(model, dict) else {"name": str(model)}, epochs=epochs)
-    specs["student"] = stage("student", list(specs), epochs, ensemble=p.get("combine") or "mean")
+    fraction = {} if p.get("student_fraction") is None else {"fraction": p["student_fraction"]}
+    specs["student"] = stage("student", list(specs), epochs, ensemble=p.get("combine") or "mean", **fraction)
     return specs
 
 
