@@ -81,6 +81,7 @@ def resolve_all(cfg: DictConfig) -> None:
 def check_data(d: DictConfig) -> None:
     fraction_in(d.fraction, "data.fraction")
     fraction_in(d.val_fraction, "data.val_fraction", low_open=False, high_closed=False)
+    fraction_in(d.get("label_noise", 0.0), "data.label_noise", low_open=False, high_closed=False)
     if d.get("test_fraction") is not None:
         fraction_in(d.test_fraction, "data.test_fraction", high_closed=False)
     positive_int(d.image_size, "data.image_size", 8)

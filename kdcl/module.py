@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from kdcl.losses import DistillLoss
+from kdcl.losses.ensemble import ensemble_logits
 from kdcl.losses.functional import ce_loss
 from kdcl.losses.terms import TermInputs
 from kdcl.metric_names import metric_name
@@ -43,11 +44,13 @@ class DistillationModule(pl.LightningModule):
         seen_classes: list[int] | None = None,
         distill_classes: list[int] | None = None,
         teacher_outputs: TeacherOutputs | None = None,
+        ensemble: str = "none",
     ):
         """`seen_classes`: a class-incremental stage predicts only among these (None: all classes);
         `distill_classes`: the teachers are matched on these outputs only (None: all);
         `teacher_outputs`: the stage's store of teacher logits, read by example position instead of
-        running the teachers, and filled where empty (batches then carry positions)."""
+        running the teachers, and filled where empty (batches then carry positions);
+        `ensemble`: none (each teacher its own target) | mean | confidence (kdcl/losses/ensemble.py)."""
         super().__init__()
         self.model = model
         self.teachers = [FrozenTeacher(t) for t in teachers]  # plain list: frozen, not saved, not optimised
@@ -69,6 +72,7 @@ class DistillationModule(pl.LightningModule):
         self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
         self.num_classes = num_classes
         self.teacher_outputs = teacher_outputs  # a plain attribute: never in the checkpoint
+        self.ensemble = ensemble
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -144,6 +148,8 @@ class DistillationModule(pl.LightningModule):
         x, y, *positions = batch  # positions: only when teacher outputs are stored
         logits = self.predict_seen(x)
         teacher_logits, distill_logits = self.teacher_logits(x, positions[0] if positions else None), None
+        if self.ensemble != "none" and len(teacher_logits) > 1:  # several teachers, one combined target
+            teacher_logits = [ensemble_logits(teacher_logits, self.ensemble)]
         if self.distill_classes is not None and teacher_logits:
             cols = self.distill_classes.to(logits.device)
             distill_logits, teacher_logits = logits[:, cols], [t[:, cols] for t in teacher_logits]

@@ -41,6 +41,8 @@ TeacherOutputs = choice("TeacherOutputs", "online cached views auto")
 ProgressBar = choice("ProgressBar", "auto rich lines none")
 Runtime = choice("Runtime", "onnxruntime eager")
 Confidence = choice("Confidence", "max_prob margin")
+NoiseKind = choice("NoiseKind", "symmetric pair")
+Ensemble = choice("Ensemble", "none mean confidence")
 
 
 @dataclass
@@ -61,6 +63,9 @@ class DataConfig:
     hflip: bool = False
     views: int = 8  # distill.teacher_outputs=views: stored augmented views per training example (K)
     epochs: int = 10
+    label_noise: float = 0.0  # share of the training part's labels flipped (never validation or test)
+    label_noise_kind: NoiseKind = NoiseKind.symmetric  # symmetric: to any other class | pair: class c to c+1
+    label_noise_seed: int = 0  # picks the flipped examples; fixed, so every run seed sees the same noisy labels
     # data=synthetic only
     num_classes: int | None = None
     in_chans: int | None = None
@@ -125,6 +130,9 @@ class PipelineConfig:
     task_classes: list[Any] | None = None  # lifelong
     distill_weight: float | None = None  # lifelong
     temperature: float | None = None  # lifelong
+    teachers: list[Any] | None = None  # ensemble: model groups, timm names or model mappings (two or more)
+    combine: str | None = None  # ensemble: mean | confidence (kdcl/losses/ensemble.py)
+    student_fraction: float | None = None  # ensemble: the student's share of the training set (None: all)
     finetune: bool = False  # true appends a hard-label fine-tune of the last model at a lower learning rate
     finetune_epochs: int | None = None  # default: half the last stage's epochs
     finetune_lr_scale: float = 0.1  # × optim.lr

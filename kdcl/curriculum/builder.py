@@ -29,7 +29,7 @@ from kdcl.curriculum.scoring import (
     random_scores,
     warn_if_degenerate,
 )
-from kdcl.data.datamodule import unaugmented
+from kdcl.data.datamodule import noisy_mask, unaugmented
 from kdcl.io import atomic_torch_save
 from kdcl.plots import saved_figure
 from kdcl.teacher_outputs import TeacherOutputs, pass_device, predict_logits
@@ -124,5 +124,6 @@ def build_curriculum(c: DictConfig, inp: CurriculumInputs, stage_dir: Path):
     callback = CurriculumCallback(
         sampler, scores, ordering, inp.stage, base, inp.normalize, advance=c.advance, threshold=float(c.threshold),
         jump=float(c.jump), self_paced=c.scorer == "student_loss", rescore_every=int(c.rescore_every),
+        noisy=noisy_mask(base),
     )  # fmt: skip
     return sampler, callback

@@ -23,6 +23,12 @@ from kdcl.metric_names import metric_name
 from kdcl.teacher_outputs import predict_logits
 
 
+def noisy_share(order: torch.Tensor, pool_size: int, noisy: torch.Tensor) -> float:
+    """The share of wrong labels (data.label_noise) among the examples the curriculum has admitted: the
+    first `pool_size` of its order."""
+    return float(noisy[order[:pool_size]].float().mean())
+
+
 def advance_clock(mode: str, clock: int, steps: int, acc: float, best: float, threshold: float, jump: int) -> int:
     """The pacing clock after an epoch of `steps` steps that reached validation accuracy `acc` (the modes:
     kdcl.schema.Advance)."""
@@ -60,7 +66,9 @@ class CurriculumCallback(pl.Callback):
         jump: float = 0.1,
         self_paced: bool = False,
         rescore_every: int = 1,
+        noisy: torch.Tensor | None = None,  # data.label_noise: which training examples carry a wrong label
     ):
+        self.noisy = noisy
         self.sampler, self.scores, self.ordering, self.stage = sampler, scores, ordering, stage
         self.images, self.normalize = images, normalize
         self.advance, self.threshold, self.jump = advance, threshold, jump
@@ -115,6 +123,10 @@ class CurriculumCallback(pl.Callback):
             "curriculum/fraction": self.sampler.fraction_at(clock),
             "curriculum/batch_difficulty": float(self.scores[indices].mean()),
         }
+        if self.noisy is not None:
+            metrics["curriculum/noisy_share"] = noisy_share(
+                self.sampler.order, self.sampler.pool_size(clock), self.noisy
+            )
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
 

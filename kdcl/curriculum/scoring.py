@@ -83,7 +83,8 @@ def random_scores(n: int, seed: int) -> torch.Tensor:
 
 
 def file_scores(path: str, n: int) -> torch.Tensor:
-    """Scores a user computed: .pt/.pth (a tensor), .npy, or text (one number per line), length n."""
+    """Scores a user computed: .pt/.pth (a tensor, or a stage's scores.pt from another run on the same
+    examples), .npy, or text (one number per line), length n."""
     p = Path(path)
     if not p.is_file():
         raise KdclError(
@@ -91,7 +92,10 @@ def file_scores(path: str, n: int) -> torch.Tensor:
         )
     try:
         if p.suffix in (".pt", ".pth"):
-            scores = torch.as_tensor(torch.load(p, weights_only=True), dtype=torch.float32)
+            loaded = torch.load(p, weights_only=True)
+            if isinstance(loaded, dict) and "scores" in loaded:  # another run's scores.pt: reuse its scores
+                loaded = loaded["scores"]
+            scores = torch.as_tensor(loaded, dtype=torch.float32)
         elif p.suffix == ".npy":
             import numpy as np
 

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from kdcl.data.label_noise import NoisyLabels, flip_labels, with_noisy_labels
 from kdcl.data.registry import ImageSplits, get_loader
 
 
@@ -84,6 +85,17 @@ def unwrap(ds: Dataset) -> tuple[Dataset, list[int]]:
 def source_indices(ds: Dataset) -> list[int]:
     """Positions of a (wrapped) subset's examples in the underlying dataset."""
     return unwrap(ds)[1]
+
+
+def noisy_mask(ds: Dataset) -> torch.Tensor | None:
+    """Which of a (wrapped) training subset's examples carry a flipped label (data.label_noise); None
+    when its labels are the source's own."""
+    base, indices = unwrap(ds)
+    clean = getattr(base, "clean_labels", None)
+    if clean is None:
+        return None
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    return dataset_labels(base)[idx] != clean[idx]
 
 
 def unaugmented(ds: Dataset) -> Dataset:
@@ -186,16 +198,18 @@ class KdclDataModule(pl.LightningDataModule):
         self.source: ImageSplits | None = None
         self.train_set = self.val_set = self.test_set = None
         self.augment_on_device = False  # decided by train_dataloader: batches are augmented after transfer
+        self.noise: NoisyLabels | None = None  # data.label_noise: the flipped training labels
 
     def for_stage(self, part: StagePart) -> KdclDataModule:
         """A view of the same loaded splits for one stage."""
         self.setup()
         view = KdclDataModule(self.cfg, self.seed, part)
-        view.source, view.train_set, view.val_set, view.test_set = (
+        view.source, view.train_set, view.val_set, view.test_set, view.noise = (
             self.source,
             self.train_set,
             self.val_set,
             self.test_set,
+            self.noise,
         )
         return view
 
@@ -218,10 +232,30 @@ class KdclDataModule(pl.LightningDataModule):
             return
         src = self.load()
         train_idx, val_idx, test_base = self.split_indices(src)
-        train_base = Subset(src.train, train_idx)
+        train_base = Subset(self.training_source(src, train_idx), train_idx)
         self.train_set = Augmented(train_base, train_transform(self.cfg)) if self.cfg.augment else train_base
         self.val_set = Subset(src.train, val_idx)
         self.test_set = test_base
+
+    def training_source(self, src: ImageSplits, train_idx: list[int]) -> Dataset:
+        """The source the training part reads: with data.label_noise, a copy whose labels at `train_idx`
+        are flipped (validation and test keep reading the clean source)."""
+        rate = float(self.cfg.get("label_noise") or 0.0)
+        if rate <= 0:
+            return src.train
+        clean = dataset_labels(src.train)
+        kind, seed = str(self.cfg.get("label_noise_kind", "symmetric")), int(self.cfg.get("label_noise_seed", 0))
+        self.noise = flip_labels(clean, train_idx, rate, kind, src.num_classes, seed)
+        return with_noisy_labels(src.train, clean, self.noise)
+
+    def noise_record(self) -> dict | None:
+        """What data.label_noise did, for the run directory (label_noise.json); None without noise."""
+        if self.noise is None:
+            return None
+        n_train = len(self.train_set)
+        return {"rate": float(self.cfg.label_noise), "kind": str(self.cfg.get("label_noise_kind", "symmetric")),
+                "seed": int(self.cfg.get("label_noise_seed", 0)), "training_examples": n_train,
+                "flipped": len(self.noise.flipped), "flipped_source_indices": self.noise.flipped.tolist()}  # fmt: skip
 
     def split_indices(self, src: ImageSplits):
         """(train indices, val indices, test dataset); the val carve depends on `seed` only."""

@@ -26,6 +26,34 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * (t * t)
 
 
+class ReverseGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by −scale (Ganin & Lempitsky 2015). Written
+    here because neither torch nor Lightning ships a gradient-reversal layer."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = float(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+def bounded_temperature(logit: torch.Tensor, t_min: float, t_max: float) -> torch.Tensor:
+    """CTKD's global temperature: t_min + (t_max − t_min)·sigmoid(logit), always inside (t_min, t_max)."""
+    return t_min + (t_max - t_min) * torch.sigmoid(logit)
+
+
+def ctkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature_logit: torch.Tensor,
+              t_min: float = 1.0, t_max: float = 21.0, reversal: float = 1.0) -> torch.Tensor:  # fmt: skip
+    """Curriculum temperature KD (Li et al., AAAI 2023): KD at a learned temperature whose gradient is
+    reversed (scaled by −`reversal`), so the temperature moves to make distillation harder while the
+    student minimises it; the reversal's weight grows over the stage (an easy-to-hard curriculum)."""
+    t = bounded_temperature(ReverseGradient.apply(temperature_logit, reversal), t_min, t_max)
+    return kd_loss(student_logits, teacher_logits, t)
+
+
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

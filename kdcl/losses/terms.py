@@ -52,6 +52,7 @@ class TermKind:
     needs_teacher: bool
     features: int | None  # None: logits only; else the rank the taps must have (4 = maps, 0 = any)
     bridge: bool  # learn a regressor from each student feature to the teacher feature's shape
+    learned_temperature: bool = False  # the loss owns a temperature parameter (CTKD), passed as temperature_logit
 
 
 TERMS: dict[str, TermKind] = {}
@@ -60,10 +61,14 @@ TAP_KEYS = ("student_tap", "teacher_tap")
 
 
 def register_term(
-    name: str, needs_teacher: bool = True, features: int | None = None, bridge: bool = False
+    name: str,
+    needs_teacher: bool = True,
+    features: int | None = None,
+    bridge: bool = False,
+    learned_temperature: bool = False,
 ) -> Callable[[TermFn], TermFn]:
     def add(fn: TermFn) -> TermFn:
-        TERMS[name] = TermKind(fn, needs_teacher or features is not None, features, bridge)
+        TERMS[name] = TermKind(fn, needs_teacher or features is not None, features, bridge, learned_temperature)
         if needs_teacher or features is not None:
             NEEDS_TEACHER.add(name)
         return fn
@@ -109,6 +114,15 @@ def lskd(inp: TermInputs, temperature: float = 2.0) -> torch.Tensor:
     return mean_over_teachers(lambda t: LF.lskd_loss(inp.student_for_teacher, t, temperature), inp.teacher_logits)
 
 
+@register_term("ctkd", learned_temperature=True)
+def ctkd(inp: TermInputs, t_min: float = 1.0, t_max: float = 21.0, reversal: float = 1.0, *,
+         temperature_logit: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    return mean_over_teachers(
+        lambda t: LF.ctkd_loss(inp.student_for_teacher, t, temperature_logit, t_min, t_max, reversal),
+        inp.teacher_logits,
+    )
+
+
 @register_term("at", features=4)
 def at(inp: TermInputs, p: float = 2.0) -> torch.Tensor:
     return over_feature_pairs(lambda s, t: LF.at_loss(s, t, p), inp)
@@ -145,6 +159,12 @@ def as_tap_list(value, key: str) -> list:
     return taps
 
 
+def config_params(fn: TermFn) -> list[str]:
+    """The parameters a config may set: all but the inputs and the keyword-only ones the loss supplies."""
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.name != "inp" and p.kind != inspect.Parameter.KEYWORD_ONLY]
+
+
 def parse_term(name: str, spec, key: str) -> Term:
     """A term whose numbers check_term_values has checked: its kind, parameter names, taps and schedules."""
     spec = dict(spec)
@@ -165,7 +185,7 @@ def parse_term(name: str, spec, key: str) -> Term:
             taps[tap_key] = as_tap_list(spec.pop(tap_key), f"{key}.{name}.{tap_key}")
         if len(taps["student_tap"]) != len(taps["teacher_tap"]):
             raise KdclError(f"{key}.{name}: student_tap and teacher_tap must list the same number of taps")
-    allowed = [p for p in inspect.signature(TERMS[kind].fn).parameters if p != "inp"]
+    allowed = config_params(TERMS[kind].fn)
     extra = list(TAP_KEYS) if TERMS[kind].features is not None else []
     for param in spec:
         if param not in allowed:
@@ -214,6 +234,11 @@ class DistillLoss(nn.Module):
         self.bridges = nn.ModuleDict()  # term name -> one regressor per (teacher, tap pair)
         self.taps: list[FeatureTaps] = []  # [student, teacher 1, ...] once attached
         self.paths: dict[tuple[str, int], list[tuple[str, bool]]] = {}  # (term, model slot) -> resolved taps
+        # CTKD: one global temperature per term, as a logit (the paper's code starts it at 1), trained by
+        # the stage's optimizer with the student through the term's gradient reversal
+        self.temperature_logits = nn.ParameterDict(
+            {t.name: nn.Parameter(torch.tensor(1.0)) for t in self.terms if t.spec.learned_temperature}
+        )
 
     @property
     def needs_teacher(self) -> bool:
@@ -307,6 +332,10 @@ class DistillLoss(nn.Module):
                     else t.params.get(param, inspect.signature(t.spec.fn).parameters[param].default)
                 )
                 values[f"{param}_{t.name}"] = scheduled(base, spec, progress)
+        for name, logit in self.temperature_logits.items():  # learned temperatures: their trajectory
+            t = next(t for t in self.terms if t.name == name)
+            bounds = [t.params.get(b, inspect.signature(t.spec.fn).parameters[b].default) for b in ("t_min", "t_max")]
+            values[f"temperature_{name}"] = float(LF.bounded_temperature(logit.detach(), *bounds))
         return values
 
     def forward(self, inp: TermInputs, progress: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -317,6 +346,8 @@ class DistillLoss(nn.Module):
             params = {k: scheduled(v, t.schedule.get(k), progress) for k, v in t.params.items()}
             for k in t.schedule.keys() - {"weight"} - params.keys():  # a scheduled default value
                 params[k] = scheduled(inspect.signature(t.spec.fn).parameters[k].default, t.schedule[k], progress)
+            if t.name in self.temperature_logits:
+                params["temperature_logit"] = self.temperature_logits[t.name]
             parts[t.name] = t.spec.fn(self.term_inputs(t, inp), **params)
             total = total + scheduled(t.weight, t.schedule.get("weight"), progress) * parts[t.name]
         self.clear()

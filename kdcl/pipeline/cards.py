@@ -10,6 +10,7 @@ import torch
 
 from kdcl.cache import load_or_build, store_path
 from kdcl.data.datamodule import StagePart
+from kdcl.losses.ensemble import ensemble_logits
 from kdcl.models import load_kdcl_checkpoint
 from kdcl.pipeline.plan import Stage
 from kdcl.pipeline.presets import task_classes
@@ -51,14 +52,29 @@ def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, check
     return Predictions(**stored)
 
 
+def ensemble_card(stage: Stage, chosen: dict[str, Predictions], reference: Predictions) -> Card | None:
+    """The card of the target a stage distilled from several teachers' ensemble (stage.ensemble): the
+    teachers' chosen test predictions combined as in training; None when there is none to show."""
+    names = stage.teachers
+    if stage.ensemble == "none" or len(names) < 2 or not all(n in chosen for n in names):
+        return None  # teachers at an epoch (name@E) have no card of their own to combine
+    preds = [chosen[n] for n in names]
+    combined = Predictions(ensemble_logits([p.logits for p in preds], stage.ensemble), preds[0].labels)
+    return build_card(f"{stage.name}:ensemble", f"{stage.ensemble} of {'+'.join(names)}", combined, combined, reference)
+
+
 def stage_cards(ctx: StageContext, stages: list[Stage]) -> list[Card]:
-    """One card per stage (in order), each against the first stage's chosen model."""
-    cards, reference = [], None
+    """One card per stage (in order), each against the first stage's chosen model; before a stage that
+    learns from an ensemble of teachers, the ensemble's own card."""
+    cards, reference, chosen_of = [], None, {}
     for stage in stages:
         result = ctx.handed[stage.name]
         chosen_path, last_path = ctx.run_dir / result.checkpoint, last_checkpoint(ctx, stage, result)
         chosen = test_predictions(ctx, stage, result, chosen_path)
         last = chosen if same_weights(chosen_path, last_path) else test_predictions(ctx, stage, result, last_path)
         reference = reference or chosen
+        chosen_of[stage.name] = chosen
+        target = ensemble_card(stage, chosen_of, reference)
+        cards += [target] if target else []
         cards.append(build_card(stage.name, result.model, chosen, last, reference))
     return cards

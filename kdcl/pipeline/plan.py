@@ -11,13 +11,14 @@ from dataclasses import dataclass, replace
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.errors import KdclError, did_you_mean
+from kdcl.losses.ensemble import COMBINATIONS
 from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
 from kdcl.pipeline.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
 from kdcl.schema import TeacherOutputs
 
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
-STAGE_KEYS = ("model", "teachers", "epochs", "select", "terms", "fraction", "init", "lr_scale", "task")
+STAGE_KEYS = ("model", "teachers", "epochs", "select", "terms", "fraction", "init", "lr_scale", "task", "ensemble")
 FOLD_SEED = 104729  # the out-of-fold split's seed offset (fixed, so a resumed run splits alike)
 
 
@@ -45,6 +46,7 @@ class Stage:
     scorers: tuple[str, ...] = ()
     holdout: tuple[int, int] | None = None  # an out-of-fold stage: (fold k, of K) of its scored stage's examples
     teacher_outputs: str = "online"  # online | cached | views: how the stage reads its teachers' logits
+    ensemble: str = "none"  # several teachers: none (each its own target) | mean | confidence (one combined target)
 
     @property
     def dirname(self) -> str:
@@ -196,9 +198,13 @@ def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict
                       "must be in (0, 1] (this stage's share of the training set)")  # fmt: skip
     lr_scale = number(spec, "lr_scale", key, 1.0, lambda v: v > 0, "must be > 0 (it multiplies optim.lr)")
     task = spec.get("task")
+    ensemble = spec.get("ensemble") or "none"
+    if ensemble not in COMBINATIONS:
+        raise KdclError(f"{key}.ensemble '{ensemble}' must be one of {'|'.join(COMBINATIONS)}"
+                        f"{did_you_mean(str(ensemble), COMBINATIONS)}")  # fmt: skip
     return Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key,
                  None if fraction is None else float(fraction), init, float(lr_scale),
-                 None if task is None else tuple(task), loss_terms=parsed)  # fmt: skip
+                 None if task is None else tuple(task), loss_terms=parsed, ensemble=ensemble)  # fmt: skip
 
 
 def plan_stages(cfg: DictConfig) -> list[Stage]:

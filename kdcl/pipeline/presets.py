@@ -135,6 +135,24 @@ def lifelong(p: dict, cfg: DictConfig) -> Specs:
     return specs
 
 
+@register_pipeline("ensemble", keys=("teachers", "combine", "epochs", "student_fraction"))
+def ensemble(p: dict, cfg: DictConfig) -> Specs:
+    """K teachers (the same model at different seeds, or different models), then a student distilled from
+    their ensemble: one target per example, `combine` = mean (of probabilities) | confidence (weighted)."""
+    epochs = positive(p, "epochs")
+    teachers = p.get("teachers")
+    if not isinstance(teachers, list) or len(teachers) < 2:
+        raise KdclError(f"pipeline.teachers={teachers} must list at least two teachers: model groups (teacher), "
+                        "timm names or model mappings, e.g. [teacher,teacher] or [resnet18,resnet34]")  # fmt: skip
+    specs = {}
+    for k, model in enumerate(teachers, 1):
+        group = isinstance(model, str) and isinstance(cfg.get(model), DictConfig) and "name" in cfg[model]
+        specs[f"teacher{k}"] = stage(model if group or isinstance(model, dict) else {"name": str(model)}, epochs=epochs)
+    fraction = {} if p.get("student_fraction") is None else {"fraction": p["student_fraction"]}
+    specs["student"] = stage("student", list(specs), epochs, ensemble=p.get("combine") or "mean", **fraction)
+    return specs
+
+
 def task_classes(task: tuple, num_classes: int) -> tuple[list[int], list[int], list[int]]:
     """(classes of task k, classes seen up to k, classes of earlier tasks) for task = (k, tasks), where
     tasks is a count (the classes split in order into equal parts) or explicit lists of classes."""

@@ -124,6 +124,8 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict
     manifest = claim(plan.cfg, run_dir, changes or {}) if leader else Manifest(run_dir)
     data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
     data.setup()
+    if data.noise_record() is not None:  # data.label_noise: which training labels are wrong
+        atomic_write_json(run_dir / "label_noise.json", data.noise_record())
     ctx = StageContext(plan, data, run_dir, {})
     check_models_fit([s for s in plan.stages if not manifest.is_done(s.name)], ctx)
     for stage in plan.stages:

@@ -189,7 +189,7 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
     loss = DistillLoss(stage.loss_terms, stage.terms_key)
     module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
                                 stage_hparams(ctx, stage, classes, seen, outputs), seen_classes=seen,
-                                distill_classes=old, teacher_outputs=outputs)  # fmt: skip
+                                distill_classes=old, teacher_outputs=outputs, ensemble=stage.ensemble)  # fmt: skip
     speed_up(module, cfg.get("speed") or {})
     checkpoint, callbacks = stage_callbacks(ctx, stage)
     sampler = None
@@ -265,6 +265,7 @@ def stage_hparams(ctx: StageContext, stage: Stage, classes, seen, outputs) -> di
         "in_chans": ctx.data.in_chans,
         "image_size": int(cfg.data.image_size),
         "teachers": list(stage.teachers),
+        "ensemble": stage.ensemble,
         "terms": stage.terms,
         "fraction": stage.fraction,
         "init": stage.init,
