@@ -161,14 +161,12 @@ def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, cap
     assert listing(tmp_path) == before, "a rejected run must write nothing (no outputs/ directory)"
 
 
-# As real processes: a group option, a bad point late in a sweep (-m), a directory holding an earlier
-# run, a corrupt checkpoint file, and a resume of something that is not a run.
+# As real processes (each case also runs in-process above): one refused before Hydra starts (a group
+# option), one in a sweep (-m, a bad point late in it) and one inside the run (a directory in use).
 AS_PROCESSES = (
     "unknown group option",
     "bad value in a later sweep point",
     "run directory in use",
-    "corrupt checkpoint",
-    "resume of a non-run",
 )
 
 

@@ -7,7 +7,7 @@ import json
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, run_dir_of, run_kdcl, summary_of
+from tests.conftest import TINY, run_dir_of, summary_of
 
 METRICS = ("test_acc", "test_loss", "best_val_acc")
 # One short, cheap stage: two training batches, one validation and one test batch, no latency timing.
@@ -137,9 +137,9 @@ def test_resuming_a_finished_run_changes_nothing(tiny_run, kdcl_main):
     assert not list(tiny_run.glob("environment-resume-*"))
 
 
-def test_multirun_gives_one_job_directory_per_point(tmp_path):
+def test_multirun_gives_one_job_directory_per_point(tmp_path, kdcl_main):
     sweep = tmp_path / "sweep"
-    proc = run_kdcl(["train", "-m", *TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]",
+    proc = kdcl_main(["train", "-m", *TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]",
                      "distill.temperature=2,4",
                      f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
