@@ -207,9 +207,9 @@ def run_dir_of_resume(overrides: list[str]) -> Path:
 def training_process_leader() -> bool:
     """Whether this process leads its run: not one of the extra ranks that torchrun, SLURM or Lightning's
     DDP launcher start with the same command line (they work in the leader's run directory)."""
-    from lightning_fabric.utilities.rank_zero import rank_zero_only  # the rank Lightning reads from the environment
+    from kdcl.launch import process_rank
 
-    return rank_zero_only.rank == 0
+    return process_rank() == 0
 
 
 def train(rest: list[str]) -> None:

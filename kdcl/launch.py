@@ -6,6 +6,7 @@ launchers set; kdcl starts no process itself (Lightning, torchrun, Hydra's launc
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from kdcl.errors import KdclError
@@ -14,8 +15,15 @@ RUN_DIR_KEY = "kdcl/run_dir"  # the key rank 0 publishes its run directory under
 STORE_TIMEOUT_S = 300
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # what Lightning's rank reads
+
+
 def process_rank() -> int:
-    """This process's global rank as Lightning reads it from the environment (0 when launched alone)."""
+    """This process's global rank as Lightning reads it from the environment (0 when launched alone).
+    Before Lightning is imported and with no launcher's rank variable set, the rank is 0: the answer
+    without importing Lightning (seconds), so a bad-input error at start-up stays quick."""
+    if "lightning_fabric" not in sys.modules and not any(os.environ.get(v) for v in RANK_VARIABLES):
+        return 0
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     return int(rank_zero_only.rank)
