@@ -30,7 +30,7 @@ from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart, unaugmented
 from kdcl.errors import KdclError
-from kdcl.io import atomic_write_json
+from kdcl.io import atomic_write_bytes, atomic_write_json
 from kdcl.losses import DistillLoss
 from kdcl.metric_names import metric_name
 from kdcl.models import count_params, create_model
@@ -336,10 +336,22 @@ def fit(trainer: pl.Trainer, parts: StageParts, stage: Stage, ckpt_dir: Path) ->
         print(f"[{stage.name}] {start.recovery}", flush=True)
     trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(start.checkpoint) if start.checkpoint else None,
                 weights_only=True)  # fmt: skip
-    best, last = parts.checkpoint.best_model_path, ckpt_dir / f"{LAST}.ckpt"
+    recovery = start.recovery
+    last = ckpt_dir / f"{LAST}.ckpt"
+    if not last.is_file() and start.checkpoint is not None:
+        # Resumed from a checkpoint already at the stage's end (best.ckpt of the final epoch after a torn
+        # last.ckpt): Lightning trains no epoch, so no callback writes last.ckpt. That checkpoint is the final
+        # epoch's state: copy it, so a `select: last` stage, the report card and the next resume find it.
+        if trainer.is_global_zero:
+            atomic_write_bytes(last, start.checkpoint.read_bytes())
+        trainer.strategy.barrier("kdcl-last-checkpoint")
+        note = f"{start.checkpoint.name} was at the stage's end: copied to {last.name}"
+        print(f"[{stage.name}] {note}", flush=True)
+        recovery = f"{recovery}; {note}" if recovery else note
+    best = parts.checkpoint.best_model_path
     if stage.select == "best" and best:
-        return Path(best), start.recovery
-    return (last if last.is_file() else start.checkpoint or last), start.recovery  # resumed at its end: no new last
+        return Path(best), recovery
+    return last, recovery
 
 
 def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dict:

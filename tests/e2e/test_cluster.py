@@ -16,15 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY, in_process, run_dir_of, summary_of
+from tests.conftest import LEARNED, SEED, TINY, in_process, run_dir_of, summary_of
 
 # A two-stage run whose teacher is the shared tiny run's (tested, not trained again): the student learns
-# from stored teacher outputs in a curriculum, three epochs on half the training set. DDP_TOLERANCE: how
-# far two ranks (each a half-batch, its own batch-norm statistics, another shuffling) may land from one
-# process on this data (docs/benchmarks.md).
+# from stored teacher outputs in a curriculum, three epochs on half the training set.
 CLUSTER_RUN = [*TINY, "trainer.max_epochs=3", "curriculum=linear", "curriculum.start=0.25", "curriculum.full_at=0.6",
                "distill.teacher_outputs=cached", "data.fraction=0.5", "report.latency_batches=[]"]  # fmt: skip
-DDP_TOLERANCE = 0.05
 # sweep jobs that take seconds: a few batches of one epoch
 FEW = [*TINY, "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
        "trainer.limit_test_batches=1", "report.latency_batches=[]"]  # fmt: skip
@@ -72,11 +69,16 @@ def test_torchrun_two_ranks_match_one_process_and_test_every_example_once(refere
     for name in ("teacher", "student"):  # each rank tested its share; every test example counted once
         assert sum(manifest[name]["result"]["test_per_class"]["total"]) == DIGITS_TEST_EXAMPLES
     assert ddp[0]["test_acc"] == single[0]["test_acc"]  # the same teacher on the same examples: the same count
-    assert abs(ddp[1]["test_acc"] - single[1]["test_acc"]) <= DDP_TOLERANCE, (ddp[1], single[1])
-    assert ddp[1]["test_acc"] > 0.7  # it learned (chance 0.1)
+    # two ranks of 32 took the optimizer steps of one process at 64 (not twice as many: the global batch)
+    steps = [torch.load(r / "stages/01-student/checkpoints/last.ckpt", weights_only=True)["global_step"]
+             for r in (run, reference)]  # fmt: skip
+    assert steps[0] == steps[1], steps
+    # the student's accuracy is another trajectory's (per-rank batch norm, another summation order): it learned
+    assert ddp[1]["test_acc"] > LEARNED
     stored = torch.load(run / "stages/01-student/teacher_logits.pt", weights_only=True)
     assert stored["filled"].all()  # the curriculum's one pass stored every example's teacher logits
-    assert (run / "stages/01-student/scores.pt").is_file()
+    scores = [torch.load(r / "stages/01-student/scores.pt", weights_only=True)["scores"] for r in (run, reference)]
+    torch.testing.assert_close(scores[0], scores[1])  # the same teacher scored the same examples
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -90,7 +92,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 def test_submitit_sweep_requeues_a_preempted_job_which_ends_as_if_never_stopped(reference, tiny_run, tmp_path):
     sweep = tmp_path / "sweep"
     proc = kdcl_process(["train", "-m", "hydra/launcher=submitit_local", "trainer=cpu", *CLUSTER_RUN,
-                         teacher_of(tiny_run), "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+                         teacher_of(tiny_run), f"seed={SEED},{SEED + 1}", f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
     # SLURM warns a job with USR2 before preempting it or at its time limit; submitit then requeues it
     wait_for(sweep / "0/stages/01-student/checkpoints/last.ckpt", proc)  # mid-stage: after epoch 1 of 3
     holder = json.loads((sweep / "0/.lock").read_text())["pid"]  # the job's process holds its run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, in_process, run_dir_of, summary_of
+from tests.conftest import LEARNED, TINY, in_process, run_dir_of, summary_of
 
 # pinned to the CPU: compared exactly with a resumed copy and with tiny_run's stored teacher outputs
 CURRICULUM = [*TINY, "trainer=cpu", "trainer.max_epochs=3", "curriculum=linear", "curriculum.start=0.25",
@@ -38,7 +39,11 @@ def test_fraction_rises_from_start_to_one_in_tensorboard(curriculum_run):
     assert fractions[0] == pytest.approx(0.25) and fractions[-1] == 1.0
     assert all(b >= a for a, b in zip(fractions, fractions[1:], strict=False)) and len(set(fractions)) > 3
     difficulty = [e.value for e in events.Scalars("curriculum/batch_difficulty")]
-    assert difficulty[0] < difficulty[-1]  # easy batches first
+    # easy batches first: the first batch is drawn from the easiest quarter (ceil(0.25·N) examples), whatever
+    # the teacher's scores are on this machine
+    scores = torch.load(curriculum_run / "stages/01-student/scores.pt", weights_only=True)["scores"]
+    easiest = scores.sort().values[: math.ceil(0.25 * len(scores))]
+    assert difficulty[0] <= float(easiest.max()) + 1e-6 and difficulty[0] >= float(easiest.min()) - 1e-6
     assert "curriculum/scores" in events.Tags()["histograms"]
     assert {"curriculum/easiest", "curriculum/hardest"} <= set(events.Tags()["images"])
     assert (
@@ -62,7 +67,7 @@ def test_the_scoring_pass_stores_the_logits_training_would_have_stored(curriculu
     by_pass = torch.load(curriculum_run / "stages/01-student/teacher_logits.pt", weights_only=True)
     by_training = torch.load(tiny_run / "stages/01-student/teacher_logits.pt", weights_only=True)
     assert by_pass["filled"].all() and by_training["filled"].all()
-    assert torch.allclose(by_pass["logits"], by_training["logits"], atol=1e-5)
+    torch.testing.assert_close(by_pass["logits"], by_training["logits"], rtol=1e-5, atol=1e-4)  # other batch sizes
 
 
 def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tmp_path, kdcl_main):
@@ -102,7 +107,7 @@ def source_runs(tmp_path_factory):
 def finished_with_scores(proc, run_dir: Path, source: str) -> torch.Tensor:
     assert (run_dir / "summary.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     student = summary_of(run_dir)["stages"][1]
-    assert student["test_acc"] > 0.3  # two curriculum epochs: well above chance (0.1)
+    assert student["test_acc"] > LEARNED  # two curriculum epochs
     (scores_file,) = run_dir.glob("stages/*-student/scores.pt")  # out-of-fold stages come before the student
     saved = torch.load(scores_file, weights_only=True)
     assert saved["source"] == source and saved["scorer"] == "teacher_confidence"

@@ -15,8 +15,9 @@ from kdcl.cli import compose, main
 from kdcl.config import check_config
 from kdcl.evaluate import eval_command
 from kdcl.pipeline.runner import run_pipeline
+from tests.conftest import SEED
 
-QUICK = ["teacher=tiny", "student=tiny", "progress_bar=none", "logger=none", "trainer.max_epochs=1"]
+QUICK = ["teacher=tiny", "student=tiny", "progress_bar=none", "logger=none", "trainer.max_epochs=1", f"seed={SEED}"]
 
 
 def train(tmp_path, name: str, *overrides: str) -> dict:

@@ -8,7 +8,7 @@ import json
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, summary_of
+from tests.conftest import SEED, TINY, summary_of
 
 SHORT = ["trainer=cpu", "trainer.limit_train_batches=4", "report.latency_batches=[]", "data.augment=true"]
 
@@ -47,7 +47,7 @@ def test_a_sweep_with_augmentation_shares_one_view_pass_and_one_teacher_test(tin
 
     listed = kdcl_main(["cache", "list"], tmp_path)
     assert listed.returncode == 0 and "outputs/cache: 4 shared stores" in listed.stdout, listed.stdout
-    assert "views digits K=2 seed=0" in listed.stdout and "views digits K=3 seed=0" in listed.stdout
+    assert f"views digits K=2 seed={SEED}" in listed.stdout and f"views digits K=3 seed={SEED}" in listed.stdout
     cleared = kdcl_main(["cache", "clear", "outputs/cache"], tmp_path)
     assert cleared.returncode == 0 and "removed 4 shared stores" in cleared.stdout
     assert not list((tmp_path / "outputs/cache").iterdir())
