@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from kdcl import __version__
-from kdcl.confdir import config_dir
-from kdcl.errors import KdclError, did_you_mean, exit_with, io_failure
+from kdcl.common.errors import KdclError, did_you_mean, exit_with, io_failure
+from kdcl.config.compose import config_dir
 
 USAGE = f"""kdcl {__version__}: knowledge distillation with curriculum learning
 
@@ -94,8 +94,8 @@ def precheck(overrides: list[str]) -> None:
     for o in parsed:
         key = o.key_or_group
         if key in ("hydra.run.dir", "hydra.sweep.dir"):
-            from kdcl.pipeline.manifest import Manifest
-            from kdcl.runlock import holder_of, in_use
+            from kdcl.run.lock import holder_of, in_use
+            from kdcl.run.manifest import Manifest
 
             target = Path(o.get_value_element_as_str())
             if holder_of(target) is not None:
@@ -137,12 +137,12 @@ def group_options(override, values: list[str]) -> list[str]:
 def check_point(overrides: list[str], group_overrides: list[str]) -> None:
     from hydra.errors import HydraException
 
-    from kdcl.config import check_config
+    from kdcl.config.checks import check_config
 
     try:
         cfg = compose(overrides)
     except HydraException as exc:
-        from kdcl.config import schema_error
+        from kdcl.config.checks import schema_error
 
         typed = schema_error(exc)
         if typed is not None:
@@ -172,7 +172,7 @@ def resume_argv(rest: list[str], overrides: list[str]) -> list[str] | None:
     values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if not values or values[0] in ("", "null"):
         return None
-    from kdcl.pipeline.manifest import Manifest
+    from kdcl.run.manifest import Manifest
 
     run_dir = Path(values[0])
     if not (Manifest.exists(run_dir) and (run_dir / "config.yaml").is_file()):
@@ -207,7 +207,7 @@ def run_dir_of_resume(overrides: list[str]) -> Path:
 def training_process_leader() -> bool:
     """Whether this process leads its run: not one of the extra ranks that torchrun, SLURM or Lightning's
     DDP launcher start with the same command line (they work in the leader's run directory)."""
-    from kdcl.launch import process_rank
+    from kdcl.run.launch import process_rank
 
     return process_rank() == 0
 
@@ -215,8 +215,8 @@ def training_process_leader() -> bool:
 def train(rest: list[str]) -> None:
     from hydra._internal.utils import _run_hydra, get_args_parser
 
-    from kdcl.launch import shared_run_dir
-    from kdcl.sweep import check_extras, sweep_outcome
+    from kdcl.run.launch import shared_run_dir
+    from kdcl.run.sweep import check_extras, sweep_outcome
 
     parser = get_args_parser()
     args = parser.parse_args(rest)
@@ -232,7 +232,7 @@ def train(rest: list[str]) -> None:
         if resumed is not None:
             rest = resumed
             if training_process_leader():
-                from kdcl.runlock import lock_run_dir
+                from kdcl.run.lock import lock_run_dir
 
                 lock_run_dir(run_dir_of_resume(args.overrides))  # before Hydra writes its log into the run
         elif not (informational or custom) and training_process_leader():  # other ranks: the leader checked
@@ -254,8 +254,8 @@ def train(rest: list[str]) -> None:
 
 def train_task(cfg) -> float | None:
     """One run (or one sweep job). A sweep job's failure is recorded in its directory and the job returns
-    NaN, so the other jobs run on (kdcl/sweep.py); a single run exits with the error's status."""
-    from kdcl.sweep import in_sweep_job, record_failure
+    NaN, so the other jobs run on (kdcl/run/sweep.py); a single run exits with the error's status."""
+    from kdcl.run.sweep import in_sweep_job, record_failure
 
     if not in_sweep_job():
         try:
@@ -274,9 +274,9 @@ def run_training(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from kdcl.launch import requeued_run, set_threads
-    from kdcl.runlock import release_run_dir
-    from kdcl.trainer import quiet_libraries
+    from kdcl.run.launch import requeued_run, set_threads
+    from kdcl.run.lock import release_run_dir
+    from kdcl.training.trainer import quiet_libraries
 
     quiet_libraries()
     run_dir = Path(cfg.resume) if cfg.get("resume") else Path(HydraConfig.get().runtime.output_dir)
@@ -285,11 +285,11 @@ def run_training(cfg) -> float | None:
     try:
         from omegaconf.errors import ValidationError
 
-        from kdcl.config import check_config, schema_error, upgrade_saved
-        from kdcl.pipeline.manifest import Manifest
-        from kdcl.pipeline.runner import run_pipeline
-        from kdcl.runlock import lock_run_dir
-        from kdcl.schema import TrainConfig
+        from kdcl.config.checks import check_config, schema_error, upgrade_saved
+        from kdcl.config.schema import TrainConfig
+        from kdcl.run.lock import lock_run_dir
+        from kdcl.run.manifest import Manifest
+        from kdcl.run.runner import run_pipeline
 
         if leader:
             lock_run_dir(run_dir)
@@ -320,7 +320,7 @@ def run_training(cfg) -> float | None:
         release_run_dir(run_dir)
     if leader:
         print(f"run directory: {run_dir}", flush=True)
-    from kdcl.sweep import objective
+    from kdcl.run.sweep import objective
 
     return objective(summary)
 
@@ -358,8 +358,8 @@ def models(rest: list[str]) -> None:
 
 def model_costs(pattern: str, overrides: list[str]) -> None:
     """`kdcl models PATTERN --cost`: each matching model measured at the data's size, one line at a time."""
+    from kdcl.common.tables import print_table
     from kdcl.models.catalog import cost_table, input_shape, matching, measure
-    from kdcl.tables import print_table
 
     names, shape = matching(pattern), input_shape(overrides)
     print(f"measuring {len(names)} models at {shape.in_chans}×{shape.image_size}×{shape.image_size}, "
@@ -388,25 +388,25 @@ def main(argv: list[str] | None = None) -> None:
         if command == "train":
             train(rest)
         elif command == "eval":
-            from kdcl.evaluate import eval_command
-            from kdcl.trainer import quiet_libraries
+            from kdcl.deploy.locate import eval_command
+            from kdcl.training.trainer import quiet_libraries
 
             quiet_libraries()
             eval_command(rest)
         elif command == "export":
-            from kdcl.export import export_command
-            from kdcl.trainer import quiet_libraries
+            from kdcl.deploy.export import export_command
+            from kdcl.training.trainer import quiet_libraries
 
             quiet_libraries()
             export_command(rest)
         elif command == "models":
             models(rest)
         elif command == "cache":
-            from kdcl.cache import cache_command
+            from kdcl.common.cache import cache_command
 
             cache_command(rest)
         elif command == "report":
-            from kdcl.report import write_report
+            from kdcl.reporting.compare import write_report
 
             extra = [a for a in rest[1:] if not a.startswith("baseline=")]
             if not rest or rest[0].startswith("baseline=") or extra:

@@ -52,10 +52,10 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from kdcl.data.datamodule import random_crop_flip
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import ce_loss, kd_loss
-from kdcl.module import DistillationModule
-from kdcl.optim import build_optimizer
-from kdcl.teacher_outputs import TeacherOutputs, predict_logits
-from kdcl.teacher_views import TeacherViews, TeacherViewStore, ViewSpec, draw_views, view_pass
+from kdcl.teachers.outputs import TeacherOutputs, predict_logits
+from kdcl.teachers.views import TeacherViews, TeacherViewStore, ViewSpec, draw_views, view_pass
+from kdcl.training.module import DistillationModule
+from kdcl.training.optim import build_optimizer
 
 KD_TERMS = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}}  # the kd preset
 OPTIM = OmegaConf.create({"name": "adamw", "lr": 3e-3, "weight_decay": 0.05, "scheduler": "onecycle", "warmup": 0.15})

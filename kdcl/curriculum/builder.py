@@ -1,7 +1,7 @@
 """Build one stage's curriculum from the `curriculum` config: scores (computed once, saved in the stage
 directory), the ordered batch sampler, the Lightning callback, and a PNG of the pacing curve.
 
-Which models score difficulty (`curriculum.source`) is the plan's business (kdcl/pipeline/plan.py):
+Which models score difficulty (`curriculum.source`) is the plan's business (kdcl/run/plan.py):
 a teacher that trained on the very examples it scores remembers them and calls nearly everything easy,
 so `early` scores with the teachers' checkpoints after `early_epoch` epochs and `folds` with out-of-fold
 models, each scoring the examples it never trained on. Here they arrive as `ScoringModel`s.
@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from kdcl.common.io import atomic_torch_save
+from kdcl.common.plots import saved_figure
 from kdcl.curriculum.callback import CurriculumCallback, OrderSettings
 from kdcl.curriculum.sampler import CurriculumBatchSampler
 from kdcl.curriculum.scoring import (
@@ -30,9 +32,7 @@ from kdcl.curriculum.scoring import (
     warn_if_degenerate,
 )
 from kdcl.data.datamodule import noisy_mask, unaugmented
-from kdcl.io import atomic_torch_save
-from kdcl.plots import saved_figure
-from kdcl.teacher_outputs import TeacherOutputs, pass_device, predict_logits
+from kdcl.teachers.outputs import TeacherOutputs, pass_device, predict_logits
 
 TEACHER_SCORERS = tuple(s for s in SCORERS if s.startswith("teacher"))
 

@@ -17,10 +17,10 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 
+from kdcl.common.metric_names import metric_name
 from kdcl.curriculum.sampler import CurriculumBatchSampler, curriculum_order
 from kdcl.curriculum.scoring import loss_scores
-from kdcl.metric_names import metric_name
-from kdcl.teacher_outputs import predict_logits
+from kdcl.teachers.outputs import predict_logits
 
 
 def noisy_share(order: torch.Tensor, pool_size: int, noisy: torch.Tensor) -> float:
@@ -31,7 +31,7 @@ def noisy_share(order: torch.Tensor, pool_size: int, noisy: torch.Tensor) -> flo
 
 def advance_clock(mode: str, clock: int, steps: int, acc: float, best: float, threshold: float, jump: int) -> int:
     """The pacing clock after an epoch of `steps` steps that reached validation accuracy `acc` (the modes:
-    kdcl.schema.Advance)."""
+    kdcl.config.schema.Advance)."""
     if mode == "on_plateau":
         return clock + steps if acc > best else clock  # no progress: another epoch on the same data
     if mode == "on_threshold":

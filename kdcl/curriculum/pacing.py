@@ -10,7 +10,7 @@ import inspect
 import math
 from collections.abc import Callable
 
-from kdcl.errors import KdclError, did_you_mean, show
+from kdcl.common.errors import KdclError, did_you_mean, show
 
 # Each function: (x = progress towards full_at in [0, 1], t = step, start, **params) -> fraction.
 

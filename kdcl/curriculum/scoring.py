@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from kdcl.common.errors import KdclError
 from kdcl.data.datamodule import dataset_labels
-from kdcl.errors import KdclError
 
 log = logging.getLogger("kdcl")
 

@@ -116,7 +116,7 @@ def in_memory_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
 def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor | None, pad: int) -> torch.Tensor:
     """Each image's crop at (dy, dx) of its zero-padded copy (and mirrored where `flip`), on x's device:
     one batched gather. The same function draws random views and rebuilds stored ones
-    (kdcl/teacher_views.py), so a replayed view is the same pixels."""
+    (kdcl/teachers/views.py), so a replayed view is the same pixels."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = (dy.reshape(n, 1) + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
@@ -184,7 +184,7 @@ class StagePart:
     eval_classes: list[int] | None = None  # class-incremental stages validate and test on the seen classes
     with_index: bool = False  # batches also carry each example's position (stored teacher outputs)
     channels_last: bool = False  # speed.channels_last: batches in the models' memory format
-    views: Any = None  # stored teacher views (kdcl.teacher_views.TeacherViews): training replays them
+    views: Any = None  # stored teacher views (kdcl.teachers.views.TeacherViews): training replays them
 
 
 class KdclDataModule(pl.LightningDataModule):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from kdcl.errors import KdclError, did_you_mean
+from kdcl.common.errors import KdclError, did_you_mean
 
 
 @dataclass

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import Dataset, TensorDataset
 
+from kdcl.common.errors import KdclError
 from kdcl.data.registry import ImageSplits, register_dataset
-from kdcl.errors import KdclError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-from kdcl.errors import KdclError, did_you_mean
+from kdcl.common.errors import KdclError, did_you_mean
 
 SCHEDULES: dict[str, Callable[..., float]] = {
     "constant": lambda x: 1.0,

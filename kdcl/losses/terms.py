@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdcl.errors import KdclError, did_you_mean
+from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.losses import functional as LF
 from kdcl.losses.schedules import check_schedule, scheduled
 from kdcl.losses.values import POSITIVE, check_term_values

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kdcl.errors import KdclError
+from kdcl.common.errors import KdclError
 
 POSITIVE = {"temperature", "p", "t_min"}  # parameters that must be > 0 (all others ≥ 0)
 NOT_NUMBERS = ("kind", "weight", "schedule", "student_tap", "teacher_tap")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdcl.errors import KdclError
+from kdcl.common.errors import KdclError
 from kdcl.models.cost import ModelCost, model_cost
 
 MAX_MODELS = 50  # each model is exported and timed: seconds apiece
@@ -38,7 +38,7 @@ def input_shape(overrides: list[str]) -> InputShape:
     from hydra.errors import HydraException
 
     from kdcl.cli import compose
-    from kdcl.config import check_data, check_report, latency_batches, latency_runtimes, schema_error
+    from kdcl.config.checks import check_data, check_report, latency_batches, latency_runtimes, schema_error
     from kdcl.data import KdclDataModule
 
     try:
@@ -78,7 +78,7 @@ def matching(pattern: str) -> list[str]:
 
 def cost_table(costs: list[NamedCost], shape: InputShape) -> tuple[list[str], list[list[str]]]:
     """Headers and rows: params, MMACs, median ms per runtime and batch size (spread in the JSON)."""
-    from kdcl.summary import SHORT, fmt_ms
+    from kdcl.reporting.summary import SHORT, fmt_ms
 
     lat = [(r, str(b)) for r in shape.runtimes for b in shape.batches]
     headers = ["model", "params", "MMACs", *(f"{SHORT.get(r, r)} ms@{b}" for r, b in lat)]

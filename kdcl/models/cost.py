@@ -112,7 +112,7 @@ def onnx_latency(graph: bytes | Path, in_chans: int, image_size: int, batches: l
 def model_onnx_latency(model: nn.Module, in_chans: int, image_size: int, batches: list[int]) -> RuntimeLatency:
     """The model exported as `kdcl export` exports it, timed in ONNX Runtime; a note instead when the
     runtime is not installed or the model cannot be exported (the run's other results still count)."""
-    from kdcl.errors import KdclError
+    from kdcl.common.errors import KdclError
     from kdcl.models.onnx_graph import INSTALL_HINT, export_onnx, missing_onnx_packages
 
     missing = missing_onnx_packages()

@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from kdcl.errors import KdclError
-from kdcl.io import check_weights_file, load_state_dict_file
+from kdcl.common.errors import KdclError
+from kdcl.common.io import check_weights_file, load_state_dict_file
 from kdcl.models.names import check_model_name
 
 

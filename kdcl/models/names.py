@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from kdcl.errors import KdclError, did_you_mean
+from kdcl.common.errors import KdclError, did_you_mean
 
 
 def names_file() -> Path:

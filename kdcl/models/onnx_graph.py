@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcl.errors import KdclError
+from kdcl.common.errors import KdclError
 
 INPUT, OUTPUT = "input", "logits"
 BATCH_AXIS = "batch"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdcl.errors import KdclError, did_you_mean
+from kdcl.common.errors import KdclError, did_you_mean
 
 EMBEDDING = "embedding"
 

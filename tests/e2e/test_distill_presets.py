@@ -14,7 +14,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kdcl.confdir import config_dir
+from kdcl.config.compose import config_dir
 from tests.conftest import TINY, in_process, summary_of
 
 PRESETS = sorted(p.stem for p in (Path(config_dir()) / "distill").glob("*.yaml"))

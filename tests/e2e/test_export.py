@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcl.evaluate import load_stage, locate
+from kdcl.deploy.locate import load_stage, locate
 from tests.conftest import summary_of
 
 # Plain timm and the sidecar, nothing else: kdcl is made unimportable first.

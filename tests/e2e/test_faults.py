@@ -12,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from kdcl.pipeline import stage as stage_module
+from kdcl.run import stage as stage_module
 from tests.conftest import LEARNED, TINY, summary_of
 
 SMALL = [*TINY, "trainer=cpu", "data.fraction=0.3", "report.latency_batches=[]"]

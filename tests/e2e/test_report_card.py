@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kdcl.cascade import answers
+from kdcl.deploy.cascade import answers
 from tests.conftest import LEARNED, TINY, in_process, run_dir_of, summary_of
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from kdcl.cli import compose, main
-from kdcl.config import check_config
-from kdcl.evaluate import eval_command
-from kdcl.pipeline.runner import run_pipeline
+from kdcl.config.checks import check_config
+from kdcl.deploy.locate import eval_command
+from kdcl.run.runner import run_pipeline
 from tests.conftest import SEED
 
 QUICK = ["teacher=tiny", "student=tiny", "progress_bar=none", "logger=none", "trainer.max_epochs=1", f"seed={SEED}"]

@@ -22,7 +22,7 @@ def test_the_curriculum_package_does_not_import_the_pipeline():
     loaded = run_python(
         "import sys\n"
         + "".join(f"import {m}\n" for m in modules)
-        + "print(' '.join(m for m in sys.modules if m.startswith('kdcl.pipeline')))"
+        + "print(' '.join(m for m in sys.modules if m.startswith('kdcl.run')))"
     )
     assert modules and loaded.strip() == ""
 
@@ -43,7 +43,7 @@ def test_config_values_are_checked_without_torch_lightning_or_timm():
     loaded = run_python(
         "import sys\n"
         "from kdcl.cli import compose\n"
-        "from kdcl.config import check_values\n"
+        "from kdcl.config.checks import check_values\n"
         "check_values(compose(['curriculum=linear', 'optim=sgd']))\n"
         "print(' '.join(m for m in ('torch', 'pytorch_lightning', 'timm') if m in sys.modules))"
     )

@@ -5,10 +5,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kdcl.confdir import config_dir
-from kdcl.config import check_config, upgrade_saved
-from kdcl.errors import KdclError
-from kdcl.pipeline.plan import plan_stages
+from kdcl.common.errors import KdclError
+from kdcl.config.checks import check_config, upgrade_saved
+from kdcl.config.compose import config_dir
+from kdcl.run.plan import plan_stages
 
 GROUPS = ["data", "teacher", "student", "distill", "pipeline", "optim", "trainer", "logger", "experiment", "debug"]
 

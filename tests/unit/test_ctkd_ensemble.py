@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdcl.errors import KdclError
+from kdcl.common.errors import KdclError
 from kdcl.losses import DistillLoss
 from kdcl.losses.ensemble import ensemble_logits
 from kdcl.losses.functional import bounded_temperature, kd_loss

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from kdcl.common.errors import KdclError
 from kdcl.curriculum.pacing import fraction
 from kdcl.curriculum.sampler import CurriculumBatchSampler, curriculum_order
 from kdcl.curriculum.scoring import (
@@ -15,7 +16,6 @@ from kdcl.curriculum.scoring import (
     file_scores,
     margin_scores,
 )
-from kdcl.errors import KdclError
 
 T = 1000  # total steps; full_at 0.5 → all data from step 500
 

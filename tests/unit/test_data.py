@@ -6,10 +6,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from kdcl.confdir import config_dir
+from kdcl.common.errors import KdclError
+from kdcl.config.compose import config_dir
 from kdcl.data import KdclDataModule
 from kdcl.data.sources import DEBIAN_FASHION_MNIST
-from kdcl.errors import KdclError
 
 
 def data_cfg(name: str, **overrides):

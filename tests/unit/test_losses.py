@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from kdcl.errors import KdclError
+from kdcl.common.errors import KdclError
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import ce_loss, kd_loss
 from kdcl.losses.terms import TermInputs

@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from kdcl.errors import KdclError
+from kdcl.common.errors import KdclError
 from kdcl.models import FrozenTeacher, create_model
 from kdcl.models.cost import count_macs
 

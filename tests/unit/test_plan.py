@@ -3,11 +3,11 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from kdcl.confdir import config_dir
-from kdcl.config import check_config
-from kdcl.errors import KdclError
-from kdcl.pipeline.plan import plan_stages, split_ref
-from kdcl.pipeline.presets import task_classes
+from kdcl.common.errors import KdclError
+from kdcl.config.checks import check_config
+from kdcl.config.compose import config_dir
+from kdcl.run.plan import plan_stages, split_ref
+from kdcl.run.presets import task_classes
 
 
 def plan(*overrides):

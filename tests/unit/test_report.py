@@ -6,8 +6,8 @@ import statistics
 import pytest
 import yaml
 
-from kdcl.errors import KdclError
-from kdcl.report import write_report
+from kdcl.common.errors import KdclError
+from kdcl.reporting.compare import write_report
 
 
 def latency(**ms: float) -> dict:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdcl.cascade import answers, confidence, curve, operating_point, thresholds
-from kdcl.predictions import Predictions
-from kdcl.report_card import agreement, build_card, expected_calibration_error, mean_kl, nll, per_class_accuracy
+from kdcl.deploy.cascade import answers, confidence, curve, operating_point, thresholds
+from kdcl.models.predictions import Predictions
+from kdcl.reporting.card import agreement, build_card, expected_calibration_error, mean_kl, nll, per_class_accuracy
 
 
 def from_probs(probs, labels) -> Predictions:

@@ -7,7 +7,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdcl.callbacks import FollowChangedLearningRate
+from kdcl.training.callbacks import FollowChangedLearningRate
 
 DATA = TensorDataset(torch.randn(20, 2, generator=torch.Generator().manual_seed(0)), torch.arange(20) % 2)
 

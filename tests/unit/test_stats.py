@@ -1,4 +1,4 @@
-"""kdcl.stats against scipy computed by hand (and Holm against its definition)."""
+"""kdcl.reporting.stats against scipy computed by hand (and Holm against its definition)."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from kdcl.stats import holm, paired, paired_t_power, seeds_needed, t_interval
+from kdcl.reporting.stats import holm, paired, paired_t_power, seeds_needed, t_interval
 
 
 def test_t_interval_is_scipys_interval_of_the_mean():

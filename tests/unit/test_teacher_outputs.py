@@ -6,10 +6,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Subset, TensorDataset
 
+from kdcl.common.errors import KdclError
 from kdcl.data.datamodule import source_indices
-from kdcl.errors import KdclError
-from kdcl.pipeline.plan import choose_mode
-from kdcl.teacher_outputs import CACHE_FILE, TeacherOutputs, predict_logits
+from kdcl.run.plan import choose_mode
+from kdcl.teachers.outputs import CACHE_FILE, TeacherOutputs, predict_logits
 
 
 class FakeDataModule:

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
-from kdcl.cache import load_or_build, read_entry
-from kdcl.teacher_views import (
+from kdcl.common.cache import load_or_build, read_entry
+from kdcl.teachers.views import (
     TeacherViews,
     TeacherViewStore,
     ViewSpec,

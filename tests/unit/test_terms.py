@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from kdcl.errors import KdclError
+from kdcl.common.errors import KdclError
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import at_loss, ce_loss, hint_loss, rkd_loss
 from kdcl.losses.schedules import scheduled

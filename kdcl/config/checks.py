@@ -1,0 +1,351 @@
+"""Check a composed config before any heavy work and plan it, once: every mistake is one KdclError
+naming the key.
+
+Types and enumerations are declared in kdcl/config/schema.py (Hydra refuses a wrong type while composing;
+`schema_error` names the key). Here: ranges, cross-field and file checks. `check_values` needs neither
+torch nor Lightning, so a typo is answered in a fraction of a second; `check_config` then builds the
+`Plan` (loss terms parsed, stages, curriculum) and checks what needs models, files or Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    ValidationError,
+)
+
+from kdcl.common.errors import KdclError, did_you_mean, show
+from kdcl.config.schema import TrainConfig
+from kdcl.losses.values import check_term_values
+
+GROUPS = tuple(TrainConfig.__dataclass_fields__)
+
+
+def fraction_in(value, key: str, low_open: bool = True, high_closed: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > 0 if low_open else value >= 0) and (value <= 1 if high_closed else value < 1)
+    if not ok:
+        rng = ("(0" if low_open else "[0") + ", " + ("1]" if high_closed else "1)")
+        raise KdclError(f"{key}={show(value)} must be a fraction in {rng}")
+
+
+def positive_int(value, key: str, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise KdclError(f"{key}={value} must be an integer ≥ {minimum}")
+
+
+TYPE_WORDS = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
+
+
+def schema_error(exc: Exception) -> KdclError | None:
+    """The one-line error for OmegaConf's schema ValidationError somewhere in `exc`'s causes (or None)."""
+    while exc is not None and not isinstance(exc, ValidationError):
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return None
+    key, text = exc.full_key, str(exc).splitlines()[0]
+    if "expected one of" in text:  # an enumeration: "Invalid value 'x', expected one of [a, b]"
+        value = text.split("'")[1]
+        options = text.split("[", 1)[1].rstrip("]").split(", ")
+        return KdclError(f"{key}={value} must be one of {'|'.join(options)}{did_you_mean(value, options)}")
+    if "could not be converted to" in text:  # "Value 'abc' of type 'str' could not be converted to Float"
+        value, wanted = text.split("'")[1], text.rsplit(" ", 1)[-1]
+        return KdclError(f"{key}={value} must be {TYPE_WORDS.get(wanted, wanted)}; check the override")
+    if "is not a ListConfig" in text:  # "Invalid value assigned: int is not a ListConfig, list or tuple."
+        return KdclError(f"{key}={show(getattr(exc, 'value', '?'))} must be a list, e.g. [0,1,2]; check the override")
+    return KdclError(f"{key}: {text}; check the override")
+
+
+def resolve_all(cfg: DictConfig) -> None:
+    """Fail on `???` values and broken interpolations with the key's name."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        if key in GROUPS:  # a deleted group (`~optim`) leaves the schema's MISSING behind
+            raise KdclError(f"the config has no '{key}'; do not delete it (~{key}) or choose an option") from None
+        raise KdclError(f"{key} is required here and has no value; set it on the command line ({key}=...)") from None
+    except InterpolationResolutionError as exc:
+        raise KdclError(f"{exc.full_key}: cannot resolve its value ({exc.msg}); fix or override the key") from None
+
+
+def check_data(d: DictConfig) -> None:
+    fraction_in(d.fraction, "data.fraction")
+    fraction_in(d.val_fraction, "data.val_fraction", low_open=False, high_closed=False)
+    fraction_in(d.get("label_noise", 0.0), "data.label_noise", low_open=False, high_closed=False)
+    if d.get("test_fraction") is not None:
+        fraction_in(d.test_fraction, "data.test_fraction", high_closed=False)
+    positive_int(d.image_size, "data.image_size", 8)
+    positive_int(d.batch_size, "data.batch_size")
+    positive_int(d.eval_batch_size, "data.eval_batch_size")
+    positive_int(d.num_workers, "data.num_workers", 0)
+    positive_int(d.epochs, "data.epochs")
+    positive_int(d.views, "data.views")
+    for key in SYNTHETIC_ONLY:
+        if d.get(key) is not None and d.name != "synthetic":
+            raise KdclError(f"data.{key} is a setting of data=synthetic only; data={d.name} reads it from its files")
+    if d.on_device not in (True, False, "auto"):  # a bool or a word: OmegaConf has no Union type
+        raise KdclError(f"data.on_device={d.on_device} must be true, false or auto")
+    if d.get("root") and not d.get("download") and not Path(d.root).exists():
+        raise KdclError(
+            f"data.root '{d.root}' does not exist; point it at the {d.name} files or set data.download=true"
+        )
+
+
+SYNTHETIC_ONLY = ("num_classes", "in_chans", "train_size", "test_size")
+
+
+def check_optim(o: DictConfig) -> None:
+    if o.lr <= 0:
+        raise KdclError(f"optim.lr={show(o.lr)} must be > 0 (e.g. 3e-3)")
+    for key in ("weight_decay", "momentum"):
+        if o[key] < 0:
+            raise KdclError(f"optim.{key}={show(o[key])} must be ≥ 0")
+    if not 0 <= o.warmup < 1:
+        raise KdclError(f"optim.warmup={show(o.warmup)} must be in [0, 1)")
+    if o.name == "sgd" and o.nesterov and o.momentum <= 0:
+        raise KdclError(f"optim.momentum={show(o.momentum)} with optim.nesterov=true: Nesterov needs momentum > 0; "
+                        "set optim.momentum=0.9 or optim.nesterov=false")  # fmt: skip
+
+
+def check_curriculum(c: DictConfig) -> None:
+    """The curriculum's own values; which stages it applies to is checked by the plan."""
+    from kdcl.curriculum.pacing import check_pacing
+
+    check_pacing(c.pacing, c.start, c.full_at, OmegaConf.to_container(c.params))
+    if c.pacing == "none":
+        return
+    order = c.get("class_order")
+    if c.scorer == "class_order" and order is not None and len(set(order)) != len(order):
+        raise KdclError(f"curriculum.class_order={order} must list distinct class indices, easiest first, e.g. [0,1,2]")
+    fraction_in(c.threshold, "curriculum.threshold")
+    fraction_in(c.jump, "curriculum.jump", low_open=False)
+    positive_int(c.folds, "curriculum.folds", 2)
+    for key in ("fold_epochs", "early_epoch", "rescore_every"):
+        positive_int(c[key], f"curriculum.{key}")
+    if c.scorer == "file":
+        if not c.scores_file:
+            raise KdclError("curriculum.scorer=file needs curriculum.scores_file=PATH (one score per training example)")
+        if not Path(c.scores_file).is_file():
+            raise KdclError(
+                f"curriculum.scores_file '{c.scores_file}' does not exist; give a .pt, .npy or text file of scores"
+            )
+
+
+def latency_batches(cfg: DictConfig) -> list[int]:
+    """report.latency_batches; without a `report` node (`~report`) no latency is measured."""
+    return [int(b) for b in (cfg.get("report") or {}).get("latency_batches") or []]
+
+
+def latency_runtimes(cfg: DictConfig) -> list[str]:
+    """report.latency_runtimes as plain words, each once."""
+    return list(dict.fromkeys(str(r) for r in (cfg.get("report") or {}).get("latency_runtimes") or []))
+
+
+def check_report(cfg: DictConfig) -> None:
+    if any(b < 1 for b in latency_batches(cfg)):
+        raise KdclError(f"report.latency_batches={cfg.report.latency_batches} must list batch sizes ≥ 1, e.g. [1,64] "
+                        "(or [] to skip)")  # fmt: skip
+    runtimes = latency_runtimes(cfg)
+    if latency_batches(cfg) and runtimes and str(cfg.report.speedup_runtime) not in runtimes:
+        raise KdclError(f"report.speedup_runtime={cfg.report.speedup_runtime} is not measured "
+                        f"(report.latency_runtimes=[{','.join(runtimes)}]); add it there or choose one of those")  # fmt: skip
+
+
+LOGGER_EXTRAS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # logger class → its package = kdcl's extra
+
+
+def logger_kind(spec) -> str:
+    """A logger spec's class name: MLFlowLogger, WandbLogger, TensorBoardLogger, ..."""
+    return str(spec.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: importing it is blocked
+        return False
+
+
+def check_logger_extras(loggers) -> None:
+    """A logger whose package is missing is one line naming the extra to install (found without importing it)."""
+    for name, spec in (loggers or {}).items():
+        module = LOGGER_EXTRAS.get(logger_kind(spec)) if spec is not None else None
+        if module and not installed(module):
+            raise KdclError(f"logger.{name} needs {module}, which is not installed: pip install 'kdcl[{module}]'")
+
+
+def check_cascade(c: DictConfig) -> None:
+    """The cascade's settings (read by kdcl eval cascade=true)."""
+    if not 0 <= c.max_drop <= 1:
+        raise KdclError(f"cascade.max_drop={show(c.max_drop)} must be in [0, 1]: the accuracy (a fraction, 0.01 = "
+                        "one point) the cascade may lose against the teacher")  # fmt: skip
+    positive_int(c.steps, "cascade.steps")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Everything that needs no torch, Lightning, models or data (a few milliseconds)."""
+    from kdcl.training.trainer import check_trainer_keys
+
+    resolve_all(cfg)
+    check_data(cfg.data)
+    check_optim(cfg.optim)
+    positive_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs")
+    check_trainer_keys(cfg.trainer)
+    if cfg.distill.get("store_topk") is not None:
+        positive_int(cfg.distill.store_topk, "distill.store_topk")
+    budget = cfg.distill.get("store_max_mb")
+    if budget is not None and budget <= 0:
+        raise KdclError(f"distill.store_max_mb={show(budget)} must be > 0 (megabytes), or null for no limit")
+    temperature = cfg.distill.get("temperature")
+    if temperature is not None and temperature <= 0:
+        raise KdclError(f"distill.temperature={show(temperature)} must be > 0 (e.g. 4)")
+    if cfg.get("report") is not None:
+        check_report(cfg)
+    check_curriculum(cfg.curriculum)
+    check_cascade(cfg.cascade)
+    check_logger_extras(cfg.get("logger"))
+    check_term_values(OmegaConf.to_container(cfg.distill.terms, resolve=True))
+
+
+_PLANS: dict[str, object] = {}  # config text -> its Plan: a job checked before Hydra starts is not planned twice
+
+
+def check_config(cfg: DictConfig):
+    """Validate `cfg` and return its Plan (kdcl.run.plan.Plan), whose config holds plain values."""
+    try:
+        text = os.getcwd() + "\n" + OmegaConf.to_yaml(cfg, resolve=False)  # relative paths: per directory
+        if text not in _PLANS:
+            check_values(cfg)
+            _PLANS[text] = plan_checked(plain(cfg))
+        return _PLANS[text]
+    except (ConfigAttributeError, ConfigKeyError) as exc:
+        raise KdclError(f"the config has no '{exc.full_key}'; do not delete it (~{exc.full_key}) or set it") from None
+    except ValidationError as exc:
+        raise schema_error(exc) from None
+
+
+OLD_TRAINER_SWITCHES = {"progress_bar": "progress_bar", "channels_last": "speed.channels_last",
+                        "compile": "speed.compile"}  # fmt: skip
+
+
+def upgrade_saved(cfg: DictConfig) -> DictConfig:
+    """A config.yaml saved before `trainer` became a Lightning spec: kdcl's own switches move out of it
+    and it gets its `_target_`, so older runs can still be resumed and evaluated."""
+    trainer = cfg.get("trainer")
+    if trainer is None or "_target_" in trainer:
+        return cfg
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    for old, new in OLD_TRAINER_SWITCHES.items():
+        if old in cfg.trainer:
+            OmegaConf.update(cfg, new, cfg.trainer.pop(old), force_add=True)
+    cfg.trainer["_target_"] = "pytorch_lightning.Trainer"
+    return cfg
+
+
+def plain(cfg: DictConfig) -> DictConfig:
+    """The same config without the schema's types: enumerations become plain strings, so the config can be
+    saved in checkpoints as plain containers."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+
+
+def plan_checked(cfg: DictConfig):
+    """The Plan, and the checks that need torch, timm, Lightning or the data."""
+    from kdcl.data.registry import get_loader
+    from kdcl.run.plan import build_plan
+    from kdcl.training.trainer import check_trainer_values
+
+    plan = build_plan(cfg)
+    checked = set()
+    for stage in plan.stages:
+        if stage.model_key not in checked:
+            checked.add(stage.model_key)
+            check_model_node(stage.model, stage.model_key)
+    get_loader(cfg.data.name)
+    check_feature_taps(plan.stages, int(cfg.data.image_size))
+    check_scores_file(plan)
+    check_view_stores(plan)
+    check_trainer_values(cfg.trainer)
+    return plan
+
+
+def check_model_node(node: dict, key: str) -> None:
+    """A timm name (checked without importing timm), a drop rate, and readable weight files."""
+    from kdcl.common.io import check_weights_file
+    from kdcl.models.names import check_model_name
+
+    check_model_name(node.get("name"), f"{key}.name")
+    drop_rate = node.get("drop_rate", 0.0)
+    if not isinstance(drop_rate, (int, float)) or isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
+        raise KdclError(f"{key}.drop_rate={show(drop_rate)} must be a number in [0, 1)")
+    for field in ("weights", "checkpoint"):
+        if node.get(field):
+            check_weights_file(node[field], f"{key}.{field}")
+
+
+def check_feature_taps(stages, image_size: int) -> None:
+    """Resolve every feature tap on shape-only (meta-device) models: a bad tap fails before any training."""
+    import torch
+
+    from kdcl.losses import DistillLoss
+    from kdcl.models.factory import create_skeleton
+
+    by_name = {s.name: s for s in stages}
+    for stage in stages:
+        loss = DistillLoss(stage.loss_terms, stage.terms_key)
+        if not (loss.feature_terms and stage.teachers):
+            continue
+        names = [stage.model["name"], *(by_name[t].model["name"] for t in stage.teacher_stages)]
+        models = [create_skeleton(name, image_size) for name in names]
+        if any(m is None for m in models):
+            continue  # the model cannot be built shape-only; its stage checks the taps at start instead
+        loss.attach(models[0], models[1:], torch.empty(1, 3, image_size, image_size, device="meta"), names)
+
+
+def check_scores_file(plan) -> None:
+    """scorer=file: one score per training example of every stage the curriculum applies to (needs the data)."""
+    c = plan.cfg.curriculum
+    if c.pacing == "none" or c.scorer != "file":
+        return
+    from kdcl.curriculum.scoring import file_scores
+    from kdcl.data import KdclDataModule
+    from kdcl.run.presets import task_classes
+
+    dm = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
+    dm.setup()
+    for stage in plan.stages:
+        if stage.curriculum:
+            classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
+            file_scores(c.scores_file, len(dm.stage_subset(stage.fraction, classes)))
+
+
+def check_view_stores(plan) -> None:
+    """distill.teacher_outputs=views with distill.store_max_mb: each stage's store must fit the budget (on
+    disk and in memory), found before any pass (this needs the data's size, so it loads the data; the
+    cache's free space is checked by each stage before its pass)."""
+    budget = plan.cfg.distill.get("store_max_mb")
+    stages = [s for s in plan.stages if s.teacher_outputs == "views"]
+    if budget is None or not stages:
+        return
+    from kdcl.data import KdclDataModule
+    from kdcl.run.presets import task_classes
+    from kdcl.teachers.views import ViewSpec, store_problem
+
+    cfg = plan.cfg
+    dm = KdclDataModule(cfg.data, seed=cfg.seed)
+    dm.setup()
+    for stage in stages:
+        classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
+        n = len(dm.stage_subset(stage.fraction, classes))
+        spec = ViewSpec.of(cfg, dm.num_classes, stage.curriculum)
+        problem = store_problem(stage.name, n, dm.num_classes, len(stage.teachers), spec, budget, None)
+        if problem:
+            raise KdclError(problem)

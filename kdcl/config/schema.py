@@ -1,0 +1,212 @@
+"""The config's types and enumerations, declared once as structured configs (Hydra's ConfigStore).
+
+`conf/train.yaml` starts its defaults list with `train_schema`, so every group option is merged into
+these typed nodes: a key the schema does not have, a value of the wrong type or a word outside an
+enumeration fails while Hydra composes, and `kdcl.config.checks` turns that into one line naming the key.
+Ranges, cross-field and file checks stay in code (kdcl/config/checks.py). The free-form parts are typed as
+mappings: `pipeline` (each kind has its own keys; kdcl/run/plan.py checks them), `distill.terms`
+(kdcl/losses/terms.py checks each term against its function's signature), `trainer` (a Lightning
+Trainer spec, checked against Lightning's own signature) and `logger`.
+
+Import-light on purpose (no torch): `kdcl train` answers a typo in well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any  # noqa: UP035 — OmegaConf reads these annotations at runtime
+
+from omegaconf import MISSING
+
+
+class Choice(str, Enum):
+    """An enumeration whose members are plain strings too (`Order.easy_first == "easy_first"`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def choice(name: str, words: str) -> type[Choice]:
+    """An enumeration of `words` (space-separated), each member named and valued by its word."""
+    return Choice(name, {word: word for word in words.split()}, module=__name__)
+
+
+Optimizer = choice("Optimizer", "adamw adam sgd")
+Scheduler = choice("Scheduler", "onecycle cosine constant")
+Order = choice("Order", "easy_first hard_first random")
+Source = choice("Source", "final early folds")
+Advance = choice("Advance", "schedule on_plateau on_threshold")
+TeacherOutputs = choice("TeacherOutputs", "online cached views auto")
+ProgressBar = choice("ProgressBar", "auto rich lines none")
+Runtime = choice("Runtime", "onnxruntime eager")
+Confidence = choice("Confidence", "max_prob margin")
+NoiseKind = choice("NoiseKind", "symmetric pair")
+Ensemble = choice("Ensemble", "none mean confidence")
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str | None = MISSING  # every data preset sets it (image_folder: ??? — required)
+    download: bool = False
+    download_root: str | None = None
+    image_size: int = 32
+    test_fraction: float | None = None
+    val_fraction: float = 0.1
+    fraction: float = 1.0
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    on_device: Any = "auto"  # true | false | auto (a bool or a word: checked in kdcl/config/checks.py)
+    augment: bool = False
+    hflip: bool = False
+    views: int = 8  # distill.teacher_outputs=views: stored augmented views per training example (K)
+    epochs: int = 10
+    label_noise: float = 0.0  # share of the training part's labels flipped (never validation or test)
+    label_noise_kind: NoiseKind = NoiseKind.symmetric  # symmetric: to any other class | pair: class c to c+1
+    label_noise_seed: int = 0  # picks the flipped examples; fixed, so every run seed sees the same noisy labels
+    # data=synthetic only
+    num_classes: int | None = None
+    in_chans: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    weights: str | None = None  # local timm-compatible weights: transfer learning
+    checkpoint: str | None = None  # a kdcl checkpoint: used as-is, not trained again
+    drop_rate: float = 0.0
+
+
+@dataclass
+class DistillConfig:
+    name: str = MISSING
+    teacher_outputs: TeacherOutputs = TeacherOutputs.auto
+    store_topk: int | None = None  # views: keep the top k logits per view (None: all up to 100 classes, else 10)
+    store_max_mb: float | None = None  # views: refuse (before the pass) a store larger than this, on disk and in memory
+    temperature: float | None = None
+    terms: dict[str, Any] = MISSING
+
+
+@dataclass
+class CurriculumConfig:
+    name: str = "none"
+    pacing: str = "none"  # a registered pacing function (kdcl/curriculum/pacing.py)
+    start: float = 0.2
+    full_at: float = 0.8
+    params: dict[str, Any] = field(default_factory=dict)
+    order: Order = Order.easy_first
+    balanced: bool = False
+    scorer: str = "teacher_confidence"  # a registered scorer (kdcl/curriculum/scoring.py)
+    source: Source = Source.final
+    early_epoch: int = 1
+    folds: int = 3
+    fold_epochs: int = 3
+    rescore_every: int = 1
+    class_order: list[int] | None = None
+    scores_file: str | None = None
+    advance: Advance = Advance.schedule
+    threshold: float = 0.9
+    jump: float = 0.1
+    stages: list[str] | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """Either explicit `stages` or a generator `kind` (kdcl/run/presets.py) with its own settings."""
+
+    name: str = MISSING
+    kind: str | None = None  # a registered generator: takd, dgkd, anchors, born_again, lifelong, ...
+    stages: dict[str, Any] | None = None  # name -> {model, teachers, epochs, select, terms, ...}
+    epochs: Any | None = None  # a generator's per-stage budget (usually ${trainer.max_epochs})
+    assistants: list[Any] | None = None  # takd, dgkd: timm names or model mappings, largest first
+    anchors: int | None = None  # anchors
+    epochs_per_anchor: int | None = None  # anchors
+    generations: int | None = None  # born_again
+    tasks: int | None = None  # lifelong
+    task_classes: list[Any] | None = None  # lifelong
+    distill_weight: float | None = None  # lifelong
+    temperature: float | None = None  # lifelong
+    teachers: list[Any] | None = None  # ensemble: model groups, timm names or model mappings (two or more)
+    combine: str | None = None  # ensemble: mean | confidence (kdcl/losses/ensemble.py)
+    student_fraction: float | None = None  # ensemble: the student's share of the training set (None: all)
+    finetune: bool = False  # true appends a hard-label fine-tune of the last model at a lower learning rate
+    finetune_epochs: int | None = None  # default: half the last stage's epochs
+    finetune_lr_scale: float = 0.1  # × optim.lr
+
+
+@dataclass
+class OptimConfig:
+    name: Optimizer = Optimizer.adamw
+    lr: float = 6e-3
+    weight_decay: float = 0.05
+    scheduler: Scheduler = Scheduler.onecycle
+    warmup: float = 0.15
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd; needs momentum > 0
+
+
+@dataclass
+class SpeedConfig:
+    """kdcl's own speed switches (not Trainer arguments): applied to the models and batches."""
+
+    channels_last: bool = False  # models and batches in channels-last memory format (GPU, bf16)
+    compile: bool = False  # torch.compile the student and the teachers
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: graphs captured, no code generated)
+    threads: int | None = (
+        None  # CPU threads of this process; null: torch's default, or under the joblib launcher cores ÷ n_jobs
+    )
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    data_dir: str = "data"
+    cache_dir: str | None = None  # stores shared by runs (teacher views, teachers' tests); None: <output_dir>/cache
+
+
+@dataclass
+class ReportConfig:
+    latency_batches: list[int] = field(default_factory=lambda: [1, 64])  # [] skips latency
+    latency_runtimes: list[Runtime] = field(default_factory=lambda: [Runtime.onnxruntime, Runtime.eager])
+    speedup_runtime: Runtime = Runtime.onnxruntime  # the runtime whose latency the speed-up column compares
+
+
+@dataclass
+class CascadeConfig:
+    """`kdcl eval RUN_DIR cascade=true`: the student answers when its confidence reaches τ, else the teacher."""
+
+    confidence: Confidence = Confidence.max_prob  # max_prob: top probability; margin: top minus second
+    max_drop: float = 0.01  # the operating point: cheapest τ whose val accuracy is within this of the teacher's
+    steps: int = 100  # τ on a grid of steps + 1 values in [0, 1], and one above 1 (the teacher alone)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = MISSING
+    teacher: ModelConfig | None = None
+    student: ModelConfig | None = None
+    distill: DistillConfig = MISSING
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    pipeline: PipelineConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: dict[str, Any] = MISSING
+    logger: dict[str, Any] | None = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    progress_bar: ProgressBar = ProgressBar.auto
+    seed: int = 0
+    name: str = "train"
+    resume: str | None = None
+
+
+def register() -> None:
+    """Make `train_schema` known to Hydra (idempotent; called before any composition)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,184 @@
+"""`kdcl eval`: test a run's model (or any kdcl checkpoint) again, optionally on other data; and how a
+run's stage is found and its model rebuilt (`locate`, `load_stage`), which `kdcl export` shares."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
+
+from kdcl.common.errors import KdclError, did_you_mean
+from kdcl.common.io import read_json
+from kdcl.common.metric_names import metric_name
+from kdcl.config.checks import check_data, upgrade_saved
+from kdcl.config.compose import config_dir
+from kdcl.data import KdclDataModule
+from kdcl.data.datamodule import StagePart, of_classes
+from kdcl.losses import DistillLoss
+from kdcl.models import create_model, load_kdcl_checkpoint
+from kdcl.run.manifest import Manifest
+from kdcl.run.plan import HARD_LABELS
+from kdcl.training.module import DistillationModule
+from kdcl.training.trainer import build_trainer
+
+
+@dataclass(frozen=True)
+class Located:
+    """A finished stage's checkpoint and what it was trained with; `run_dir` and the test accuracy the run
+    recorded are None when a checkpoint file was given."""
+
+    checkpoint: Path
+    cfg: DictConfig
+    hparams: dict
+    run_dir: Path | None = None
+    run_test_acc: float | None = None
+
+    @property
+    def stage(self) -> str:
+        return self.hparams["stage"]
+
+
+def finished_stage(run_dir: Path, stage: str | None) -> tuple[str, dict[str, dict]]:
+    """(stage `stage`, or the run's last finished stage; every finished stage's run.json result)."""
+    done = {n: s["result"] for n, s in read_json(run_dir / "run.json")["stages"].items() if s.get("status") == "done"}
+    if not done:
+        raise KdclError(f"run '{run_dir}' has no finished stage yet; resume it with kdcl train resume={run_dir}")
+    name = stage or max(done, key=lambda n: done[n]["index"])
+    if name not in done:
+        raise KdclError(
+            f"stage={name} is not a finished stage of {run_dir}{did_you_mean(name, done)}; finished: {', '.join(done)}"
+        )
+    return name, done
+
+
+def locate(target: str, stage: str | None) -> Located:
+    """The checkpoint of a run directory's final stage (or stage `stage`), or a checkpoint file, with
+    the config and hyper-parameters saved in it. `kdcl eval` and `kdcl export` find models this way."""
+    path, run_dir, recorded = Path(target), None, None
+    if path.is_dir():
+        if not Manifest.exists(path):
+            raise KdclError(f"'{path}' is not a kdcl run directory (no run.json); give a run directory or a .ckpt file")
+        name, done = finished_stage(path, stage)
+        run_dir, recorded = path, float(done[name]["test_acc"])
+        path = path / done[name]["checkpoint"]  # relative to the run (an absolute path stays as it is)
+    elif stage is not None:
+        raise KdclError(f"stage={stage} needs a run directory; '{target}' is not one (a checkpoint is one stage)")
+    _, hparams = load_kdcl_checkpoint(path, "checkpoint")
+    if "config" not in hparams or "model" not in hparams:
+        raise KdclError(
+            f"checkpoint '{path}' was not written by kdcl train (no config inside); give a kdcl stage checkpoint"
+        )
+    return Located(path, upgrade_saved(OmegaConf.create(hparams["config"])), hparams, run_dir, recorded)
+
+
+@dataclass
+class StageModel:
+    """A stage's model rebuilt from its checkpoint, and the data it is tested on."""
+
+    located: Located
+    data: KdclDataModule
+    model: nn.Module
+
+    @property
+    def seen_classes(self) -> list[int] | None:
+        return self.located.hparams.get("seen_classes")  # a class-incremental stage is tested among these
+
+    @property
+    def test_set(self) -> Dataset:
+        return of_classes(self.data.test_set, self.seen_classes)
+
+
+def load_stage(located: Located, overrides: list[str] | None = None) -> StageModel:
+    """The stage's model (weights from its checkpoint) and its data, with `data=...` overrides applied."""
+    cfg, hp = apply_overrides(located.cfg, overrides or []), located.hparams
+    check_data(cfg.data)
+    dm = KdclDataModule(cfg.data, seed=cfg.seed)
+    dm.setup()
+    if dm.num_classes != hp["num_classes"] or dm.in_chans != hp["in_chans"]:
+        raise KdclError(
+            f"data={cfg.data.name} has {dm.num_classes} classes × {dm.in_chans} channels but the model was trained "
+            f"for {hp['num_classes']} × {hp['in_chans']}; evaluate on data with the same classes"
+        )
+    model_cfg = OmegaConf.create({**hp["model"], "checkpoint": str(located.checkpoint), "weights": None})
+    model = create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), "checkpoint")
+    return StageModel(Located(located.checkpoint, cfg, hp, located.run_dir, located.run_test_acc), dm, model.eval())
+
+
+EVAL_GROUPS = ("data",)  # the model comes from the checkpoint; only the data can be swapped
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`data=fashion_mnist` swaps the data group from conf/; `data.fraction=0.5` sets one key."""
+    for item in overrides:
+        if "=" not in item:
+            raise KdclError(f"'{item}' is not an override; write KEY=VALUE (e.g. data=digits)")
+        key, value = item.split("=", 1)
+        if key in EVAL_GROUPS:
+            group_dir = config_dir() / key
+            options = sorted(p.stem for p in group_dir.glob("*.yaml"))
+            if value not in options:
+                raise KdclError(
+                    f"{key}={value}: no such option{did_you_mean(value, options)}; options: {', '.join(options)}"
+                )
+            cfg[key] = OmegaConf.load(group_dir / f"{value}.yaml")
+        elif (config_dir() / key).is_dir():
+            raise KdclError(
+                f"kdcl eval takes the model from the checkpoint: {key}= cannot be changed; only data=... can"
+            )
+        elif has_key(cfg, key):
+            OmegaConf.update(cfg, key, yaml_value(value), merge=False)
+        else:
+            raise KdclError(f"unknown config key '{key}' in kdcl eval; keys such as data.eval_batch_size can be set")
+    return cfg
+
+
+def yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def eval_command(args: list[str]) -> dict:
+    if not args or args[0].startswith("-"):
+        raise KdclError("kdcl eval needs a run directory or a checkpoint: kdcl eval RUN_DIR [stage=NAME] [data=...] "
+                        "[cascade=true]")  # fmt: skip
+    target, overrides = args[0], args[1:]
+    stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), None)
+    overrides = [o for o in overrides if not o.startswith("stage=")]
+    from kdcl.deploy.cascade_eval import cascade_eval, cascade_flag
+
+    if cascade_flag(overrides):  # the student answers, the run's teacher takes what it is unsure of
+        return cascade_eval(target, stage, overrides)
+    overrides = [o for o in overrides if o.split("=", 1)[0] != "cascade"]
+    loaded = load_stage(locate(target, stage), overrides)
+    cfg, hp, dm, seen = loaded.located.cfg, loaded.located.hparams, loaded.data, loaded.seen_classes
+    module = DistillationModule(loaded.model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp,
+                                seen_classes=seen)  # fmt: skip
+    gpu = torch.cuda.is_available()  # a GPU-trained run can be checked on a laptop, and the other way round
+    trainer = build_trainer(cfg.trainer, accelerator="gpu" if gpu else "cpu", devices=1, num_nodes=1, strategy="auto",
+                            precision=cfg.trainer.precision if gpu else "32-true", limit_test_batches=None)  # fmt: skip
+    metrics = trainer.test(module, datamodule=dm.for_stage(StagePart(eval_classes=seen)), verbose=False)[0]
+    result = {
+        "stage": hp["stage"],
+        "model": hp["model"]["name"],
+        "checkpoint": str(loaded.located.checkpoint),
+        "data": cfg.data.name,
+        "test_examples": len(loaded.test_set),
+        "test_acc": float(metrics[metric_name(hp["stage"], "test", "acc")]),
+        "test_loss": float(metrics[metric_name(hp["stage"], "test", "loss")]),
+    }
+    print(f"{result['stage']} ({result['model']}) on {result['data']} test ({result['test_examples']} images): "
+          f"acc {result['test_acc']:.4f}  loss {result['test_loss']:.4f}")  # fmt: skip
+    print(json.dumps(result))
+    return result

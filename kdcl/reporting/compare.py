@@ -1,0 +1,212 @@
+"""`kdcl report DIR [baseline=KEY=VALUE]`: compare the runs under DIR (a multirun sweep, or any folder of runs).
+
+Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,none seed=0,1,2` gives
+two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std), and the
+final model's latency and speed-up against the first (in each run's `report.speedup_runtime`) are the
+median over the group's runs. The final model's chosen and last-epoch accuracy get 95 % intervals, and
+with a baseline paired tests (kdcl/reporting/compare_stats.py). Writes report.csv, report.md, report.json and
+report.png (final-stage accuracy against parameters) into DIR.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from kdcl.common.errors import KdclError
+from kdcl.common.io import atomic_write_json, atomic_write_text
+from kdcl.common.plots import saved_figure
+from kdcl.common.tables import markdown_table, print_table
+from kdcl.reporting.compare_stats import (
+    CHECKPOINTS,
+    COMPARE_HEADERS,
+    SPREAD_HEADERS,
+    Comparison,
+    baseline_row,
+    by_seed,
+    compare,
+    compare_table,
+    spread_table,
+    spreads,
+)
+from kdcl.reporting.summary import fmt_ms, medians
+
+NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "paths.", "name=", "resume=")
+
+
+REPORT_NOTE = (
+    "Test accuracy, mean ± std over runs. The final model's CPU latency (ms per batch) and speed-up "
+    "against the first model: median over runs, in the runtime named (each run's report.speedup_runtime)."
+)
+
+
+def find_runs(root: Path) -> list[Path]:
+    return sorted((p.parent for p in root.rglob("summary.json")), key=lambda p: (len(p.parts), str(p)))
+
+
+def overrides_of(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except yaml.YAMLError:
+        overrides = []
+    if not isinstance(overrides, list):
+        overrides = []
+    return sorted(str(o) for o in overrides if not str(o).lstrip("+~").startswith(NOT_A_SETTING))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def collect(root: Path) -> tuple[list[dict], list[str]]:
+    """(one row per group: its settings, seeds, per-stage accuracy mean ± std; the settings all runs share)."""
+    runs = find_runs(root)
+    overrides = {run: overrides_of(run) for run in runs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
+    groups: dict[str, list[dict]] = {}
+    runs_of: dict[str, list[Path]] = {}
+    for run in runs:  # settings every run shares say nothing about the differences: shown once, not per row
+        key = " ".join(o for o in overrides[run] if o not in shared) or "(defaults)"
+        groups.setdefault(key, []).append(json.loads((run / "summary.json").read_text()))
+        runs_of.setdefault(key, []).append(run)
+    common = [o for o in overrides[runs[0]] if o in shared] if runs else []
+    rows = []
+    for key, summaries in groups.items():
+        stages = [s["name"] for s in summaries[0]["stages"]]
+        row = {"settings": key, "runs": len(summaries), "seeds": sorted({s["seed"] for s in summaries})}
+        for name in stages:
+            accs = [next(st["test_acc"] for st in s["stages"] if st["name"] == name) for s in summaries
+                    if any(st["name"] == name for st in s["stages"])]  # fmt: skip
+            row[name] = mean_std(accs)
+        final = summaries[0]["stages"][-1]
+        row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
+        row["stages"], row["overrides"] = stages, overrides[runs_of[key][0]]
+        row.update(final_latency(summaries))
+        row["final_seeds"] = {c: by_seed(summaries, final["name"], k) for c, k in CHECKPOINTS.items()}
+        row["final_spread"] = spreads(row["final_seeds"])
+        rows.append(row)
+    return rows, common
+
+
+def final_latency(summaries: list[dict]) -> dict:
+    """The final model's latency (ms) and speed-up per batch size, median over runs, in the runtime the
+    runs' speed-up used (runs written before ONNX Runtime was timed: none)."""
+    runtime = summaries[0].get("speedup_runtime")
+    finals = [s["stages"][-1] for s in summaries]
+    ms = [medians(f, runtime) for f in finals] if runtime else []
+    batches = sorted({b for m in ms for b in m}, key=int)
+    return {
+        "runtime": runtime or "-",
+        "final_ms": {b: statistics.median(m[b] for m in ms if b in m) for b in batches},
+        "speedup": {b: statistics.median(f["speedup"][b] for f in finals if b in (f.get("speedup") or {}))
+                    for b in batches if any(b in (f.get("speedup") or {}) for f in finals)},
+    }  # fmt: skip
+
+
+def fmt(ms: tuple[float, float] | None, runs: int) -> str:
+    if ms is None:
+        return "-"
+    return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if runs > 1 else f"{100 * ms[0]:.2f}"
+
+
+def write_report(root: Path, baseline: str | None = None) -> list[dict]:
+    root = Path(root)
+    if not root.is_dir():
+        raise KdclError(f"report: '{root}' is not a directory; give a run or multirun directory (outputs/multirun/...)")
+    from kdcl.reporting.search import failed_jobs, is_search, write_search_report
+
+    if is_search(root):
+        write_search_report(root)
+    failed = failed_jobs(root)
+    for job in failed:
+        print(f"failed: job #{job['job']} {' '.join(job['overrides'])}: {job['error']}")
+    rows, common = collect(root)
+    if not rows:
+        raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
+    comparisons = compare(rows, baseline_row(rows, baseline)) if baseline else []
+    stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
+    batches = sorted({b for r in rows for b in r["final_ms"]}, key=int)
+    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)", "runtime",
+              *[f"ms@{b}" for b in batches], *[f"speed-up@{b}" for b in batches]]  # fmt: skip
+    table_rows = [
+        [
+            r["settings"],
+            str(r["runs"]),
+            *[fmt(r.get(n), r["runs"]) for n in stage_names],
+            r["final_model"],
+            f"{r['final_params'] / 1e6:.2f}",
+            r["runtime"],
+            *[fmt_ms(r["final_ms"].get(b)) for b in batches],
+            *[f"{r['speedup'][b]:.1f}×" if b in r["speedup"] else "-" for b in batches],
+        ]  # fmt: skip
+        for r in rows
+    ]
+    atomic_write_text(root / "report.csv", report_csv(rows, stage_names, batches))
+    md = markdown_table(header, table_rows) + statistics_section(rows, comparisons, baseline)
+    if failed:
+        md += f"\n## Failed jobs ({len(failed)})\n\n" + "".join(
+            f"- #{j['job']} `{' '.join(j['overrides'])}`: {j['error']}\n" for j in failed
+        )
+    atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\n{REPORT_NOTE}\n\n" + md)
+    atomic_write_json(root / "report.json", report_json(rows, comparisons, baseline))
+    plot(rows, root / "report.png")
+    title = f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)"
+    print_table(header, table_rows, title, left=("settings", "final model"))
+    print_table(SPREAD_HEADERS, spread_table(rows), "final model over seeds: mean ± std, 95 % t interval",
+                left=SPREAD_HEADERS[:2])  # fmt: skip
+    if comparisons:
+        print_table(COMPARE_HEADERS, compare_table(comparisons), f"against baseline {baseline}, paired by seed",
+                    left=COMPARE_HEADERS[:2])  # fmt: skip
+    if common:
+        print(f"settings of every run: {' '.join(common)}")
+    print(f"wrote {root / 'report.md'}, report.csv, report.json, report.png")
+    return rows
+
+
+def statistics_section(rows: list[dict], comparisons: list[Comparison], baseline: str | None) -> str:
+    text = ("\n## Final model over seeds\n\nTest accuracy of the chosen (best-validation) and the last epoch's "
+            "checkpoint: mean ± sample std, 95 % t interval of the mean.\n\n" + markdown_table(SPREAD_HEADERS, spread_table(rows)))  # fmt: skip
+    if comparisons:
+        text += (f"\n## Against the baseline `{baseline}`, paired by seed\n\nΔ = setting − baseline (points) with "
+                 "its 95 % t interval; paired t-test, and from 6 paired seeds the exact sign test and Wilcoxon's; "
+                 "`*`: significant at 0.05 after Holm's correction across settings (paired t). Seeds needed: "
+                 "how many a paired t-test needs for 80 % power at the observed Δ and spread.\n\n"
+                 + markdown_table(COMPARE_HEADERS, compare_table(comparisons)))  # fmt: skip
+    return text
+
+
+def report_json(rows: list[dict], comparisons: list[Comparison], baseline: str | None) -> dict:
+    settings = [{"settings": r["settings"], "final_stage": r["final_stage"],
+                 "seeds": {c: {str(k): v for k, v in r["final_seeds"][c].items()} for c in CHECKPOINTS},
+                 "spread": {c: (s.__dict__ if s else None) for c, s in r["final_spread"].items()}} for r in rows]  # fmt: skip
+    return {"baseline": baseline, "settings": settings, "comparisons": [c.to_json() for c in comparisons]}
+
+
+def report_csv(rows: list[dict], stage_names: list[str], batches: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
+                     "final_model", "final_params", "runtime", *[f"final_ms_{b}" for b in batches],
+                     *[f"speedup_{b}" for b in batches]])  # fmt: skip
+    for r in rows:
+        values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
+        latency = [r["final_ms"].get(b, "") for b in batches] + [r["speedup"].get(b, "") for b in batches]
+        writer.writerow([r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"],
+                         r["final_params"], r["runtime"], *latency])  # fmt: skip
+    return buf.getvalue()
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    with saved_figure(path, size=(6, 4)) as ax:
+        for r in rows:
+            mean, std = r[r["final_stage"]]
+            label = r["settings"][:60]
+            ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3, label=label)
+        ax.set(xlabel="parameters of the final model (M)", ylabel="test accuracy (%)", title="accuracy against size")
+        ax.legend(fontsize=7, loc="best")

@@ -1,0 +1,108 @@
+"""`kdcl report`'s statistics (kdcl/reporting/stats.py) on the final model of each setting: mean, std and 95 % t
+interval over seeds of its chosen (best-validation) and last-epoch checkpoints' test accuracy, and with
+`baseline=KEY=VALUE` every setting against the baseline, paired by seed, Holm-corrected across settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from kdcl.common.errors import KdclError
+from kdcl.reporting.stats import ALPHA, MAX_SEEDS, Paired, Spread, holm, paired, t_interval
+
+CHECKPOINTS = {"chosen": "test_acc", "last": "test_acc_last"}  # which checkpoint → its key in summary.json
+
+
+@dataclass(frozen=True)
+class Comparison:
+    settings: str
+    checkpoint: str  # chosen | last
+    paired: Paired
+    holm_p: float
+    significant: bool  # Holm-adjusted paired t-test p < ALPHA
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "paired": {**asdict(self.paired), "diff": asdict(self.paired.diff)}}
+
+
+def by_seed(summaries: list[dict], stage: str, key: str) -> dict[int, float]:
+    """{seed: the stage's `key` accuracy} over a group's runs (a seed run twice: the later run counts)."""
+    out = {}
+    for s in summaries:
+        row = next((st for st in s["stages"] if st["name"] == stage), None)
+        if row is not None and row.get(key) is not None:
+            out[int(s["seed"])] = float(row[key])
+    return out
+
+
+def spreads(seeds: dict[str, dict[int, float]]) -> dict[str, Spread | None]:
+    return {name: t_interval(list(values.values())) if values else None for name, values in seeds.items()}
+
+
+def baseline_row(rows: list[dict], baseline: str) -> dict:
+    """The one setting whose overrides include every `KEY=VALUE` of `baseline` (space-separated)."""
+    wanted = baseline.split()
+    if not wanted or any("=" not in w for w in wanted):
+        raise KdclError(f"baseline={baseline} must name a setting as KEY=VALUE, e.g. baseline=curriculum=none")
+    matches = [r for r in rows if set(wanted) <= set(r["overrides"])]
+    if len(matches) == 1:
+        return matches[0]
+    listed = "; ".join(r["settings"] for r in rows)
+    if not matches:
+        raise KdclError(f"baseline={baseline} is not a setting of this sweep; its settings: {listed}")
+    found = "; ".join(r["settings"] for r in matches)
+    raise KdclError(f"baseline={baseline} matches {len(matches)} settings ({found}); name one, e.g. "
+                    f"baseline='{matches[0]['settings']}'")  # fmt: skip
+
+
+def compare(rows: list[dict], base: dict) -> list[Comparison]:
+    """Every other setting against `base` on both checkpoints; Holm across settings, per checkpoint."""
+    out = []
+    for checkpoint in CHECKPOINTS:
+        others = [r for r in rows if r is not base and r["final_seeds"][checkpoint]]
+        tests = [paired(r["final_seeds"][checkpoint], base["final_seeds"][checkpoint]) for r in others]
+        adjusted = holm([t.t_p for t in tests])
+        for r, t, p in zip(others, tests, adjusted, strict=True):
+            out.append(Comparison(r["settings"], checkpoint, t, p, not math.isnan(p) and p < ALPHA))
+    return out
+
+
+# rendering -----------------------------------------------------------------------------------------
+def pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def pvalue(p: float | None) -> str:
+    return "-" if p is None or math.isnan(p) else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def spread_cells(s: Spread | None) -> list[str]:
+    if s is None:
+        return ["-", "-"]
+    return [f"{pct(s.mean)} ± {pct(s.std)}", f"[{pct(s.low)}, {pct(s.high)}]"]
+
+
+SPREAD_HEADERS = ["settings", "final stage", "seeds", "chosen acc %", "chosen 95 % CI", "last acc %", "last 95 % CI"]
+
+
+def spread_table(rows: list[dict]) -> list[list[str]]:
+    return [[r["settings"], r["final_stage"], str(len(r["final_seeds"]["chosen"])),
+             *spread_cells(r["final_spread"]["chosen"]), *spread_cells(r["final_spread"]["last"])] for r in rows]  # fmt: skip
+
+
+COMPARE_HEADERS = ["settings", "ckpt", "seeds", "Δ acc pt [95 % CI]", "p t-test", "p sign", "p Wilcoxon", "p Holm",
+                   "sig.", "seeds needed"]  # fmt: skip
+
+
+def compare_table(comparisons: list[Comparison]) -> list[list[str]]:
+    """One row per setting and checkpoint; sign and Wilcoxon only from kdcl.reporting.stats.EXACT_TESTS_FROM paired seeds."""
+    body = []
+    for c in comparisons:
+        d, needed = c.paired.diff, c.paired.seeds_needed
+        seeds_text = str(needed) if needed is not None else ("no Δ" if d.mean == 0 else f">{MAX_SEEDS}")
+        interval = f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if not math.isnan(d.low) else ""
+        body.append([c.settings, c.checkpoint, str(len(c.paired.seeds)), f"{100 * d.mean:+.2f}{interval}",
+                     pvalue(c.paired.t_p), pvalue(c.paired.sign_p), pvalue(c.paired.wilcoxon_p), pvalue(c.holm_p),
+                     "*" if c.significant else "", seeds_text])  # fmt: skip
+    return body

@@ -1,0 +1,364 @@
+"""Turn the `pipeline` config into an ordered list of stages, validated before anything runs.
+
+A pipeline either lists its stages (`pipeline.stages`) or names a generator (`pipeline.kind`, see
+presets.py) that builds them; `pipeline.finetune=true` appends a hard-label fine-tune of the last stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdcl.common.errors import KdclError, did_you_mean
+from kdcl.config.schema import TeacherOutputs
+from kdcl.losses.ensemble import COMBINATIONS
+from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
+from kdcl.run.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
+
+SELECT = ("best", "last")
+HARD_LABELS = {"ce": {"weight": 1.0}}
+STAGE_KEYS = ("model", "teachers", "epochs", "select", "terms", "fraction", "init", "lr_scale", "task", "ensemble")
+FOLD_SEED = 104729  # the out-of-fold split's seed offset (fixed, so a resumed run splits alike)
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    name: str
+    model_key: str  # where the model is described, for messages (teacher, student, pipeline.assistants[0], ...)
+    model: dict  # that node: name, weights, checkpoint, ...
+    # earlier stages it learns from: `name` (its chosen checkpoint) or `name@E` (after epoch E)
+    teachers: tuple[str, ...]
+    epochs: int
+    select: str  # which checkpoint is tested and handed on: best (val acc) | last
+    terms: dict  # loss terms as configured: distill.terms when the stage has teachers, else hard labels
+    terms_key: str  # where the terms come from, for error messages
+    fraction: float | None = None  # train on this seeded share of the training set (None: all of it)
+    init: str | None = None  # an earlier stage whose chosen checkpoint initialises this model
+    lr_scale: float = 1.0  # multiplies optim.lr (a fine-tune uses a smaller rate)
+    task: tuple | None = None  # class-incremental: (k, tasks), see presets.task_classes
+    save_epochs: tuple[int, ...] = ()  # extra checkpoints after these epochs (later stages learn from them)
+    loss_terms: tuple[Term, ...] = ()  # `terms`, parsed and checked once
+    curriculum: bool = False  # this stage trains with the curriculum
+    # the models that score difficulty for the curriculum: teacher references (source final / early) or
+    # the out-of-fold stages (source folds), each scoring the examples its training never saw
+    scorers: tuple[str, ...] = ()
+    holdout: tuple[int, int] | None = None  # an out-of-fold stage: (fold k, of K) of its scored stage's examples
+    teacher_outputs: str = "online"  # online | cached | views: how the stage reads its teachers' logits
+    ensemble: str = "none"  # several teachers: none (each its own target) | mean | confidence (one combined target)
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.index:02d}-{self.name}"
+
+    @property
+    def trains(self) -> bool:
+        """A model given as a kdcl checkpoint is used as-is: its stage only tests it."""
+        return not self.model.get("checkpoint")
+
+    @property
+    def teacher_stages(self) -> tuple[str, ...]:
+        return tuple(split_ref(t)[0] for t in self.teachers)
+
+    @property
+    def in_summary(self) -> bool:
+        """Out-of-fold scoring stages are means to a curriculum, not models of the run's report."""
+        return self.holdout is None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job runs, validated once: the composed config (plain values) and its stages in order."""
+
+    cfg: DictConfig
+    stages: tuple[Stage, ...]
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+def split_ref(ref: str) -> tuple[str, int | None]:
+    """`teacher` → (teacher, None); `teacher@3` → (teacher, 3): the checkpoint saved after epoch 3."""
+    name, _, epoch = str(ref).partition("@")
+    return name, (int(epoch) if epoch.isdigit() else (None if not epoch else -1))
+
+
+def check_pipeline_keys(p: DictConfig) -> None:
+    """A setting the pipeline's kind does not read is refused, not ignored (the schema has every kind's keys)."""
+    used = (*COMMON_KEYS, *(PIPELINE_KEYS[p.kind] if p.get("kind") is not None else ("stages",)))
+    for key, value in p.items():
+        if value is not None and key not in used:
+            what = f"kind={p.kind}" if p.get("kind") is not None else "a pipeline of explicit stages"
+            raise KdclError(f"pipeline.{key} is not used by {what}; it takes {', '.join(used[2:])}")
+
+
+def stage_specs(cfg: DictConfig) -> dict[str, dict]:
+    p = cfg.pipeline
+    kind = p.get("kind")
+    if kind is not None and kind not in PIPELINES:
+        raise KdclError(
+            f"pipeline.kind '{kind}' is unknown{did_you_mean(str(kind), PIPELINES)}; use one of {', '.join(PIPELINES)}"
+        )
+    check_pipeline_keys(p)
+    if kind is not None:
+        specs = PIPELINES[kind](OmegaConf.to_container(p, resolve=True), cfg)
+    else:
+        stages = p.get("stages")
+        if not stages:
+            raise KdclError(f"pipeline '{p.get('name')}' has no stages; set pipeline.stages or pick a preset")
+        specs = {}
+        for name, spec in stages.items():
+            if not isinstance(spec, DictConfig):
+                raise KdclError(
+                    f"pipeline.stages.{name} must be a stage (model, teachers, epochs, select), not {spec!r}"
+                )
+            specs[str(name)] = OmegaConf.to_container(spec, resolve=True)
+    if p.get("finetune"):
+        name, spec = finetune_stage(OmegaConf.to_container(p, resolve=True), specs)
+        specs[name] = spec
+    return specs
+
+
+def model_of(cfg: DictConfig, spec: dict, key: str) -> tuple[str, dict]:
+    """(model_key, model config): `model` names a model group (teacher, student) or is a model mapping."""
+    model = spec.get("model")
+    if isinstance(model, dict):
+        if "name" not in model:
+            raise KdclError(f"{key}.model needs a name (a timm model), got {model}")
+        return f"{key}.model", {"weights": None, "checkpoint": None, "drop_rate": 0.0, **model}
+    if model not in cfg or not isinstance(cfg[model], DictConfig) or "name" not in cfg[model]:
+        models = [k for k in cfg if isinstance(cfg[k], DictConfig) and "name" in cfg[k] and "weights" in cfg[k]]
+        raise KdclError(
+            f"{key}.model '{model}' names no model config{did_you_mean(str(model), models)}; use one of {', '.join(models)}"
+        )
+    return str(model), OmegaConf.to_container(cfg[model], resolve=True)
+
+
+def check_teacher_refs(key: str, teachers: tuple[str, ...], by_name: dict[str, Stage]) -> None:
+    for t in teachers:
+        base, epoch = split_ref(t)
+        if base not in by_name:
+            raise KdclError(
+                f"{key}.teachers: '{base}' is not an earlier stage{did_you_mean(base, by_name)}; earlier stages: {', '.join(by_name) or 'none'}"
+            )
+        if epoch is not None and not (by_name[base].trains and 1 <= epoch <= by_name[base].epochs):
+            raise KdclError(
+                f"{key}.teachers: '{t}' must name an epoch 1..{by_name[base].epochs} of a stage that trains (e.g. {base}@1)"
+            )
+
+
+def number(spec: dict, field: str, key: str, default, ok, rule: str):
+    """spec[field] (or `default`), checked by `ok`; bools are not numbers."""
+    value = spec.get(field, default)
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value)):
+        raise KdclError(f"{key}.{field}={value} {rule}")
+    return value
+
+
+def stage_terms(cfg: DictConfig, spec: dict, key: str, teachers: tuple) -> tuple[dict, str, tuple[Term, ...]]:
+    """(terms as configured, where they come from, parsed): the stage's own, distill.terms, or hard labels."""
+    if spec.get("terms") is not None:
+        terms, terms_key = spec["terms"], f"{key}.terms"
+    elif teachers:
+        terms, terms_key = OmegaConf.to_container(cfg.distill.terms, resolve=True), "distill.terms"
+    else:
+        terms, terms_key = HARD_LABELS, f"{key}.terms"
+    parsed = tuple(parse_terms(terms, terms_key))
+    needs_teacher = [t.name for t in parsed if t.kind in NEEDS_TEACHER]
+    if needs_teacher and not teachers:
+        raise KdclError(f"{key}: the terms {', '.join(needs_teacher)} need a teacher; set {key}.teachers or drop them")
+    return terms, terms_key, parsed
+
+
+def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict[str, Stage]) -> Stage:
+    """One stage from its spec, every setting checked against the earlier stages."""
+    key = f"pipeline.stages.{name}"
+    unknown = [k for k in spec if k not in STAGE_KEYS]
+    if unknown:
+        raise KdclError(
+            f"{key}.{unknown[0]} is not a stage setting{did_you_mean(unknown[0], STAGE_KEYS)}; use {', '.join(STAGE_KEYS)}"
+        )
+    model_key, model = model_of(cfg, spec, key)
+    teachers = tuple(str(t) for t in spec.get("teachers") or ())
+    check_teacher_refs(key, teachers, earlier)
+    init = spec.get("init")
+    if init is not None and (init not in earlier or earlier[init].model["name"] != model["name"]):
+        raise KdclError(
+            f"{key}.init '{init}' must be an earlier stage with the same model ({model['name']}); earlier stages: {', '.join(earlier) or 'none'}"
+        )
+    epochs = spec.get("epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise KdclError(f"{key}.epochs={epochs} must be an integer ≥ 1 (or set trainer.max_epochs)")
+    select = spec.get("select", "best")
+    if select not in SELECT:
+        raise KdclError(f"{key}.select '{select}' must be one of {'|'.join(SELECT)}")
+    terms, terms_key, parsed = stage_terms(cfg, spec, key, teachers)
+    fraction = number(spec, "fraction", key, None, lambda v: 0 < v <= 1,
+                      "must be in (0, 1] (this stage's share of the training set)")  # fmt: skip
+    lr_scale = number(spec, "lr_scale", key, 1.0, lambda v: v > 0, "must be > 0 (it multiplies optim.lr)")
+    task = spec.get("task")
+    ensemble = spec.get("ensemble") or "none"
+    if ensemble not in COMBINATIONS:
+        raise KdclError(f"{key}.ensemble '{ensemble}' must be one of {'|'.join(COMBINATIONS)}"
+                        f"{did_you_mean(str(ensemble), COMBINATIONS)}")  # fmt: skip
+    return Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key,
+                 None if fraction is None else float(fraction), init, float(lr_scale),
+                 None if task is None else tuple(task), loss_terms=parsed, ensemble=ensemble)  # fmt: skip
+
+
+def plan_stages(cfg: DictConfig) -> list[Stage]:
+    """The stages of the configured pipeline, checked, with their curriculum and teacher-output settings."""
+    stages: dict[str, Stage] = {}
+    for index, (name, spec) in enumerate(stage_specs(cfg).items()):
+        stages[str(name)] = make_stage(cfg, index, str(name), spec, stages)
+    planned = with_curriculum(cfg, list(stages.values()))
+    planned = [replace(s, index=i, teacher_outputs=teacher_outputs_mode(cfg, s)) for i, s in enumerate(planned)]
+    return with_saved_epochs(planned)
+
+
+def build_plan(cfg: DictConfig) -> Plan:
+    return Plan(cfg, tuple(plan_stages(cfg)))
+
+
+def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
+    """A stage saves a checkpoint after every epoch a later stage learns or scores from (`name@E`)."""
+    wanted: dict[str, set[int]] = {}
+    for s in stages:
+        for t in (*s.teachers, *s.scorers):
+            base, epoch = split_ref(t)
+            if epoch is not None:
+                wanted.setdefault(base, set()).add(epoch)
+    return [replace(s, save_epochs=tuple(sorted(wanted.get(s.name, ())))) for s in stages]
+
+
+# teacher outputs ------------------------------------------------------------------------------------
+TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputs)  # declared in kdcl/config/schema.py
+
+
+def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:
+    """online | cached | views for a stage whose loss needs teachers; errors name the setting that forbids
+    storing. auto: cached without augmentation, views with it, online with feature terms."""
+    if mode not in TEACHER_OUTPUT_MODES:
+        raise KdclError(f"distill.teacher_outputs '{mode}' must be one of {'|'.join(TEACHER_OUTPUT_MODES)}"
+                        f"{did_you_mean(str(mode), TEACHER_OUTPUT_MODES)}")  # fmt: skip
+    if mode == "online":
+        return "online"
+    if mode == "auto":
+        return "online" if feature_terms else "views" if augment else "cached"
+    if feature_terms:
+        raise KdclError(
+            f"distill.teacher_outputs={mode}: the feature terms {', '.join(feature_terms)} need the teachers' "
+            "activations on every batch; use distill.teacher_outputs=auto|online"
+        )
+    if mode == "cached" and augment:
+        raise KdclError(
+            "distill.teacher_outputs=cached with data.augment=true would pair a stored logit with a new random "
+            "view of each image; use distill.teacher_outputs=views (stored augmented views), auto or online"
+        )
+    if mode == "views" and not augment:
+        raise KdclError("distill.teacher_outputs=views stores augmented views, but data.augment=false; set "
+                        "data.augment=true, or use distill.teacher_outputs=cached (or auto)")  # fmt: skip
+    return mode
+
+
+def teacher_outputs_mode(cfg: DictConfig, stage: Stage) -> str:
+    """Stored teacher logits or views where they are exact (distill.teacher_outputs); online otherwise."""
+    mode = str(cfg.distill.get("teacher_outputs", "online"))
+    needs_teacher = any(t.spec.needs_teacher for t in stage.loss_terms if t.weight > 0 or "weight" in t.schedule)
+    if not (stage.trains and stage.teachers and needs_teacher):
+        return "online"
+    features = [t.name for t in stage.loss_terms
+                if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
+    return choose_mode(mode, bool(cfg.data.augment), features)
+
+
+# curriculum -----------------------------------------------------------------------------------------
+def curriculum_applies(c: DictConfig | None, stage: Stage) -> bool:
+    """A curriculum runs in the stages it names, or by default in every stage that has teachers."""
+    if not c or c.pacing == "none" or not stage.trains:
+        return False
+    names = c.get("stages")
+    return stage.name in names if names else bool(stage.teachers)
+
+
+def with_curriculum(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
+    """Mark the stages the curriculum applies to, name the models that score them, and put the
+    out-of-fold stages (source=folds) before the stage they score."""
+    c = cfg.get("curriculum")
+    if not c or c.pacing == "none":
+        return stages
+    from kdcl.curriculum.scoring import ALL_SCORERS
+
+    if c.scorer not in ALL_SCORERS:
+        raise KdclError(f"curriculum.scorer '{c.scorer}' is not one of {'|'.join(ALL_SCORERS)}"
+                        f"{did_you_mean(str(c.scorer), ALL_SCORERS)}")  # fmt: skip
+    check_curriculum_stages(c, stages)
+    planned: list[Stage] = []
+    for s in stages:
+        if not curriculum_applies(c, s):
+            planned.append(s)
+            continue
+        scorers: tuple[str, ...] = ()
+        if str(c.scorer).startswith("teacher"):
+            if not s.teachers:
+                raise KdclError(f"curriculum.scorer={c.scorer} needs a teacher but stage '{s.name}' has none; "
+                                "use scorer=student_loss|class_order|random|file")  # fmt: skip
+            if c.source == "folds":
+                folds = fold_stages(c, s, {x.name: x for x in stages})
+                planned += folds
+                scorers = tuple(f.name for f in folds)
+            elif c.source == "early":
+                scorers = tuple(early_refs(c, s, {x.name: x for x in stages}))
+            else:
+                scorers = s.teachers
+        planned.append(replace(s, curriculum=True, scorers=scorers))
+    return planned
+
+
+def check_curriculum_stages(c: DictConfig, stages: list[Stage]) -> None:
+    names = [s.name for s in stages]
+    for name in c.get("stages") or []:
+        if name not in names:
+            raise KdclError(
+                f"curriculum.stages: '{name}' is not a stage{did_you_mean(str(name), names)} (stages: {', '.join(names)})"
+            )
+    if not any(curriculum_applies(c, s) for s in stages):
+        raise KdclError(
+            f"curriculum={c.name} applies to no stage (none has a teacher); set curriculum.stages=[{names[-1]}]"
+        )
+
+
+def early_refs(c: DictConfig, stage: Stage, by_name: dict[str, Stage]) -> list[str]:
+    """source=early: each teacher as it was after `early_epoch` epochs (`teacher@E`)."""
+    for t in stage.teacher_stages:
+        if not by_name[t].trains or by_name[t].epochs < c.early_epoch:
+            raise KdclError(f"curriculum.source=early needs stage '{t}' to train at least curriculum.early_epoch="
+                            f"{c.early_epoch} epochs; lower early_epoch or use source=final|folds")  # fmt: skip
+    return [f"{t}@{c.early_epoch}" for t in stage.teacher_stages]
+
+
+def fold_stages(c: DictConfig, stage: Stage, by_name: dict[str, Stage]) -> list[Stage]:
+    """source=folds: K fresh copies of the first teacher's model, copy k trained on hard labels on the
+    stage's examples outside fold k, so that every example is scored by a model that never saw it."""
+    teacher = by_name[stage.teacher_stages[0]]
+    model = {**teacher.model, "checkpoint": None}
+    k = int(c.folds)
+    return [
+        Stage(
+            stage.index,
+            f"{stage.name}_fold{fold + 1}",
+            teacher.model_key,
+            model,
+            (),
+            int(c.fold_epochs),
+            "last",
+            HARD_LABELS,
+            f"pipeline.stages.{stage.name}_fold{fold + 1}.terms",
+            stage.fraction,
+            task=stage.task,
+            loss_terms=tuple(parse_terms(HARD_LABELS)),
+            holdout=(fold, k),
+        )  # fmt: skip
+        for fold in range(k)
+    ]

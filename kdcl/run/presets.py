@@ -1,0 +1,186 @@
+"""Pipelines that generate their stages. Adding one = one `@register_pipeline` function + one YAML.
+
+A generator gets the `pipeline` node (plain dict) and the whole config and returns the stages in order
+as {name: spec}, each spec shaped like an explicit `pipeline.stages` entry: model (a model group such
+as teacher/student, or a mapping with a timm name), teachers (earlier stages, `name@E` for the
+checkpoint saved after epoch E), epochs, select, and optionally terms, init, lr_scale, fraction, task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+from kdcl.common.errors import KdclError
+
+Specs = dict[str, dict]
+PIPELINES: dict[str, Callable[[dict, DictConfig], Specs]] = {}
+PIPELINE_KEYS: dict[str, tuple[str, ...]] = {}  # the `pipeline.*` settings each generator reads
+COMMON_KEYS = ("name", "kind", "finetune", "finetune_epochs", "finetune_lr_scale")
+
+
+def register_pipeline(name: str, keys: tuple[str, ...] = ()):
+    """A generator of stages; `keys`: the pipeline settings it reads (a field of PipelineConfig each)."""
+
+    def add(fn):
+        PIPELINES[name] = fn
+        PIPELINE_KEYS[name] = keys
+        return fn
+
+    return add
+
+
+def positive(p: dict, key: str) -> int:
+    value = p.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise KdclError(f"pipeline.{key}={value} must be an integer ≥ 1")
+    return value
+
+
+def stage(model, teachers=(), epochs: int = 1, select: str = "best", **extra) -> dict:
+    return {"model": model, "teachers": list(teachers), "epochs": epochs, "select": select, **extra}
+
+
+def assistant_models(p: dict) -> list[dict]:
+    """`pipeline.assistants`: timm names (or model mappings), largest first."""
+    assistants = p.get("assistants")
+    if not isinstance(assistants, list) or not assistants:
+        raise KdclError(
+            f"pipeline.assistants={assistants} must list at least one timm model, largest first, e.g. [resnet34,resnet18]"
+        )
+    return [a if isinstance(a, dict) else {"name": str(a)} for a in assistants]
+
+
+def assistant_chain(p: dict, dense: bool) -> Specs:
+    epochs = positive(p, "epochs")
+    specs, earlier = {"teacher": stage("teacher", epochs=epochs)}, ["teacher"]
+    for i, model in enumerate(assistant_models(p), 1):
+        name = f"assistant{i}"
+        specs[name] = stage(model, earlier if dense else earlier[-1:], epochs)
+        earlier.append(name)
+    specs["student"] = stage("student", earlier if dense else earlier[-1:], epochs)
+    return specs
+
+
+@register_pipeline("takd", keys=("assistants", "epochs"))
+def takd(p: dict, cfg: DictConfig) -> Specs:
+    """Teacher Assistant KD (Mirzadeh et al. 2020): each model learns from the one before it."""
+    return assistant_chain(p, dense=False)
+
+
+@register_pipeline("dgkd", keys=("assistants", "epochs"))
+def dgkd(p: dict, cfg: DictConfig) -> Specs:
+    """Densely guided KD (Son et al. 2021): each model learns from the teacher and every assistant before it."""
+    return assistant_chain(p, dense=True)
+
+
+@register_pipeline("anchors", keys=("anchors", "epochs", "epochs_per_anchor"))
+def anchors(p: dict, cfg: DictConfig) -> Specs:
+    """Route-constrained optimisation (Jin et al. 2019): the teacher's checkpoints along its training
+    route teach the student in order, weak to strong; the student carries its weights from anchor to anchor."""
+    epochs, n = positive(p, "epochs"), positive(p, "anchors")
+    per_anchor = p.get("epochs_per_anchor") or math.ceil(epochs / n)
+    route = sorted({max(1, round(epochs * k / n)) for k in range(1, n)} - {epochs})
+    specs = {"teacher": stage("teacher", epochs=epochs)}
+    previous = None
+    for k, epoch in enumerate(route, 1):
+        name = f"student_anchor{k}"
+        init = {"init": previous} if previous else {}
+        specs[name] = stage("student", [f"teacher@{epoch}"], per_anchor, "last", **init)
+        previous = name
+    specs["student"] = stage("student", ["teacher"], per_anchor, **({"init": previous} if previous else {}))
+    return specs
+
+
+@register_pipeline("born_again", keys=("generations", "epochs"))
+def born_again(p: dict, cfg: DictConfig) -> Specs:
+    """Born-again networks (Furlanello et al. 2018): generations of the student's architecture, each
+    taught by the last; generation 0 learns from the labels."""
+    epochs, generations = positive(p, "epochs"), positive(p, "generations")
+    specs = {"gen0": stage("student", epochs=epochs)}
+    for g in range(1, generations + 1):
+        specs[f"gen{g}"] = stage("student", [f"gen{g - 1}"], epochs)
+    return specs
+
+
+@register_pipeline("lifelong", keys=("tasks", "task_classes", "distill_weight", "temperature", "epochs"))
+def lifelong(p: dict, cfg: DictConfig) -> Specs:
+    """Class-incremental learning without forgetting (Li & Hoiem 2017): stage k learns task k's classes,
+    starting from stage k−1's weights and distilling its outputs on the old classes (weight 0: the
+    control, plain fine-tuning)."""
+    epochs = positive(p, "epochs")
+    tasks = p.get("task_classes") or positive(p, "tasks")
+    n = len(tasks) if isinstance(tasks, list) else tasks
+    weight = 1.0 if p.get("distill_weight") is None else p["distill_weight"]
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+        raise KdclError(f"pipeline.distill_weight={weight} must be ≥ 0 (0 switches distillation off)")
+    terms = {
+        "ce": {"weight": 1.0},
+        "kd": {
+            "weight": float(weight),
+            "temperature": float(2.0 if p.get("temperature") is None else p["temperature"]),
+        },
+    }
+    specs = {"task1": stage("student", epochs=epochs, select="last", task=[1, tasks])}
+    for k in range(2, n + 1):
+        previous = f"task{k - 1}"
+        if weight > 0:
+            extra = {"terms": terms}
+            teachers = [previous]
+        else:
+            extra, teachers = {"terms": {"ce": {"weight": 1.0}}}, []
+        specs[f"task{k}"] = stage("student", teachers, epochs, "last", init=previous, task=[k, tasks], **extra)
+    return specs
+
+
+@register_pipeline("ensemble", keys=("teachers", "combine", "epochs", "student_fraction"))
+def ensemble(p: dict, cfg: DictConfig) -> Specs:
+    """K teachers (the same model at different seeds, or different models), then a student distilled from
+    their ensemble: one target per example, `combine` = mean (of probabilities) | confidence (weighted)."""
+    epochs = positive(p, "epochs")
+    teachers = p.get("teachers")
+    if not isinstance(teachers, list) or len(teachers) < 2:
+        raise KdclError(f"pipeline.teachers={teachers} must list at least two teachers: model groups (teacher), "
+                        "timm names or model mappings, e.g. [teacher,teacher] or [resnet18,resnet34]")  # fmt: skip
+    specs = {}
+    for k, model in enumerate(teachers, 1):
+        group = isinstance(model, str) and isinstance(cfg.get(model), DictConfig) and "name" in cfg[model]
+        specs[f"teacher{k}"] = stage(model if group or isinstance(model, dict) else {"name": str(model)}, epochs=epochs)
+    fraction = {} if p.get("student_fraction") is None else {"fraction": p["student_fraction"]}
+    specs["student"] = stage("student", list(specs), epochs, ensemble=p.get("combine") or "mean", **fraction)
+    return specs
+
+
+def task_classes(task: tuple, num_classes: int) -> tuple[list[int], list[int], list[int]]:
+    """(classes of task k, classes seen up to k, classes of earlier tasks) for task = (k, tasks), where
+    tasks is a count (the classes split in order into equal parts) or explicit lists of classes."""
+    k, tasks = task
+    if isinstance(tasks, int):
+        if not 1 <= tasks <= num_classes:
+            raise KdclError(f"pipeline.tasks={tasks} must be between 1 and the data's {num_classes} classes")
+        bounds = [round(i * num_classes / tasks) for i in range(tasks + 1)]
+        split = [list(range(bounds[i], bounds[i + 1])) for i in range(tasks)]
+    else:
+        split = [list(t) for t in tasks]
+        flat = [c for t in split for c in t]
+        if (
+            not all(isinstance(c, int) and 0 <= c < num_classes for c in flat)
+            or len(set(flat)) != len(flat)
+            or not all(split)
+        ):
+            raise KdclError(
+                f"pipeline.task_classes={tasks} must be non-empty lists of distinct classes in 0..{num_classes - 1}"
+            )
+    seen = [c for t in split[:k] for c in t]
+    return split[k - 1], seen, seen[: len(seen) - len(split[k - 1])]
+
+
+def finetune_stage(p: dict, specs: Specs) -> tuple[str, dict]:
+    """A hard-label fine-tune of the pipeline's last model at a lower learning rate."""
+    last_name, last = list(specs.items())[-1]
+    epochs = p.get("finetune_epochs") or max(1, math.ceil(last["epochs"] / 2))
+    scale = p.get("finetune_lr_scale", 0.1)
+    return "finetune", stage(last["model"], (), epochs, "best", init=last_name, lr_scale=scale,
+                             terms={"ce": {"weight": 1.0}})  # fmt: skip

@@ -1,0 +1,150 @@
+"""Run a plan stage by stage: skip what the manifest says is done, hand checkpoints on, summarise."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from kdcl import __version__
+from kdcl.common.errors import Diverged, EnvironmentFailure, KdclError, io_failure
+from kdcl.common.io import atomic_write_json, atomic_write_text, read_json
+from kdcl.data import KdclDataModule
+from kdcl.reporting.summary import write_summary
+from kdcl.reporting.trackers import publish
+from kdcl.run.cards import stage_cards
+from kdcl.run.launch import process_rank
+from kdcl.run.manifest import Manifest
+from kdcl.run.plan import Plan, Stage
+from kdcl.run.presets import task_classes
+from kdcl.run.stage import StageContext, StageResult, run_stage
+
+
+def environment() -> dict:
+    import hydra
+    import pytorch_lightning as pl
+    import timm
+    import torchvision
+
+    return {
+        "kdcl": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pytorch_lightning": pl.__version__,
+        "timm": timm.__version__,
+        "hydra": hydra.__version__,
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "cpu_threads": torch.get_num_threads(),
+        "argv": sys.argv,
+    }
+
+
+def check_models_fit(stages: list[Stage], ctx: StageContext) -> None:
+    """Build every model once and run a tiny forward: a wrong name, file or input size fails now, not mid-run."""
+    size, data = int(ctx.cfg.data.image_size), ctx.data
+    for stage in stages:
+        model = ctx.build_model(stage.model, stage.model_key).eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(2, data.in_chans, size, size))
+        except Exception as exc:
+            raise KdclError(
+                f"{stage.model_key}.name={stage.model['name']} cannot take {size}x{size} images "
+                f"({str(exc)[:120]}); set data.image_size to 32 or more"
+            ) from None
+        if out.shape != (2, data.num_classes):
+            raise KdclError(
+                f"{stage.model_key}.name={stage.model['name']} gives outputs {tuple(out.shape)}, not (N, {data.num_classes})"
+            )
+        if stage.task:
+            task_classes(stage.task, data.num_classes)  # a bad class split fails now, not after earlier stages
+
+
+def finished(plan: Plan, run_dir: Path) -> dict | None:
+    """The summary of a run whose stages are all done (printed again), else None."""
+    manifest = Manifest(run_dir)
+    if not (all(manifest.is_done(s.name) for s in plan.stages) and (run_dir / "summary.json").is_file()):
+        return None
+    print(f"{run_dir} is already complete ({len(plan.stages)} stages done); nothing to do, nothing changed", flush=True)
+    print((run_dir / "summary.md").read_text() if (run_dir / "summary.md").is_file() else "", flush=True)
+    return read_json(run_dir / "summary.json")
+
+
+def claim(cfg: DictConfig, run_dir: Path, changes: dict) -> Manifest:
+    """Create the run directory and its records; a resume keeps the original config (with the `changes`
+    it was resumed with, each recorded in run.json) and adds its environment."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(run_dir)
+    manifest.save()  # claims the directory first: a second run started into it is refused
+    resumed = (run_dir / "config.yaml").is_file()
+    for stale in run_dir.rglob(".*.tmp"):  # atomic writes a killed process left unfinished (the lock is ours)
+        stale.unlink(missing_ok=True)
+    if not resumed or changes:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if changes:
+        manifest.record_changes(changes)
+    if not resumed:
+        atomic_write_json(run_dir / "environment.json", environment())
+    else:
+        atomic_write_json(run_dir / f"environment-resume-{time.strftime('%Y%m%d-%H%M%S')}.json", environment())
+    return manifest
+
+
+def run_recorded(ctx: StageContext, stage: Stage, manifest: Manifest) -> StageResult:
+    """run_stage; a stage that diverged or could not write is marked failed in run.json with the reason."""
+    try:
+        return run_stage(ctx, stage)
+    except OSError as exc:  # a write kdcl does not make itself (a logger, a library): still one line
+        err: KdclError = io_failure(exc, f"run stage {stage.name}")
+    except (Diverged, EnvironmentFailure) as exc:
+        err = exc
+    try:
+        manifest.mark_failed(stage.name, str(err))
+    except EnvironmentFailure:
+        pass  # the disk that failed the stage may refuse the record too: the error itself says why
+    raise type(err)(f"{err}; then continue with kdcl train resume={ctx.run_dir}") from None
+
+
+def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict:
+    """Run every stage not done yet, in order, and write the run's summary. `changes`: the settings a
+    resume changed (cli.RESUME_MAY_CHANGE), applied from the stopped stage on."""
+    run_dir = Path(run_dir)
+    done = finished(plan, run_dir) if process_rank() == 0 else None
+    if done is not None:
+        return done
+    leader = process_rank() == 0  # under DDP every rank runs the stages; the first one writes the records
+    manifest = claim(plan.cfg, run_dir, changes or {}) if leader else Manifest(run_dir)
+    data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
+    data.setup()
+    if data.noise_record() is not None:  # data.label_noise: which training labels are wrong
+        atomic_write_json(run_dir / "label_noise.json", data.noise_record())
+    ctx = StageContext(plan, data, run_dir, {})
+    check_models_fit([s for s in plan.stages if not manifest.is_done(s.name)], ctx)
+    for stage in plan.stages:
+        if manifest.is_done(stage.name):
+            ctx.handed[stage.name] = StageResult.from_json(manifest.result(stage.name))
+            print(f"[{stage.name}] already done (test acc {ctx.handed[stage.name].test_acc:.4f}), skipped", flush=True)
+            continue
+        what = "training" if stage.trains else "testing"
+        teachers = f" from {', '.join(stage.teachers)}" if stage.teachers else ""
+        init = f", starting from {stage.init}" if stage.init else ""
+        print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
+        manifest.mark_running(stage.name)
+        ctx.handed[stage.name] = run_recorded(ctx, stage, manifest)
+        manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
+        print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
+    if not leader:
+        return {"stages": [ctx.handed[s.name].to_json() for s in plan.stages if s.in_summary]}
+    in_summary = [s for s in plan.stages if s.in_summary]
+    cards = [card.to_json() for card in stage_cards(ctx, in_summary)]
+    summary = write_summary(plan.cfg, run_dir, [ctx.handed[s.name].to_json() for s in in_summary], cards)
+    publish(plan.cfg, run_dir, summary)
+    return summary

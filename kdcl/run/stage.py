@@ -1,0 +1,445 @@
+"""One stage = one Lightning Trainer fit + test, written under <run>/stages/NN-<name>/.
+
+`run_stage` reads top to bottom: build the stage's parts, fit, test, record. What a stage hands on to
+later stages is a typed `StageResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from kdcl.common.cache import load_or_build, store_path
+from kdcl.common.errors import KdclError
+from kdcl.common.io import atomic_write_bytes, atomic_write_json
+from kdcl.common.metric_names import metric_name
+from kdcl.config.checks import latency_batches, latency_runtimes
+from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
+from kdcl.curriculum.scoring import held_out_folds
+from kdcl.data import KdclDataModule
+from kdcl.data.datamodule import StagePart, unaugmented
+from kdcl.losses import DistillLoss
+from kdcl.models import count_params, create_model
+from kdcl.models.cost import model_cost
+from kdcl.models.factory import load_kdcl_checkpoint
+from kdcl.reporting.trackers import stage_loggers
+from kdcl.run.plan import FOLD_SEED, Plan, Stage, split_ref
+from kdcl.run.presets import task_classes
+from kdcl.teachers.outputs import TeacherOutputs
+from kdcl.teachers.views import TeacherViews, open_teacher_views
+from kdcl.training.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
+from kdcl.training.checkpoints import resume_point
+from kdcl.training.module import DistillationModule
+from kdcl.training.trainer import build_trainer
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a finished stage hands on (and records in metrics.json and run.json); paths relative to the run."""
+
+    name: str
+    index: int
+    model: str
+    model_key: str
+    model_cfg: dict
+    params: int
+    teachers: list[str]
+    terms: dict
+    trained: bool
+    epochs: int
+    checkpoint: str  # the chosen checkpoint: tested, handed on, exported
+    select: str
+    best_val_acc: float | None
+    test_acc: float
+    test_loss: float
+    test_per_class: dict
+    classes: list[int] | None
+    init: str | None
+    epoch_checkpoints: dict[str, str] = field(default_factory=dict)  # "E" -> checkpoint after epoch E
+    macs: int | None = None
+    latency: dict[str, dict] = field(default_factory=dict)  # runtime -> kdcl.models.cost.RuntimeLatency as JSON
+    seconds: float = 0.0
+    recovery: str | None = None  # what a resume did instead of reading an unreadable last.ckpt
+    teacher_store: dict | None = None  # stored teacher views: files, size on disk, pass time (teacher_views.py)
+    test_reused: str | None = None  # a given checkpoint's test read from the shared cache: the entry's file
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> StageResult:
+        known = cls.__dataclass_fields__
+        if "latency_ms" in data and "latency" not in data:  # a stage recorded before ONNX Runtime was timed
+            ms = {b: {"median_ms": v, "spread_ms": None, "repeats": None} for b, v in data["latency_ms"].items()}
+            data = {
+                **data,
+                "latency": {"eager": {"runtime": "eager", "version": "", "threads": 0, "ms": ms}} if ms else {},
+            }
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage reads from its run: the plan, the loaded data, where the run lives, earlier results."""
+
+    plan: Plan
+    data: KdclDataModule
+    run_dir: Path
+    handed: dict[str, StageResult]
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.plan.cfg
+
+    def stage_dir(self, stage: Stage) -> Path:
+        return self.run_dir / "stages" / stage.dirname
+
+    def checkpoint_of(self, ref: str) -> Path:
+        """The file a reference points at: `name` → its chosen checkpoint, `name@E` → after epoch E."""
+        name, epoch = split_ref(ref)
+        result = self.handed[name]
+        if epoch is None:
+            return self.run_dir / result.checkpoint
+        if str(epoch) not in result.epoch_checkpoints:  # e.g. the stage stopped early (max_steps, max_time)
+            raise KdclError(f"stage '{name}' saved no checkpoint after epoch {epoch} (for '{ref}'); it stopped "
+                            "before that epoch: lower the epoch or use curriculum.source=final")  # fmt: skip
+        return self.run_dir / result.epoch_checkpoints[str(epoch)]
+
+    def build_model(self, model_cfg: dict, key: str, checkpoint: Path | None = None) -> nn.Module:
+        if checkpoint is not None:  # the weights come from the checkpoint, not from a pretrained file
+            model_cfg = {**model_cfg, "checkpoint": str(checkpoint), "weights": None}
+        image_size = int(self.cfg.data.image_size)
+        return create_model(OmegaConf.create(model_cfg), self.data.num_classes, self.data.in_chans, image_size, key)
+
+    def load_stage_model(self, ref: str) -> nn.Module:
+        name = split_ref(ref)[0]
+        return self.build_model(self.handed[name].model_cfg, f"pipeline.stages.{name}", self.checkpoint_of(ref))
+
+
+@dataclass
+class StageParts:
+    """A stage ready to fit: its module, its view of the data, its callbacks."""
+
+    module: DistillationModule
+    data: KdclDataModule
+    callbacks: list[pl.Callback]
+    checkpoint: ModelCheckpoint
+    classes: list[int] | None
+    views: TeacherViews | None = None
+
+
+def relative_to_run(path: Path, run_dir: Path) -> str:
+    """Checkpoints inside the run are recorded relative to it, so a run directory can be moved."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+LAST = "last"  # last.ckpt: the model after the latest epoch
+
+
+def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
+    return ckpt_dir / f"epoch-{epoch}.ckpt"
+
+
+def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
+    """Fit (unless the model is a given checkpoint) and test one stage."""
+    started = time.perf_counter()
+    parts = build_parts(ctx, stage)
+    trainer = stage_trainer(ctx, stage, parts)
+    recovery = None
+    if stage.trains:
+        chosen, recovery = fit(trainer, parts, stage, ctx.stage_dir(stage) / "checkpoints")
+    else:
+        chosen = Path(stage.model["checkpoint"]).resolve()
+    if stage.trains:
+        metrics, reused = test(trainer, parts, chosen), None
+    else:
+        metrics, reused = test_given(ctx, stage, trainer, parts, chosen)
+    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery, reused)
+
+
+# build ---------------------------------------------------------------------------------------------
+def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
+    cfg = ctx.cfg
+    pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
+    model = ctx.build_model(stage.model, stage.model_key)
+    if stage.init:  # carry an earlier stage's weights on (fine-tune, anchors, class-incremental tasks)
+        state, _ = load_kdcl_checkpoint(ctx.checkpoint_of(stage.init), f"pipeline.stages.{stage.name}.init")
+        model.load_state_dict(state)
+    teachers = [ctx.load_stage_model(t) for t in stage.teachers]
+    classes, seen, old = task_classes(stage.task, ctx.data.num_classes) if stage.task else (None, None, None)
+    train_set = training_examples(ctx, stage, classes)
+    outputs = teacher_store(ctx, stage, teachers, train_set)
+    views = outputs if isinstance(outputs, TeacherViews) else None
+    loss = DistillLoss(stage.loss_terms, stage.terms_key)
+    module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
+                                stage_hparams(ctx, stage, classes, seen, outputs), seen_classes=seen,
+                                distill_classes=old, teacher_outputs=outputs, ensemble=stage.ensemble)  # fmt: skip
+    speed_up(module, cfg.get("speed") or {})
+    checkpoint, callbacks = stage_callbacks(ctx, stage)
+    sampler = None
+    if stage.curriculum:
+        inputs = CurriculumInputs(stage.name, stage.epochs, int(cfg.data.batch_size), int(cfg.seed) + stage.index,
+                                  train_set, ctx.data.normalize, model,
+                                  lambda: scoring_models(ctx, stage, teachers, len(train_set)),
+                                  views.plain_outputs() if views else outputs)  # fmt: skip
+        sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
+        callbacks.append(callback)
+        pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
+    part = StagePart(unaugmented(train_set) if views else train_set, sampler, seen, outputs is not None,
+                     bool((cfg.get("speed") or {}).get("channels_last")), views)  # fmt: skip
+    return StageParts(module, ctx.data.for_stage(part), callbacks, checkpoint, classes, views)
+
+
+def training_examples(ctx: StageContext, stage: Stage, classes: list[int] | None) -> Dataset:
+    """The stage's training examples: its classes and share of the training set; an out-of-fold stage
+    leaves out the fold it will score."""
+    examples = ctx.data.stage_subset(stage.fraction, classes)
+    if stage.holdout is None:
+        return examples
+    fold, k = stage.holdout
+    held = set(held_out_folds(len(examples), k, int(ctx.cfg.seed) + FOLD_SEED)[fold].tolist())
+    return Subset(examples, [i for i in range(len(examples)) if i not in held])
+
+
+def scoring_models(ctx: StageContext, stage: Stage, teachers: list[nn.Module], n: int) -> list[ScoringModel]:
+    """The curriculum's scoring models (the plan names them) for the stage's `n` training examples: its
+    own teachers, their early checkpoints, or out-of-fold models each with the positions it never saw."""
+    if stage.scorers == stage.teachers:
+        return [ScoringModel(t) for t in teachers]
+    models = []
+    for ref in stage.scorers:
+        holdout = ctx.plan.stage(split_ref(ref)[0]).holdout
+        positions = None
+        if holdout is not None:
+            positions = held_out_folds(n, holdout[1], int(ctx.cfg.seed) + FOLD_SEED)[holdout[0]]
+        models.append(ScoringModel(ctx.load_stage_model(ref), positions))
+    return models
+
+
+def teacher_store(ctx: StageContext, stage: Stage, teachers: list,
+                  train_set: Dataset) -> TeacherOutputs | TeacherViews | None:  # fmt: skip
+    """The stage's stored teacher outputs (distill.teacher_outputs=cached|views|auto), or None for online.
+    Views: one pass before training (shared through the cache with every job that has the same teachers
+    and data), which also scores the un-augmented examples when the stage has a curriculum."""
+    plain = unaugmented(train_set)
+    if stage.teacher_outputs == "views":
+        return open_teacher_views(teachers, plain, ctx.data, ctx.cfg, stage.name, ctx.run_dir, stage.curriculum)
+    if stage.teacher_outputs != "cached":
+        return None
+    outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, ctx.stage_dir(stage), stage.name)
+    if stage.curriculum:  # paced epochs meet the data piecemeal: store it all in one pass
+        outputs.fill(teachers, plain, ctx.data.normalize, int(ctx.cfg.data.eval_batch_size), stage.name)
+    return outputs
+
+
+def stage_optim(cfg: DictConfig, stage: Stage) -> DictConfig:
+    if stage.lr_scale == 1.0:
+        return cfg.optim
+    return OmegaConf.merge(cfg.optim, {"lr": float(cfg.optim.lr) * stage.lr_scale})
+
+
+def stage_hparams(ctx: StageContext, stage: Stage, classes, seen, outputs) -> dict:
+    """Saved in every checkpoint as plain containers: what `kdcl eval` needs to rebuild and test the model."""
+    cfg = ctx.cfg
+    return {
+        "stage": stage.name,
+        "model_key": stage.model_key,
+        "model": stage.model,
+        "num_classes": ctx.data.num_classes,
+        "in_chans": ctx.data.in_chans,
+        "image_size": int(cfg.data.image_size),
+        "teachers": list(stage.teachers),
+        "ensemble": stage.ensemble,
+        "terms": stage.terms,
+        "fraction": stage.fraction,
+        "init": stage.init,
+        "classes": classes,
+        "seen_classes": seen,  # a class-incremental stage predicts and is tested among these
+        "curriculum": OmegaConf.to_container(cfg.curriculum) if stage.curriculum else None,
+        "teacher_outputs": stage.teacher_outputs,
+        "seed": int(cfg.seed),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def speed_up(module: DistillationModule, speed: DictConfig | dict) -> None:
+    """speed.channels_last (models; the stage's data view converts batches) and speed.compile (student and
+    teachers; nn.Module.compile keeps state-dict keys, so checkpoints and hand-offs are unchanged)."""
+    models = (module.model, *(teacher.model for teacher in module.teachers))
+    if speed.get("channels_last"):
+        for m in models:
+            m.to(memory_format=torch.channels_last)
+    if speed.get("compile"):
+        for m in models:
+            m.compile(backend=speed.get("compile_backend", "inductor"))
+
+
+def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, list[pl.Callback]]:
+    """The checkpoints (best.ckpt by val acc; last.ckpt after every epoch, where a stopped stage
+    continues), the random state, the epochs kept for later stages, and the non-finite-loss guard."""
+    ckpt_dir = ctx.stage_dir(stage) / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)  # fmt: skip
+    if not stage.trains:
+        return best, []
+    # a second callback for last.ckpt: one with save_last writes it only in epochs that improved best
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, save_top_k=1, enable_version_counter=False)
+    callbacks: list[pl.Callback] = [
+        best,
+        last,
+        KeepRandomState(),
+        StopOnNonFiniteLoss(stage.name),
+        FollowChangedLearningRate(),
+    ]
+    if stage.save_epochs:
+        callbacks.append(SaveAfterEpochs({e: [epoch_checkpoint(ckpt_dir, e)] for e in stage.save_epochs}))
+    return best, callbacks
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, stage: Stage) -> list:
+    """Each configured logger, for this stage: TensorBoard writes to <run>/tensorboard/<NN-stage>/ (kdcl/reporting/trackers.py)."""
+    return stage_loggers(cfg, run_dir, stage.dirname)
+
+
+def stage_trainer(ctx: StageContext, stage: Stage, parts: StageParts) -> pl.Trainer:
+    loggers = build_loggers(ctx.cfg, ctx.run_dir, stage)
+    callbacks = list(parts.callbacks)
+    if stage.trains and loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))  # needs a logger to write to
+    return build_trainer(ctx.cfg.trainer, ctx.cfg.get("progress_bar", "auto"), stage.name, callbacks,
+                         loggers or False, ctx.stage_dir(stage), own_sampler=parts.data.part.batch_sampler is not None,
+                         max_epochs=stage.epochs)  # fmt: skip
+
+
+# fit, test, record ----------------------------------------------------------------------------------
+def fit(trainer: pl.Trainer, parts: StageParts, stage: Stage, ckpt_dir: Path) -> tuple[Path, str | None]:
+    """Train (a stage stopped mid-way continues from its last readable checkpoint); returns the checkpoint
+    `select` chooses, and what was done if last.ckpt could not be read."""
+    start = resume_point(ckpt_dir)
+    if start.recovery:
+        print(f"[{stage.name}] {start.recovery}", flush=True)
+    trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(start.checkpoint) if start.checkpoint else None,
+                weights_only=True)  # fmt: skip
+    recovery = start.recovery
+    last = ckpt_dir / f"{LAST}.ckpt"
+    if not last.is_file() and start.checkpoint is not None:
+        # Resumed from a checkpoint already at the stage's end (best.ckpt of the final epoch after a torn
+        # last.ckpt): Lightning trains no epoch, so no callback writes last.ckpt. That checkpoint is the final
+        # epoch's state: copy it, so a `select: last` stage, the report card and the next resume find it.
+        if trainer.is_global_zero:
+            atomic_write_bytes(last, start.checkpoint.read_bytes())
+        trainer.strategy.barrier("kdcl-last-checkpoint")
+        note = f"{start.checkpoint.name} was at the stage's end: copied to {last.name}"
+        print(f"[{stage.name}] {note}", flush=True)
+        recovery = f"{recovery}; {note}" if recovery else note
+    best = parts.checkpoint.best_model_path
+    if stage.select == "best" and best:
+        return Path(best), recovery
+    return last, recovery
+
+
+def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dict:
+    tested = trainer.test(parts.module, datamodule=parts.data, ckpt_path=None if checkpoint is None else str(checkpoint),
+                          verbose=False, weights_only=True)  # fmt: skip
+    return tested[0] if tested else {}
+
+
+def given_model_key(ctx: StageContext, kind: str, checkpoint: Path, classes: list[int] | None) -> tuple[str, dict]:
+    """(key, what it is made of) of a given checkpoint's test results in the shared cache: the file's
+    bytes, the test data, the classes tested, the precision."""
+    data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
+    what = {"kind": kind, "checkpoint": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "classes": classes,
+            "data": {k: data.get(k) for k in ("name", "root", "image_size", "test_fraction", "test_size", "num_classes",
+                                              "eval_batch_size")},
+            "precision": str(ctx.cfg.trainer.get("precision")),
+            "limit_test_batches": ctx.cfg.trainer.get("limit_test_batches")}  # fmt: skip
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
+
+
+def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: StageParts,
+               checkpoint: Path) -> tuple[dict, str | None]:  # fmt: skip
+    """A given checkpoint's test (a teacher every job of a sweep loads): run once, then read from the
+    shared cache. Returns (metrics, the cache file when it was reused)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank joins the test; none may wait on a lock
+        return test(trainer, parts, None), None
+    key, what = given_model_key(
+        ctx, f"test of {stage.name}", checkpoint, parts.data.part.eval_classes
+    )  # names the metrics
+    path = store_path(ctx.cfg, "test", stage.model["name"], key)
+
+    def build() -> dict:
+        return {"metrics": test(trainer, parts, None), "per_class": parts.module.test_per_class}
+
+    stored, entry = load_or_build(path, key, what, build, str(ctx.run_dir), stage.name)
+    parts.module.test_per_class = stored["per_class"]
+    return stored["metrics"], None if entry.built else entry.file
+
+
+def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
+    """TensorBoard's HPARAMS tab needs the hyper-parameters written together with result metrics."""
+    results = {f"hparams/{k.rsplit('/', 2)[-2]}_{k.rsplit('/', 1)[-1]}": float(v) for k, v in metrics.items()}
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams({k: v for k, v in hparams.items() if k != "terms"}, metrics=results)
+            lg.finalize("success")
+
+
+def log_teacher_store(trainer: pl.Trainer, stage: Stage, store: dict | None) -> None:
+    """The store's size on disk and the pass's time (0 when reused), as TensorBoard scalars."""
+    if store is None:
+        return
+    values = {
+        f"{stage.name}/teacher_store/size_mb": store["size_mb"],
+        f"{stage.name}/teacher_store/pass_s": store["pass_s"],
+    }
+    for lg in trainer.loggers:
+        lg.log_metrics(values, step=0)
+
+
+def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Trainer, metrics: dict, chosen: Path,
+           started: float, recovery: str | None, test_reused: str | None = None) -> StageResult:  # fmt: skip
+    """The stage's StageResult, with its model's cost, written to metrics.json."""
+    module, ckpt_dir = parts.module, ctx.stage_dir(stage) / "checkpoints"
+    store = parts.views.summary() if parts.views is not None else None
+    log_teacher_store(trainer, stage, store)
+    log_hparams_with_results(trainer, dict(module.hparams), metrics)
+    best = parts.checkpoint.best_model_score if stage.trains else None
+    saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
+             for e in stage.save_epochs if epoch_checkpoint(ckpt_dir, e).is_file()}  # fmt: skip
+    leader = trainer.is_global_zero  # under DDP only the first rank measures and writes
+    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size),
+                      latency_batches(ctx.cfg) if leader else [], latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
+    for runtime in cost["latency"].values():
+        if runtime["note"]:
+            print(f"[{stage.name}] {runtime['runtime']} latency {runtime['note']}", flush=True)
+    result = StageResult(
+        name=stage.name, index=stage.index, model=stage.model["name"], model_key=stage.model_key,
+        model_cfg=stage.model, params=count_params(module.model), teachers=list(stage.teachers), terms=stage.terms,
+        trained=stage.trains, epochs=stage.epochs if stage.trains else 0,
+        checkpoint=relative_to_run(chosen, ctx.run_dir), select=stage.select,
+        best_val_acc=None if best is None else float(best),
+        test_acc=float(metrics[metric_name(stage.name, "test", "acc")]),
+        test_loss=float(metrics[metric_name(stage.name, "test", "loss")]),
+        test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
+        macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
+        recovery=recovery, teacher_store=store, test_reused=test_reused,
+    )  # fmt: skip
+    if leader:
+        atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
+    return result

@@ -1,0 +1,1 @@
+"""Teachers' stored outputs: logits of each example (outputs.py) and replayable augmented views (views.py)."""

@@ -1,0 +1,2 @@
+"""Training one stage with Lightning: the LightningModule, the optimizer, callbacks, the Trainer factory
+and atomic checkpoints."""

@@ -1,0 +1,64 @@
+"""Stage checkpoints on disk: written atomically, checked before a resume reads them.
+
+Lightning's TorchCheckpointIO writes through a temporary file in the system's temp directory and then
+moves it; across file systems that move is a copy that a full disk or a kill can leave half-written,
+and a failed write surfaces as a long traceback. This CheckpointIO writes through kdcl's atomic
+writer instead (same directory, fsync, rename), so a checkpoint file is always whole, and a failed
+write is one line naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from kdcl.common.io import atomic_torch_save
+
+# what a checkpoint must hold for Lightning to continue training from it (epoch checkpoints kept for
+# later stages are weights-only and cannot)
+RESUMABLE_KEYS = ("state_dict", "optimizer_states", "loops")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why `path` cannot resume training (truncated, corrupt, not a training checkpoint), or None."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — any failure to parse means the file cannot be used
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    missing = [k for k in RESUMABLE_KEYS if k not in checkpoint]
+    return f"it lacks {', '.join(missing)}" if missing else None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a stopped stage continues: a checkpoint (None: from its beginning), and what was done
+    instead of reading last.ckpt when that file could not be read (None when it could)."""
+
+    checkpoint: Path | None
+    recovery: str | None = None
+
+
+def resume_point(ckpt_dir: Path) -> ResumePoint:
+    """last.ckpt when it is readable; otherwise (the unreadable file set aside as last.ckpt.unreadable)
+    the newest readable training checkpoint of the stage; otherwise the stage's beginning."""
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        return ResumePoint(None)
+    reason = unreadable_reason(last)
+    if reason is None:
+        return ResumePoint(last)
+    last.replace(last.with_name(f"{last.name}.unreadable"))
+    others = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for candidate in others:
+        if unreadable_reason(candidate) is None:
+            return ResumePoint(candidate, f"{last.name} unreadable ({reason}); resumed from {candidate.name}")
+    return ResumePoint(None, f"{last.name} unreadable ({reason}) and no other readable checkpoint; stage restarted")
