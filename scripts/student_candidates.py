@@ -21,7 +21,7 @@ import statistics
 import timm
 import torch
 
-from kdcl.models.catalog import input_shape
+from kdcl.commands.models import input_shape
 from kdcl.models.cost import count_macs, eager_latency, onnx_latency
 from kdcl.models.factory import count_params, timm_kwargs
 from kdcl.models.onnx_graph import export_onnx

@@ -25,7 +25,7 @@ from kdcl.config.schema import CascadeConfig, ReportConfig
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart
 from kdcl.deploy.cascade import Point, confidence, curve, operating_point, thresholds
-from kdcl.deploy.locate import finished_stage
+from kdcl.deploy.locate import apply_overrides, finished_stage, locate
 from kdcl.models import create_model
 from kdcl.models.predictions import predict
 from kdcl.run.manifest import Manifest
@@ -185,20 +185,8 @@ def report(result: dict) -> None:
     print(json.dumps({k: result[k] for k in ("student", "teacher", "tau", "val", "test")}))
 
 
-def cascade_flag(overrides: list[str]) -> bool:
-    """`cascade=true|false` (the last one given), checked before anything is loaded."""
-    values = [o.split("=", 1)[1].strip().lower() for o in overrides if o.split("=", 1)[0] == "cascade"]
-    if values and values[-1] not in ("true", "false"):
-        raise KdclError(f"cascade={values[-1]} must be true or false")
-    if (not values or values[-1] == "false") and any(o.startswith("cascade.") for o in overrides):
-        raise KdclError("cascade.* settings apply to kdcl eval RUN_DIR cascade=true; add cascade=true")
-    return bool(values) and values[-1] == "true"
-
-
 def cascade_eval(target: str, stage: str | None, overrides: list[str]) -> dict:
     """Every input checked (the run's stages, the settings) before data or models are loaded."""
-    from kdcl.deploy.locate import apply_overrides, locate
-
     pair = find_pair(target, stage)
     cfg = locate(str(pair.run_dir), pair.student["name"]).cfg
     cfg = apply_overrides(cascade_settings(cfg), [o for o in overrides if o.split("=", 1)[0] != "cascade"])

@@ -1,5 +1,6 @@
-"""`kdcl export`: a run's model alone — no teachers, no optimizer state — for plain timm (safetensors) or
-ONNX Runtime (onnx, optionally int8), with a sidecar (model.json) holding what a deployer needs.
+"""What `kdcl export` writes: a run's model alone — no teachers, no optimizer state — for plain timm
+(safetensors) or ONNX Runtime (onnx, optionally int8), with a sidecar (model.json) holding what a deployer
+needs.
 
 Every file is checked before the command returns: the safetensors file is loaded back with plain
 `timm.create_model` the way the sidecar says, the ONNX graph is run in ONNX Runtime; both are compared
@@ -21,20 +22,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from kdcl import __version__
-from kdcl.common.errors import KdclError, did_you_mean
+from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_json
 from kdcl.deploy.locate import Located, StageModel, load_stage, locate
 
 FORMATS = ("safetensors", "onnx")
 QUANTIZE = ("int8",)
-KEYS = ("stage", "format", "out", "quantize", "overwrite")
 SIDECAR = "model.json"
 CALIBRATION_IMAGES = 256  # training images ONNX Runtime's calibrator sees (a few hundred suffice for min/max)
 TIMM_TOLERANCE = 1e-5  # |logit| difference allowed between the checkpoint's model and timm loading the export
 ONNX_TOLERANCE = 1e-4  # ... and ONNX Runtime running it (other kernels, other summation order), × max(1, |logit|)
-USAGE = (
-    "kdcl export RUN_DIR|CHECKPOINT [stage=NAME] [format=safetensors|onnx] [out=DIR] [quantize=int8] [overwrite=true]"
-)
 
 
 @dataclass(frozen=True)
@@ -56,31 +53,6 @@ class Comparison:
     test_acc: float
     reference_acc: float
     examples: int
-
-
-def parse_request(args: list[str]) -> ExportRequest:
-    """KEY=VALUE arguments after the run directory or checkpoint; every mistake is one line."""
-    if not args or args[0].startswith("-") or "=" in args[0]:
-        raise KdclError(f"kdcl export needs a run directory or a checkpoint first: {USAGE}")
-    values: dict[str, str] = {}
-    for item in args[1:]:
-        key, sep, value = item.partition("=")
-        if not sep or key not in KEYS:
-            raise KdclError(f"kdcl export does not take '{item}'{did_you_mean(key, KEYS)}; usage: {USAGE}")
-        values[key] = value
-    fmt = values.get("format", "onnx" if values.get("quantize") not in (None, "", "none") else "safetensors")
-    if fmt not in FORMATS:
-        raise KdclError(f"format={fmt} is not an export format{did_you_mean(fmt, FORMATS)}; use safetensors or onnx")
-    quantize = values.get("quantize") if values.get("quantize") not in (None, "", "none") else None
-    if quantize is not None and quantize not in QUANTIZE:
-        raise KdclError(f"quantize={quantize} is not supported; use quantize=int8 (or leave it out)")
-    if quantize and fmt != "onnx":
-        raise KdclError(f"quantize={quantize} quantizes the ONNX graph; use format=onnx (or leave format out)")
-    overwrite = values.get("overwrite", "false").lower()
-    if overwrite not in ("true", "false"):
-        raise KdclError(f"overwrite={values['overwrite']} must be true or false")
-    out = Path(values["out"]) if values.get("out") else None
-    return ExportRequest(args[0], values.get("stage") or None, fmt, out, quantize, overwrite == "true")
 
 
 def output_dir(req: ExportRequest, located: Located) -> Path:
@@ -326,9 +298,9 @@ def base_sidecar(loaded: StageModel, fmt: str) -> dict:
     }
 
 
-def export_command(args: list[str]) -> dict:
-    """Check everything the user gave (format, run, stage, output) before loading any model, then write."""
-    req = parse_request(args)
+def export_model(req: ExportRequest) -> tuple[dict, Path]:
+    """Check the request (format, run, stage, output) before loading any model, then write and verify every
+    file; returns the sidecar and the output directory."""
     if req.format == "onnx":
         from kdcl.models.onnx_graph import require_onnx
 
@@ -347,25 +319,4 @@ def export_command(args: list[str]) -> dict:
                 sidecar["int8"] = write_int8(loaded, tmp, sidecar["onnx"])
         sidecar["test_acc"] = sidecar[req.format]["verified"]["test_acc"]
         atomic_write_json(tmp / SIDECAR, sidecar)
-    show(sidecar, out)
-    return sidecar
-
-
-def show(sidecar: dict, out: Path) -> None:
-    print(f"exported {sidecar['stage']} ({sidecar['timm_name']}) to {out}")
-    for key in ("safetensors", "onnx", "int8"):
-        entry = sidecar.get(key)
-        if entry is None:
-            continue
-        checked = entry["verified"]
-        line = (f"  {entry['file']:<18} {entry['size_bytes'] / 1e6:6.2f} MB  test acc {100 * checked['test_acc']:.2f} % "
-                f"on {checked['test_examples']} images, max |Δ logit| vs the checkpoint {checked['max_abs_logit_diff']:.1e}")  # fmt: skip
-        if "latency" in entry:
-            ms = "  ".join(f"ms@{b} {t['median_ms']:.2f}" for b, t in entry["latency"]["ms"].items())
-            line += f"\n  {'':<18} onnxruntime, {entry['latency']['threads']} threads: {ms}"
-        if key == "int8":
-            line += (
-                f"; int8 vs fp32: accuracy {-100 * entry['acc_drop']:+.2f} points, {entry['size_ratio']:.1f}× smaller"
-            )
-        print(line)
-    print(f"  {SIDECAR:<18} timm name, classes, input size, mean/std, run and stage, test accuracy", flush=True)
+    return sidecar, out

@@ -1,30 +1,24 @@
-"""`kdcl eval`: test a run's model (or any kdcl checkpoint) again, optionally on other data; and how a
-run's stage is found and its model rebuilt (`locate`, `load_stage`), which `kdcl export` shares."""
+"""How a run's stage (or any kdcl checkpoint) is found and its model rebuilt with its data (`locate`,
+`load_stage`), and how `data=...` overrides apply to a saved config: `kdcl eval`, `kdcl export` and the
+cascade find their models this way."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
 from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.common.io import read_json
-from kdcl.common.metric_names import metric_name
 from kdcl.config.checks import check_data, upgrade_saved
 from kdcl.config.compose import config_dir
 from kdcl.data import KdclDataModule
-from kdcl.data.datamodule import StagePart, of_classes
-from kdcl.losses import DistillLoss
+from kdcl.data.datamodule import of_classes
 from kdcl.models import create_model, load_kdcl_checkpoint
 from kdcl.run.manifest import Manifest
-from kdcl.run.plan import HARD_LABELS
-from kdcl.training.module import DistillationModule
-from kdcl.training.trainer import build_trainer
 
 
 @dataclass(frozen=True)
@@ -147,38 +141,3 @@ def yaml_value(text: str):
     import yaml
 
     return yaml.safe_load(text)
-
-
-def eval_command(args: list[str]) -> dict:
-    if not args or args[0].startswith("-"):
-        raise KdclError("kdcl eval needs a run directory or a checkpoint: kdcl eval RUN_DIR [stage=NAME] [data=...] "
-                        "[cascade=true]")  # fmt: skip
-    target, overrides = args[0], args[1:]
-    stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), None)
-    overrides = [o for o in overrides if not o.startswith("stage=")]
-    from kdcl.deploy.cascade_eval import cascade_eval, cascade_flag
-
-    if cascade_flag(overrides):  # the student answers, the run's teacher takes what it is unsure of
-        return cascade_eval(target, stage, overrides)
-    overrides = [o for o in overrides if o.split("=", 1)[0] != "cascade"]
-    loaded = load_stage(locate(target, stage), overrides)
-    cfg, hp, dm, seen = loaded.located.cfg, loaded.located.hparams, loaded.data, loaded.seen_classes
-    module = DistillationModule(loaded.model, [], DistillLoss(HARD_LABELS), cfg.optim, hp["stage"], dm.num_classes, hp,
-                                seen_classes=seen)  # fmt: skip
-    gpu = torch.cuda.is_available()  # a GPU-trained run can be checked on a laptop, and the other way round
-    trainer = build_trainer(cfg.trainer, accelerator="gpu" if gpu else "cpu", devices=1, num_nodes=1, strategy="auto",
-                            precision=cfg.trainer.precision if gpu else "32-true", limit_test_batches=None)  # fmt: skip
-    metrics = trainer.test(module, datamodule=dm.for_stage(StagePart(eval_classes=seen)), verbose=False)[0]
-    result = {
-        "stage": hp["stage"],
-        "model": hp["model"]["name"],
-        "checkpoint": str(loaded.located.checkpoint),
-        "data": cfg.data.name,
-        "test_examples": len(loaded.test_set),
-        "test_acc": float(metrics[metric_name(hp["stage"], "test", "acc")]),
-        "test_loss": float(metrics[metric_name(hp["stage"], "test", "loss")]),
-    }
-    print(f"{result['stage']} ({result['model']}) on {result['data']} test ({result['test_examples']} images): "
-          f"acc {result['test_acc']:.4f}  loss {result['test_loss']:.4f}")  # fmt: skip
-    print(json.dumps(result))
-    return result

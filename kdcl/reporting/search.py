@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.common.tables import markdown_table, print_table
-from kdcl.run.sweep import FAILURE, job_record, objective
+from kdcl.reporting.jobs import FAILURE, job_record, objective
 
 HISTORY_PLOT = "search_history.png"
 IMPORTANCE_PLOT = "search_importance.png"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from kdcl.common.errors import KdclError
 
@@ -67,16 +66,6 @@ def shared_run_dir(overrides: list[str], compose) -> list[str]:
     else:
         run_dir = store.get(key).decode()
     return [*overrides, f"hydra.run.dir={run_dir}"]
-
-
-def requeued_run(run_dir: Path) -> bool:
-    """Whether `run_dir` holds this very job's run from before a requeue (SLURM preemption or time limit,
-    through submitit): a submitit job's directory is its sweep's, made fresh for that sweep, so a run
-    found in it was started by an earlier attempt of the same job."""
-    from kdcl.run.manifest import Manifest
-
-    in_submitit_job = bool(os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"))
-    return in_submitit_job and Manifest.exists(run_dir) and (Path(run_dir) / "config.yaml").is_file()
 
 
 def parallel_jobs() -> int:

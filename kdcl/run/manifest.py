@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -64,3 +65,11 @@ class Manifest:
 
         if process_rank() == 0:
             atomic_write_json(self.path, self.data)
+
+
+def requeued_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds this very job's run from before a requeue (SLURM preemption or time limit,
+    through submitit): a submitit job's directory is its sweep's, made fresh for that sweep, so a run
+    found in it was started by an earlier attempt of the same job."""
+    in_submitit_job = bool(os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"))
+    return in_submitit_job and Manifest.exists(run_dir) and (Path(run_dir) / "config.yaml").is_file()

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kdcl.common.errors import KdclError, SweepFailed
+from kdcl.reporting.jobs import FAILURE, sweep_jobs
 
-FAILURE = "failure.json"
 SWEEP = "sweep.json"
 # a preset -> the module it needs and the optional extra that installs it
 EXTRAS = {
@@ -57,13 +57,6 @@ def check_extras(overrides: list[str]) -> None:
             ) from None
 
 
-def objective(summary: dict) -> float | None:
-    """The final model's best validation accuracy: what a hyper-parameter search maximises."""
-    values = [s.get("best_val_acc") for s in summary.get("stages", [])]
-    values = [v for v in values if v is not None]
-    return float(values[-1]) if values else None
-
-
 def in_sweep_job() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -90,26 +83,6 @@ def record_failure(exc: BaseException) -> float:
     print(f"error: sweep job #{hydra.job.num} ({' '.join(hydra.overrides.task)}) failed: {line}",
           file=sys.stderr, flush=True)  # fmt: skip
     return math.nan
-
-
-def job_record(job_dir: Path) -> dict:
-    """One job of a sweep: its number, settings, status (done | failed | unfinished) and error."""
-    from kdcl.common.io import read_json
-
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    record: dict[str, Any] = {"job": int(job_dir.name), "dir": job_dir.name, "overrides": overrides}
-    if (job_dir / FAILURE).is_file():
-        failure = read_json(job_dir / FAILURE)
-        return {**record, "status": "failed", "exit_status": failure["exit_status"], "error": failure["error"]}
-    if (job_dir / "summary.json").is_file():
-        return {**record, "status": "done"}
-    return {**record, "status": "unfinished", "error": "the job ended without a summary or a recorded error"}
-
-
-def sweep_jobs(sweep_dir: Path) -> list[dict]:
-    dirs = [d for d in Path(sweep_dir).iterdir() if d.is_dir() and d.name.isdigit()]
-    return [job_record(d) for d in sorted(dirs, key=lambda d: int(d.name))]
 
 
 _OUTCOME: list[SweepFailed | None] = [None]  # set by the callback in the launching process

@@ -11,10 +11,11 @@ import json
 import pytest
 import torch
 
-from kdcl.cli import compose, main
-from kdcl.config.checks import check_config
-from kdcl.deploy.locate import eval_command
+from kdcl.cli import main
+from kdcl.commands.eval import eval_command
+from kdcl.config.compose import compose
 from kdcl.run.runner import run_pipeline
+from kdcl.run.validate import check_config
 from tests.conftest import SEED
 
 QUICK = ["teacher=tiny", "student=tiny", "progress_bar=none", "logger=none", "trainer.max_epochs=1", f"seed={SEED}"]

@@ -42,7 +42,7 @@ def test_no_function_is_longer_than_a_screen():
 def test_config_values_are_checked_without_torch_lightning_or_timm():
     loaded = run_python(
         "import sys\n"
-        "from kdcl.cli import compose\n"
+        "from kdcl.config.compose import compose\n"
         "from kdcl.config.checks import check_values\n"
         "check_values(compose(['curriculum=linear', 'optim=sgd']))\n"
         "print(' '.join(m for m in ('torch', 'pytorch_lightning', 'timm') if m in sys.modules))"

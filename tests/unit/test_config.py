@@ -6,9 +6,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from kdcl.common.errors import KdclError
-from kdcl.config.checks import check_config, upgrade_saved
+from kdcl.config.checks import upgrade_saved
 from kdcl.config.compose import config_dir
 from kdcl.run.plan import plan_stages
+from kdcl.run.validate import check_config
 
 GROUPS = ["data", "teacher", "student", "distill", "pipeline", "optim", "trainer", "logger", "experiment", "debug"]
 

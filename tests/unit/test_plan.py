@@ -4,10 +4,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from kdcl.common.errors import KdclError
-from kdcl.config.checks import check_config
 from kdcl.config.compose import config_dir
 from kdcl.run.plan import plan_stages, split_ref
 from kdcl.run.presets import task_classes
+from kdcl.run.validate import check_config
 
 
 def plan(*overrides):

@@ -1,0 +1,268 @@
+"""`kdcl train`: every sweep point checked before Hydra creates anything, then Hydra runs the task (one
+run, or one job of a sweep). Top-level imports stay light: a bad option or key is refused before torch loads."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import re
+import sys
+from pathlib import Path
+
+from kdcl.common.errors import KdclError, did_you_mean, exit_with, io_failure
+from kdcl.config.compose import all_keys, compose, config_dir, config_groups
+
+MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
+
+
+# what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
+RESUME_MAY_CHANGE = ("optim.lr", "trainer.gradient_clip_val", "distill.temperature")
+
+
+def precheck(overrides: list[str]) -> None:
+    """Before Hydra creates anything: unknown options and keys, and bad values of the first sweep point."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise KdclError(f"cannot parse the overrides: {str(exc).splitlines()[0]}; write them as key=value") from None
+    groups = config_groups()
+    fixed, axes, group_overrides = [], [], []
+    for o in parsed:
+        key = o.key_or_group
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            from kdcl.run.lock import holder_of, in_use
+            from kdcl.run.manifest import Manifest
+
+            target = Path(o.get_value_element_as_str())
+            if holder_of(target) is not None:
+                raise in_use(target.resolve())
+            if Manifest.exists(target) or any(target.glob("*/run.json")):
+                raise KdclError(f"{key}={target} already holds kdcl runs; choose a new directory or resume={target}")
+        if key == "hydra" or key.startswith("hydra."):
+            continue
+        if o.type == OverrideType.DEL:
+            fixed.append(o.input_line)
+            continue
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        except Exception:  # glob sweeps and the like: left to Hydra and the per-job check
+            continue
+        if key in groups:
+            for v in group_options(o, values):
+                if v not in groups[key] and v != "null":
+                    raise KdclError(
+                        f"{key}={v}: there is no '{v}' in the {key} group{did_you_mean(v, groups[key])}; "
+                        f"options: {', '.join(groups[key])}"
+                    )
+        points = [f"{o.get_key_element()}={v}" for v in values] or [o.input_line]
+        axes.append(points)
+        if key in groups:
+            group_overrides.append(points[0])
+    # every point of a sweep is checked now, so a bad value cannot stop a sweep half-way
+    combos = list(itertools.islice(itertools.product(*axes), MAX_CHECKED_SWEEP_POINTS))
+    for combo in combos:
+        check_point(fixed + list(combo), group_overrides)
+
+
+def group_options(override, values: list[str]) -> list[str]:
+    """The options an override picks from a group: `logger=[tensorboard,mlflow]` picks two."""
+    value = override.value()
+    return [str(v) for v in value] if isinstance(value, list) else values
+
+
+def check_point(overrides: list[str], group_overrides: list[str]) -> None:
+    from hydra.errors import HydraException
+
+    from kdcl.run.validate import check_config
+
+    try:
+        cfg = compose(overrides)
+    except HydraException as exc:
+        from kdcl.config.checks import schema_error
+
+        typed = schema_error(exc)
+        if typed is not None:
+            raise typed from None
+        msg = str(exc)
+        m = re.search(r"Could not override '([^']+)'", msg)
+        if m:
+            key = m.group(1)
+            try:
+                known = all_keys(compose(group_overrides))
+            except HydraException:
+                known = []
+            if key not in known:
+                raise KdclError(
+                    f"unknown config key '{key}'{did_you_mean(key, known)} "
+                    "(kdcl train --cfg job shows every key; prefix with + to add a new one)"
+                ) from None
+        cause = f" ({str(exc.__cause__).splitlines()[0]})" if exc.__cause__ else ""
+        raise KdclError(f"bad override: {msg.splitlines()[0]}{cause}") from None
+    except (ValueError, TypeError) as exc:  # e.g. `logger=null`
+        raise KdclError(f"bad override in {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+    check_config(cfg)
+
+
+def resume_argv(rest: list[str], overrides: list[str]) -> list[str] | None:
+    """`resume=RUN_DIR` continues that run in its own directory with its own saved config."""
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not values or values[0] in ("", "null"):
+        return None
+    from kdcl.run.manifest import Manifest
+
+    run_dir = Path(values[0])
+    if not (Manifest.exists(run_dir) and (run_dir / "config.yaml").is_file()):
+        raise KdclError(
+            f"resume '{run_dir}' is not a kdcl run directory (no run.json); give a directory that kdcl train printed"
+        )
+    others = [o for o in overrides if not o.startswith(("resume=", "hydra.", "hydra/"))]
+    refused = [o for o in others if o.split("=", 1)[0] not in RESUME_MAY_CHANGE]
+    if refused:
+        raise KdclError(
+            f"resume takes no other overrides than {', '.join(RESUME_MAY_CHANGE)} (got {' '.join(refused)}): "
+            "a run continues with its own config; start a new run to change anything else"
+        )
+    if any(o.startswith("hydra.run.dir=") for o in overrides):  # a worker Lightning's DDP launcher started
+        return rest
+    return rest + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def resume_changes(task_overrides: list[str], given, saved) -> dict[str, tuple]:
+    """{key: (saved value, new value)} for the RESUME_MAY_CHANGE keys given with `resume=` that differ."""
+    from omegaconf import OmegaConf
+
+    keys = [o.split("=", 1)[0] for o in task_overrides if o.split("=", 1)[0] in RESUME_MAY_CHANGE]
+    pairs = {k: (OmegaConf.select(saved, k), OmegaConf.select(given, k)) for k in keys}
+    return {k: (old, new) for k, (old, new) in pairs.items() if old != new}
+
+
+def run_dir_of_resume(overrides: list[str]) -> Path:
+    return Path(next(o for o in overrides if o.startswith("resume=")).split("=", 1)[1])
+
+
+def training_process_leader() -> bool:
+    """Whether this process leads its run: not one of the extra ranks that torchrun, SLURM or Lightning's
+    DDP launcher start with the same command line (they work in the leader's run directory)."""
+    from kdcl.run.launch import process_rank
+
+    return process_rank() == 0
+
+
+def train(rest: list[str]) -> None:
+    from hydra._internal.utils import _run_hydra, get_args_parser
+
+    from kdcl.run.launch import shared_run_dir
+    from kdcl.run.sweep import check_extras, sweep_outcome
+
+    parser = get_args_parser()
+    args = parser.parse_args(rest)
+    try:
+        resumed = resume_argv(rest, args.overrides)
+        informational = args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
+        custom = args.config_dir or args.config_name or args.config_path
+        check_extras(args.overrides)
+        if args.multirun and informational:
+            raise KdclError(
+                "-m cannot be combined with --cfg, --info or --help; drop -m to see what a sweep job composes"
+            )
+        if resumed is not None:
+            rest = resumed
+            if training_process_leader():
+                from kdcl.run.lock import lock_run_dir
+
+                lock_run_dir(run_dir_of_resume(args.overrides))  # before Hydra writes its log into the run
+        elif not (informational or custom) and training_process_leader():  # other ranks: the leader checked
+            precheck(args.overrides)
+        if not (args.multirun or informational or custom):
+            rest = [*rest, *shared_run_dir(args.overrides, compose)[len(args.overrides) :]]
+    except KdclError as err:
+        exit_with(err)
+
+    # Lightning's DDP launcher starts each extra rank as `sys.argv` + the run directory: keep the command
+    # (`kdcl train ...`, `python -m kdcl train ...`) that it re-runs
+    sys.argv = [sys.argv[0], "train", *rest]
+    _run_hydra(args=parser.parse_args(rest), args_parser=parser, task_function=train_task,
+               config_path=str(config_dir()), config_name="train")  # fmt: skip
+    failed = sweep_outcome()
+    if failed is not None:
+        exit_with(failed)
+
+
+def train_task(cfg) -> float | None:
+    """One run (or one sweep job). A sweep job's failure is recorded in its directory and the job returns
+    NaN, so the other jobs run on (kdcl/run/sweep.py); a single run exits with the error's status."""
+    from kdcl.run.sweep import in_sweep_job, record_failure
+
+    if not in_sweep_job():
+        try:
+            return run_training(cfg)
+        except KdclError as err:
+            exit_with(err)
+    try:
+        return run_training(cfg)
+    except Exception as exc:  # noqa: BLE001 — any failure of one job (bad data, NaN loss, out of memory)
+        return record_failure(exc)
+
+
+def run_training(cfg) -> float | None:
+    """Train the run (or continue it: resume=, or a requeued submitit job); returns the objective a
+    sweeper optimises: the final model's best validation accuracy (never the test set's)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from kdcl.run.launch import set_threads
+    from kdcl.run.lock import release_run_dir
+    from kdcl.run.manifest import requeued_run
+    from kdcl.training.trainer import quiet_libraries
+
+    quiet_libraries()
+    run_dir = Path(cfg.resume) if cfg.get("resume") else Path(HydraConfig.get().runtime.output_dir)
+    leader = training_process_leader()
+    set_threads(OmegaConf.select(cfg, "speed.threads"))
+    try:
+        from omegaconf.errors import ValidationError
+
+        from kdcl.config.checks import schema_error, upgrade_saved
+        from kdcl.config.schema import TrainConfig
+        from kdcl.run.lock import lock_run_dir
+        from kdcl.run.manifest import Manifest
+        from kdcl.run.runner import run_pipeline
+        from kdcl.run.validate import check_config
+
+        if leader:
+            lock_run_dir(run_dir)
+        changes = {}
+        requeued = leader and not cfg.get("resume") and requeued_run(run_dir)  # other ranks: the same config
+        if cfg.get("resume") or requeued:
+            saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
+            changes = resume_changes(HydraConfig.get().overrides.task, cfg, saved) if not requeued else {}
+            try:
+                cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved, OmegaConf.from_dotlist(
+                    [f"{k}={new}" for k, (_, new) in changes.items()]))  # fmt: skip
+            except ValidationError as exc:
+                raise schema_error(exc) from None
+            print(
+                f"{'requeued: continuing' if requeued else 'resuming'} {run_dir}"
+                + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items()),
+                flush=True,
+            )
+        elif leader and Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix them
+            raise KdclError(
+                f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
+            )
+        with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # the first rank speaks for all
+            summary = run_pipeline(check_config(cfg), run_dir, changes)
+    except OSError as exc:  # a write no kdcl code wraps (Hydra's, a library's): one line all the same
+        raise io_failure(exc, "write the run's files") from None
+    finally:
+        release_run_dir(run_dir)
+    if leader:
+        print(f"run directory: {run_dir}", flush=True)
+    from kdcl.reporting.jobs import objective
+
+    return objective(summary)
