@@ -30,9 +30,10 @@ test: $(STAMP)  ## run the whole test suite
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
-lint: $(STAMP)  ## ruff check + format check
+lint: $(STAMP)  ## ruff check + format check + import layers (import-linter: pyproject.toml's contracts)
 	$(BIN)/ruff check kdcl tests scripts
 	$(BIN)/ruff format --check kdcl tests scripts
+	$(BIN)/lint-imports
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix kdcl tests scripts
@@ -42,4 +43,4 @@ fashion-mnist:  ## install Debian's Fashion-MNIST files (needs root or sudo)
 	@if [ "$$(id -u)" = 0 ]; then apt-get install -y dataset-fashion-mnist; else sudo apt-get install -y dataset-fashion-mnist; fi
 
 clean:  ## remove the virtual environment and caches (keeps outputs/)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -1,9 +1,11 @@
-"""The shape the architecture promises (docs/architecture.md): imports flow one way, functions fit on a
-screen, and a config check does not load the heavy libraries it does not need."""
+"""The shape the architecture promises (docs/architecture.md): packages import only downwards (import-linter's
+contracts in pyproject.toml), functions fit on a screen, and a config check does not load the heavy libraries
+it does not need."""
 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +19,31 @@ def run_python(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
 
-def test_the_curriculum_package_does_not_import_the_pipeline():
-    modules = sorted(f"kdcl.curriculum.{p.stem}" for p in (KDCL / "curriculum").glob("*.py") if p.stem != "__init__")
-    loaded = run_python(
-        "import sys\n"
-        + "".join(f"import {m}\n" for m in modules)
-        + "print(' '.join(m for m in sys.modules if m.startswith('kdcl.run')))"
-    )
-    assert modules and loaded.strip() == ""
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` (import-linter) on the kdcl package under `root`, with root/pyproject.toml's contracts."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    found = str(exe) if exe.is_file() else shutil.which("lint-imports")
+    assert found, "import-linter is not installed: pip install -e '.[dev]'"
+    return subprocess.run([found, "--no-cache", "--no-logo"], cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def test_packages_import_only_downwards():
+    checked = lint_imports(KDCL.parent)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert " 0 broken" in checked.stdout
+
+
+def test_the_contract_refuses_an_upward_import(tmp_path):
+    """The check above can fail: the same contracts on a copy of kdcl/ where config imports run (a layer above)."""
+    shutil.copytree(KDCL, tmp_path / "kdcl", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(KDCL.parent / "pyproject.toml", tmp_path)
+    checks = tmp_path / "kdcl" / "config" / "checks.py"
+    checks.write_text(checks.read_text() + "\n\ndef planned(cfg):\n    from kdcl.run.plan import build_plan\n\n"
+                      "    return build_plan(cfg)\n")  # fmt: skip
+    checked = lint_imports(tmp_path)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "kdcl.config is not allowed to import kdcl.run" in checked.stdout
+    assert "kdcl.config.checks -> kdcl.run.plan" in checked.stdout
 
 
 def test_no_function_is_longer_than_a_screen():
@@ -42,6 +61,7 @@ def test_no_function_is_longer_than_a_screen():
 def test_config_values_are_checked_without_torch_lightning_or_timm():
     loaded = run_python(
         "import sys\n"
+        "import kdcl.cli, kdcl.commands.train, kdcl.run.validate\n"
         "from kdcl.config.compose import compose\n"
         "from kdcl.config.checks import check_values\n"
         "check_values(compose(['curriculum=linear', 'optim=sgd']))\n"
