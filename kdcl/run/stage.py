@@ -72,7 +72,7 @@ class StageResult:
     latency: dict[str, dict] = field(default_factory=dict)  # runtime -> kdcl.models.cost.RuntimeLatency as JSON
     seconds: float = 0.0
     recovery: str | None = None  # what a resume did instead of reading an unreadable last.ckpt
-    teacher_store: dict | None = None  # stored teacher views: files, size on disk, pass time (teacher_views.py)
+    teacher_store: dict | None = None  # stored teacher views: files, size on disk, pass time (kdcl/teachers/views.py)
     test_reused: str | None = None  # a given checkpoint's test read from the shared cache: the entry's file
 
     def to_json(self) -> dict:
