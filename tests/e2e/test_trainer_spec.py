@@ -54,7 +54,8 @@ def test_report_latency_is_measured_in_both_runtimes_unless_the_report_node_is_r
     for runtime in plain["latency"].values():
         assert runtime["threads"] == torch.get_num_threads() and runtime["version"] and runtime["note"] is None
         assert sorted(runtime["ms"]) == ["1", "64"]
-        assert all(t["median_ms"] > 0 and t["spread_ms"] >= 0 and t["repeats"] >= 10 for t in runtime["ms"].values())
+        # REPEATS timed calls when the time budget allows; a slow or busy machine stops at 3 (kdcl/models/cost.py)
+        assert all(t["median_ms"] > 0 and t["spread_ms"] >= 0 and t["repeats"] >= 3 for t in runtime["ms"].values())
     assert baseline_runs["plain"]["speedup_runtime"] == "onnxruntime"
     assert plain["speedup"] == {"1": 1.0, "64": 1.0}  # the only model is its own reference
     assert sorted(baseline_runs["plain"]["latency_runtimes"]) == ["eager", "onnxruntime"]

@@ -8,10 +8,12 @@ from omegaconf import OmegaConf
 from kdcl.common.errors import KdclError
 from kdcl.config.checks import upgrade_saved
 from kdcl.config.compose import config_dir
+from kdcl.curriculum.pacing import fraction
 from kdcl.run.plan import plan_stages
 from kdcl.run.validate import check_config
 
-GROUPS = ["data", "teacher", "student", "distill", "pipeline", "optim", "trainer", "logger", "experiment", "debug"]
+GROUPS = ["data", "teacher", "student", "distill", "curriculum", "pipeline", "optim", "trainer", "logger", "experiment",
+          "debug"]  # fmt: skip
 
 
 def make(overrides=()):
@@ -37,6 +39,26 @@ def test_every_option_composes_and_passes_the_check(group, option):
             check_config(cfg)
     else:
         check_config(cfg)
+
+
+# Each curriculum preset's share of the data halfway to full_at (step 40 of 100 with full_at 0.8; exponential:
+# step 40 of its step_length 20), worked out by hand from the formula its YAML comment names.
+HALFWAY = {
+    "none": 1.0,
+    "linear": 0.2 + 0.8 * 0.5,  # 0.6
+    "root": (0.2**2 + (1 - 0.2**2) * 0.5) ** 0.5,  # sqrt(0.52) = 0.7211
+    "geometric": 0.2**0.5,  # 0.4472
+    "step": 0.2 + 0.8 * 2 / 4,  # two of four jumps: 0.6
+    "exponential": 0.1 * 1.9**2,  # 0.361
+}
+
+
+@pytest.mark.parametrize("preset", options("curriculum"))
+def test_every_curriculum_preset_paces_as_its_formula_says(preset):
+    c = make([f"curriculum={preset}"]).curriculum
+    assert c.pacing == preset
+    assert fraction(c.pacing, 40, 100, c.start, c.full_at, **c.params) == pytest.approx(HALFWAY[preset], abs=1e-4)
+    assert fraction(c.pacing, 100, 100, c.start, c.full_at, **c.params) == 1.0  # all data by the stage's end
 
 
 def test_aliases_name_the_right_timm_models():
