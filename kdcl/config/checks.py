@@ -110,10 +110,24 @@ def check_optim(o: DictConfig) -> None:
                         "set optim.momentum=0.9 or optim.nesterov=false")  # fmt: skip
 
 
+def check_no_curriculum(c: DictConfig) -> None:
+    """With curriculum=none every other curriculum key is unused: one set anyway is a mistake, not a no-op."""
+    from kdcl.config.compose import config_dir
+
+    defaults = OmegaConf.load(config_dir() / "curriculum" / "none.yaml")
+    for key, default in defaults.items():
+        value = c.get(key)
+        if key != "name" and value != default:
+            raise KdclError(f"curriculum.{key}={show(value)} has no effect with curriculum=none (no curriculum); choose "
+                            f"one (e.g. curriculum=linear curriculum.{key}=...) or drop curriculum.{key}")  # fmt: skip
+
+
 def check_curriculum(c: DictConfig) -> None:
     """The curriculum's own values; which stages it applies to is checked by the plan."""
     from kdcl.curriculum.pacing import check_pacing
 
+    if c.name == "none":
+        check_no_curriculum(c)
     check_pacing(c.pacing, c.start, c.full_at, OmegaConf.to_container(c.params))
     if c.pacing == "none":
         return
@@ -193,6 +207,14 @@ def check_values(cfg: DictConfig) -> None:
     check_data(cfg.data)
     check_optim(cfg.optim)
     positive_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and clip < 0:
+        raise KdclError(f"trainer.gradient_clip_val={show(clip)} must be ≥ 0 (0 or null: no clipping), e.g. 1.0")
+    threads = (cfg.get("speed") or {}).get("threads")
+    if threads is not None and threads < 1:
+        raise KdclError(
+            f"speed.threads={threads} must be ≥ 1 (CPU threads of this process), or null for torch's default"
+        )
     check_trainer_keys(cfg.trainer)
     if cfg.distill.get("store_topk") is not None:
         positive_int(cfg.distill.store_topk, "distill.store_topk")

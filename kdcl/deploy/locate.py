@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 from torch import nn
 from torch.utils.data import Dataset
 
 from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.common.io import read_json
-from kdcl.config.checks import check_data, upgrade_saved
+from kdcl.config.checks import check_data, schema_error, upgrade_saved
 from kdcl.config.compose import config_dir
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import of_classes
@@ -131,7 +132,10 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 f"kdcl eval takes the model from the checkpoint: {key}= cannot be changed; only data=... can"
             )
         elif has_key(cfg, key):
-            OmegaConf.update(cfg, key, yaml_value(value), merge=False)
+            try:
+                OmegaConf.update(cfg, key, yaml_value(value), merge=False)
+            except ValidationError as exc:  # a typed node (cascade.confidence is an enumeration): one line
+                raise schema_error(exc) from None
         else:
             raise KdclError(f"unknown config key '{key}' in kdcl eval; keys such as data.eval_batch_size can be set")
     return cfg

@@ -116,6 +116,14 @@ CASES = {
         "lower data.views",
     ),
     "run directory in use": (["hydra.run.dir={tmp}/old"], "already holds kdcl runs", "new directory"),
+    # keys that would otherwise be ignored without a word
+    "curriculum key without a curriculum": (
+        ["curriculum.start=0.5"],
+        "curriculum.start=0.5 has no effect with curriculum=none",
+        "curriculum=linear",
+    ),
+    "negative gradient clipping": (["+trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1", "≥ 0"),
+    "zero threads": (["speed.threads=0"], "speed.threads=0", "≥ 1"),
 }
 
 

@@ -104,6 +104,7 @@ def without_teacher_stage(run_dir, tmp_path):
     ("extra", "message"),
     [
         (["cascade=true", "cascade.max_drop=-0.1"], "cascade.max_drop=-0.1 must be in [0, 1]"),
+        (["cascade=true", "cascade.confidence=entropy"], "cascade.confidence=entropy must be one of max_prob|margin"),
         (["cascade=true", "stage=teacher"], "is the teacher itself"),
         (["cascade=maybe"], "cascade=maybe must be true or false"),
         (["cascade.max_drop=0.05"], "add cascade=true"),
