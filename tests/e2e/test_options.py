@@ -71,15 +71,19 @@ def test_sgd_with_cosine_annealing_follows_the_cosine_from_lr_to_zero(reused_tea
 
 def test_augmentation_through_the_dataloader_with_a_self_paced_curriculum(tmp_path, kdcl_main):
     # data.on_device=false: batches come from a DataLoader (random crops made per example there), ordered
-    # by the curriculum's batch sampler; scorer=student_loss: the student itself scores the examples
-    proc = kdcl_main(["train", *TINY, "data.augment=true", "data.on_device=false", "curriculum=linear",
-                     "curriculum.scorer=student_loss", "report.latency_batches=[]"], tmp_path)  # fmt: skip
+    # by the curriculum's batch sampler; scorer=student_loss: the student itself scores the examples;
+    # teacher_outputs=online: the teacher runs on every augmented batch (auto would store teacher views)
+    proc = kdcl_main(["train", *TINY, "data.augment=true", "data.on_device=false", "distill.teacher_outputs=online",
+                     "curriculum=linear", "curriculum.scorer=student_loss", "report.latency_batches=[]"],
+                     tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)
     teacher, student = summary_of(run_dir)["stages"]
     assert teacher["test_acc"] > LEARNED and student["test_acc"] > LEARNED
     stage = run_dir / "stages/01-student"
-    assert not (stage / "teacher_logits.pt").exists()  # every epoch shows new views: teachers run online
+    hparams = torch.load(stage / "checkpoints/last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["teacher_outputs"] == "online" and student.get("teacher_store") is None
+    assert "teacher views" not in proc.stdout and not (stage / "teacher_logits.pt").exists()
     saved = torch.load(stage / "scores.pt", weights_only=True)
     assert saved["scorer"] == "student_loss" and len(saved["scores"]) == 1293
     assert "[student] curriculum: scoring 1293 examples (student_loss" in proc.stdout

@@ -108,10 +108,15 @@ def test_missing_mandatory_value_is_named():
         check_config(make(["data=image_folder"]))
 
 
-def test_debug_fast_shortens_every_stage():
-    cfg = make(["debug=fast"])
-    assert cfg.trainer.max_epochs == 1 and all(s.epochs == 1 for s in plan_stages(cfg))
-    assert OmegaConf.select(cfg, "trainer.limit_train_batches") == 5
+def test_debug_fast_shortens_every_stage(tmp_path):
+    from kdcl.training.trainer import build_trainer
+
+    cfg = make(["debug=fast", "pipeline=takd", "trainer=cpu"])  # teacher → assistant → student
+    stages = plan_stages(cfg)
+    assert len(stages) == 3
+    for s in stages:  # each stage's Trainer as the stage runner builds it: its epochs and batch limits
+        trainer = build_trainer(cfg.trainer, stage_name=s.name, root_dir=tmp_path, max_epochs=s.epochs)
+        assert (trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches) == (1, 5, 2), s.name
 
 
 def test_a_config_saved_before_the_trainer_spec_still_resumes():

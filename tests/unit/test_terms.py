@@ -5,12 +5,13 @@ import math
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 from kdcl.common.errors import KdclError
 from kdcl.losses import DistillLoss
-from kdcl.losses.functional import at_loss, ce_loss, hint_loss, rkd_loss
 from kdcl.losses.schedules import scheduled
 from kdcl.losses.terms import TermInputs
+from tests.unit.test_functional import ref_at, ref_kd, ref_rkd  # the definitions, in plain Python
 
 
 @pytest.mark.parametrize(
@@ -50,12 +51,11 @@ def test_scheduled_weight_and_temperature_enter_the_loss():
         }
     )
     total0, parts0 = loss(TermInputs(s, [t], y), progress=0.0)
-    assert total0.item() == pytest.approx(ce_loss(s, y).item(), rel=1e-6)  # warm-up: kd weight starts at 0
+    ce = F.cross_entropy(s, y).item()
+    assert total0.item() == pytest.approx(ce, rel=1e-6)  # warm-up: kd weight starts at 0
     total, parts = loss(TermInputs(s, [t], y), progress=0.25)
-    from kdcl.losses.functional import kd_loss
-
-    expected = ce_loss(s, y) + 1.0 * kd_loss(s, t, 7.0)  # weight half-way up, T a quarter of the way 8 → 4
-    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = ce + 1.0 * ref_kd(s.tolist(), t.tolist(), 7.0)  # weight half-way up, T a quarter of the way 8 → 4
+    assert total.item() == pytest.approx(expected, rel=1e-5)
     assert loss.scheduled_values(0.25) == pytest.approx({"weight_kd": 1.0, "temperature_kd": 7.0})
 
 
@@ -90,14 +90,17 @@ def test_feature_taps_by_index_and_path_feed_the_functionals():
     with torch.no_grad():
         t_logits = teacher(x)
     _, parts = loss(TermInputs(logits, [t_logits], y))
-    assert parts["at"].item() == pytest.approx(at_loss(feats["s"], feats["t"]).item(), rel=1e-5)
+    assert feats["s"].shape[-2:] == feats["t"].shape[-2:]  # same 4×4 maps: no pooling in the reference
+    assert parts["at"].item() == pytest.approx(ref_at(feats["s"].tolist(), feats["t"].tolist(), 2.0), rel=1e-5)
     s_emb = student.forward_head(student.forward_features(x), pre_logits=True)
     t_emb = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
-    assert parts["rkd"].item() == pytest.approx(rkd_loss(s_emb, t_emb).item(), rel=1e-4)
+    expected = ref_rkd(s_emb.tolist(), t_emb.tolist(), 25.0, 50.0)  # RKD's default weights
+    assert parts["rkd"].item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_fitnet_bridge_trains_with_the_student_and_is_not_part_of_it():
     student, teacher = tiny_pair()
+    teacher.requires_grad_(True)  # a trainable teacher: only the loss's detach keeps gradients out of it
     loss = attach({"fitnet": {"weight": 1.0, "student_tap": 2, "teacher_tap": 2}}, student, teacher)
     bridge = loss.bridges["fitnet"][0]
     assert isinstance(bridge[0], torch.nn.Conv2d) and (bridge[0].in_channels, bridge[0].out_channels) == (32, 48)
@@ -170,4 +173,4 @@ def test_hint_loss_through_a_linear_bridge_on_embeddings():
     with torch.no_grad():
         t_emb = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
     value = loss(TermInputs(student(x), [teacher(x)], torch.zeros(2, dtype=torch.long)))[0]
-    assert value.item() == pytest.approx(hint_loss(bridge(s_emb), t_emb).item(), rel=1e-5)
+    assert value.item() == pytest.approx(F.mse_loss(bridge(s_emb), t_emb).item(), rel=1e-5)
