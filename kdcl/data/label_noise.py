@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-KINDS = ("symmetric", "pair")
-
 
 @dataclass(frozen=True)
 class NoisyLabels:

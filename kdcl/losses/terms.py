@@ -12,9 +12,11 @@ regressor, which trains with the student but lives in the loss module, so it is 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -157,6 +159,12 @@ def as_tap_list(value, key: str) -> list:
     if not taps or not all(isinstance(t, (int, str)) and not isinstance(t, bool) for t in taps):
         raise KdclError(f"{key}={value!r} must be a feature index, a module path or 'embedding' (or a list of them)")
     return taps
+
+
+@functools.cache
+def defaults_of(fn: TermFn) -> dict[str, Any]:
+    """A loss function's parameter defaults, read once (the loss reads them at every step)."""
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()}
 
 
 def config_params(fn: TermFn) -> list[str]:
@@ -326,15 +334,11 @@ class DistillLoss(nn.Module):
         values = {}
         for t in self.terms:
             for param, spec in t.schedule.items():
-                base = (
-                    t.weight
-                    if param == "weight"
-                    else t.params.get(param, inspect.signature(t.spec.fn).parameters[param].default)
-                )
+                base = t.weight if param == "weight" else t.params.get(param, defaults_of(t.spec.fn)[param])
                 values[f"{param}_{t.name}"] = scheduled(base, spec, progress)
         for name, logit in self.temperature_logits.items():  # learned temperatures: their trajectory
             t = next(t for t in self.terms if t.name == name)
-            bounds = [t.params.get(b, inspect.signature(t.spec.fn).parameters[b].default) for b in ("t_min", "t_max")]
+            bounds = [t.params.get(b, defaults_of(t.spec.fn)[b]) for b in ("t_min", "t_max")]
             values[f"temperature_{name}"] = float(LF.bounded_temperature(logit.detach(), *bounds))
         return values
 
@@ -345,7 +349,7 @@ class DistillLoss(nn.Module):
         for t in self.terms:
             params = {k: scheduled(v, t.schedule.get(k), progress) for k, v in t.params.items()}
             for k in t.schedule.keys() - {"weight"} - params.keys():  # a scheduled default value
-                params[k] = scheduled(inspect.signature(t.spec.fn).parameters[k].default, t.schedule[k], progress)
+                params[k] = scheduled(defaults_of(t.spec.fn)[k], t.schedule[k], progress)
             if t.name in self.temperature_logits:
                 params["temperature_logit"] = self.temperature_logits[t.name]
             parts[t.name] = t.spec.fn(self.term_inputs(t, inp), **params)

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-RUNTIMES = ("onnxruntime", "eager")
 WARMUP = 3  # first calls allocate buffers (ONNX Runtime's arena, oneDNN's primitives)
 # Timed calls: at least REPEATS and at least WINDOW_S of them, so that the median of a sub-millisecond
 # call is not one scheduler hiccup of a shared machine; a slow model stops after BUDGET_S (≥ 3 calls).
