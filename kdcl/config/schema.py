@@ -37,7 +37,7 @@ Scheduler = choice("Scheduler", "onecycle cosine constant")
 Order = choice("Order", "easy_first hard_first random")
 Source = choice("Source", "final early folds")
 Advance = choice("Advance", "schedule on_plateau on_threshold")
-TeacherOutputs = choice("TeacherOutputs", "online cached views auto")
+TeacherOutputMode = choice("TeacherOutputMode", "online cached views auto")
 ProgressBar = choice("ProgressBar", "auto rich lines none")
 Runtime = choice("Runtime", "onnxruntime eager")
 Confidence = choice("Confidence", "max_prob margin")
@@ -84,7 +84,7 @@ class ModelConfig:
 @dataclass
 class DistillConfig:
     name: str = MISSING
-    teacher_outputs: TeacherOutputs = TeacherOutputs.auto
+    teacher_outputs: TeacherOutputMode = TeacherOutputMode.auto
     store_topk: int | None = None  # views: keep the top k logits per view (None: all up to 100 classes, else 10)
     store_max_mb: float | None = None  # views: refuse (before the pass) a store larger than this, on disk and in memory
     temperature: float | None = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.common.errors import KdclError, did_you_mean
-from kdcl.config.schema import TeacherOutputs
+from kdcl.config.schema import TeacherOutputMode
 from kdcl.losses.ensemble import COMBINATIONS
 from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
 from kdcl.run.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
@@ -233,7 +233,7 @@ def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
 
 
 # teacher outputs ------------------------------------------------------------------------------------
-TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputs)  # declared in kdcl/config/schema.py
+TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputMode)  # declared in kdcl/config/schema.py
 
 
 def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:
