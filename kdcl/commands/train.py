@@ -148,7 +148,7 @@ def run_dir_of_resume(overrides: list[str]) -> Path:
 def training_process_leader() -> bool:
     """Whether this process leads its run: not one of the extra ranks that torchrun, SLURM or Lightning's
     DDP launcher start with the same command line (they work in the leader's run directory)."""
-    from kdcl.run.launch import process_rank
+    from kdcl.common.ranks import process_rank
 
     return process_rank() == 0
 

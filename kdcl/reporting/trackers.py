@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl.common.io import atomic_write_json, read_json
+from kdcl.common.ranks import process_rank
 from kdcl.config.checks import logger_kind as kind
 
 CARD_METRICS = ("test_acc", "test_acc_last", "agreement", "kl", "ece", "nll")
@@ -103,7 +104,7 @@ def flatten(node, prefix: str = "") -> dict:
 def mlflow_arguments(cfg, run_dir: Path, name: str, spec, stage_dir: str) -> dict:
     uri, artifacts = mlflow_store(cfg, spec)
     tags = {**(spec.get("tags") or {}), "kdcl.stage": stage_dir}
-    if global_rank() == 0:  # Lightning logs from rank 0 only; other ranks must not create a parent run
+    if process_rank() == 0:  # Lightning logs from rank 0 only; other ranks must not create a parent run
         tags["mlflow.parentRunId"] = mlflow_parent(cfg, run_dir, name, spec)
     return {"tracking_uri": uri, "artifact_location": artifacts, "run_name": stage_dir, "tags": tags}
 
@@ -134,14 +135,6 @@ def wandb_arguments(cfg, run_dir: Path, name: str, spec, stage_dir: str) -> dict
 
 
 # the summarised run ------------------------------------------------------------------------------------
-def global_rank() -> int:
-    """Under torchrun or SLURM every rank runs the pipeline; only rank 0 creates tracker runs and publishes
-    (the rank as Lightning reads it from the environment, like the run lock and the teacher outputs)."""
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-    return rank_zero_only.rank
-
-
 def card_metrics(summary: dict) -> dict[str, float]:
     """Every stage's test numbers as `<stage>/test/<metric>` (acc: the chosen checkpoint's), and its size."""
     metrics = {}
@@ -155,7 +148,7 @@ def card_metrics(summary: dict) -> dict[str, float]:
 
 def publish(cfg: DictConfig, run_dir: Path, summary: dict) -> None:
     """The summary's numbers, the summary files and the reliability diagram, to every tracker configured."""
-    if global_rank() != 0:
+    if process_rank() != 0:
         return
     metrics = card_metrics(summary)
     files = [run_dir / f for f in ("summary.json", "summary.md", "reliability.png") if (run_dir / f).is_file()]

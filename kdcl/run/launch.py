@@ -6,34 +6,12 @@ launchers set; kdcl starts no process itself (Lightning, torchrun, Hydra's launc
 from __future__ import annotations
 
 import os
-import sys
 
 from kdcl.common.errors import KdclError
+from kdcl.common.ranks import launched_world_size, process_rank
 
 RUN_DIR_KEY = "kdcl/run_dir"  # the key rank 0 publishes its run directory under, in torchrun's store
 STORE_TIMEOUT_S = 300
-
-
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # what Lightning's rank reads
-
-
-def process_rank() -> int:
-    """This process's global rank as Lightning reads it from the environment (0 when launched alone).
-    Before Lightning is imported and with no launcher's rank variable set, the rank is 0: the answer
-    without importing Lightning (seconds), so a bad-input error at start-up stays quick."""
-    if "lightning_fabric" not in sys.modules and not any(os.environ.get(v) for v in RANK_VARIABLES):
-        return 0
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-    return int(rank_zero_only.rank)
-
-
-def launched_world_size() -> int:
-    """How many processes an outside launcher started with this command line (torchrun, srun)."""
-    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 1
 
 
 def shared_run_dir(overrides: list[str], compose) -> list[str]:

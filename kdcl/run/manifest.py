@@ -61,7 +61,7 @@ class Manifest:
 
     def save(self) -> None:
         """Written by the first process only: under DDP every rank runs the pipeline (torchrun, SLURM)."""
-        from kdcl.run.launch import process_rank
+        from kdcl.common.ranks import process_rank
 
         if process_rank() == 0:
             atomic_write_json(self.path, self.data)

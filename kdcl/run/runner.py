@@ -13,11 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from kdcl import __version__
 from kdcl.common.errors import Diverged, EnvironmentFailure, KdclError, io_failure
 from kdcl.common.io import atomic_write_json, atomic_write_text, read_json
+from kdcl.common.ranks import process_rank
 from kdcl.data import KdclDataModule
 from kdcl.reporting.summary import write_summary
 from kdcl.reporting.trackers import publish
 from kdcl.run.cards import stage_cards
-from kdcl.run.launch import process_rank
 from kdcl.run.manifest import Manifest
 from kdcl.run.plan import Plan, Stage
 from kdcl.run.presets import task_classes

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from kdcl.common.cache import load_or_build, store_path
 from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_bytes, atomic_write_json
 from kdcl.common.metric_names import metric_name
+from kdcl.common.ranks import launched_world_size
 from kdcl.config.checks import latency_batches, latency_runtimes
 from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
 from kdcl.curriculum.scoring import held_out_folds
@@ -376,7 +376,7 @@ def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: Stag
                checkpoint: Path) -> tuple[dict, str | None]:  # fmt: skip
     """A given checkpoint's test (a teacher every job of a sweep loads): run once, then read from the
     shared cache. Returns (metrics, the cache file when it was reused)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank joins the test; none may wait on a lock
+    if launched_world_size() > 1:  # torchrun: every rank joins the test; none may wait on a lock
         return test(trainer, parts, None), None
     key, what = given_model_key(
         ctx, f"test of {stage.name}", checkpoint, parts.data.part.eval_classes
