@@ -32,7 +32,8 @@ from kdcl.curriculum.scoring import (
     warn_if_degenerate,
 )
 from kdcl.data.datamodule import noisy_mask, unaugmented
-from kdcl.teachers.outputs import TeacherOutputs, pass_device, predict_logits
+from kdcl.models.predictions import inference_device
+from kdcl.teachers.outputs import TeacherOutputs, predict_logits
 
 TEACHER_SCORERS = tuple(s for s in SCORERS if s.startswith("teacher"))
 
@@ -62,7 +63,7 @@ class CurriculumInputs:
 
 def model_logits(scoring: list[ScoringModel], base: Dataset, normalize) -> torch.Tensor:
     """Every example's logits averaged over the models that score it."""
-    device = pass_device()
+    device = inference_device()
     total, count = None, torch.zeros(len(base))
     for s in scoring:
         idx = torch.arange(len(base)) if s.positions is None else s.positions

@@ -4,6 +4,7 @@ cascade compare. Same examples, order, batches and normalisation as the stage's 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -56,10 +57,18 @@ def batch_limit(limit, batches: int) -> int:
 
 
 @torch.inference_mode()
+def inference_device() -> torch.device:
+    """Where kdcl runs a model outside the Trainer (teacher passes, scoring, report cards, the cascade): this
+    process's GPU (its DDP rank's), else the CPU. The one device picker of kdcl."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | None = None, limit=None) -> Predictions:
     """`model`'s logits on `loader`'s batches (normalised like the stage's data), classes not in `seen`
     masked out as the stage's own predictions are (kdcl.training.module.DistillationModule.predict_seen)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = inference_device()
     model = model.to(device).eval()
     logits, labels = [], []
     for i, (x, y) in enumerate(loader):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from kdcl.common.cache import publish, read_entry, store_path
 from kdcl.common.io import atomic_torch_save
 from kdcl.data.datamodule import source_indices
+from kdcl.models.predictions import inference_device
 
 log = logging.getLogger("kdcl")
 CACHE_FILE = "teacher_logits.pt"
@@ -74,13 +74,6 @@ def cache_key(teachers: list[nn.Module], dataset: Dataset, cfg: DictConfig, mean
         "precision": str(cfg.trainer.precision),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-
-
-def pass_device() -> torch.device:
-    """Where a pass before training runs: this process's GPU (its DDP rank's), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 class TeacherOutputs:
@@ -180,7 +173,7 @@ class TeacherOutputs:
             return
         print(f"[{stage_name}] teacher outputs: one pass over {len(rows)} examples", flush=True)
         subset = Subset(dataset, rows.tolist())
-        self.store(rows, [predict_logits(t.to(pass_device()), subset, normalize, batch_size) for t in teachers])
+        self.store(rows, [predict_logits(t.to(inference_device()), subset, normalize, batch_size) for t in teachers])
         self.full, self.new = bool(self.filled.all()), []  # every DDP rank runs this pass: nothing to share
         self.save()
 

@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, Dataset
 from kdcl.common.cache import CacheEntry, cache_dir, load_or_build, store_path
 from kdcl.common.errors import KdclError
 from kdcl.data.datamodule import crop_flip, crop_padding, source_indices
-from kdcl.teachers.outputs import TeacherOutputs, pass_device, weights_digest
+from kdcl.models.predictions import inference_device
+from kdcl.teachers.outputs import TeacherOutputs, weights_digest
 
 VIEW_SEED = 7_368_787  # the view generator's seed offset (fixed: a resumed or repeated job draws alike)
 ALL_LOGITS_UP_TO = 100  # distill.store_topk=null keeps every logit up to this many classes ...
@@ -63,7 +64,7 @@ class ViewSpec:
     def of(cls, cfg: DictConfig, classes: int, plain: bool) -> ViewSpec:
         topk = cfg.distill.get("store_topk")
         topk = (None if classes <= ALL_LOGITS_UP_TO else AUTO_TOPK) if topk is None else int(topk)
-        bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16") and pass_device().type == "cuda"
+        bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16") and inference_device().type == "cuda"
         return cls(int(cfg.data.views), int(cfg.seed), crop_padding(cfg.data), bool(cfg.data.get("hflip", False)),
                    None if topk is None or topk >= classes else topk, bf16, plain)  # fmt: skip
 
@@ -146,7 +147,7 @@ def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, normal
               spec: ViewSpec) -> dict[str, torch.Tensor]:  # fmt: skip
     """The teacher's logits of every stored view (and of the plain view with spec.plain), in eval and
     inference mode. Examples are read once; each batch of them is run at each of its K views."""
-    device, home = pass_device(), next(teacher.parameters()).device
+    device, home = inference_device(), next(teacher.parameters()).device
     teacher = teacher.to(device)
     was_training = teacher.training
     teacher.eval()
