@@ -26,7 +26,7 @@ from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart
 from kdcl.deploy.cascade import Point, confidence, curve, operating_point, thresholds
 from kdcl.deploy.locate import apply_overrides, finished_stage, locate
-from kdcl.models import create_model
+from kdcl.models import model_from_checkpoint
 from kdcl.models.predictions import predict
 from kdcl.run.manifest import Manifest
 
@@ -71,9 +71,8 @@ def cascade_settings(cfg: DictConfig) -> DictConfig:
 
 
 def model_of(pair: Pair, result: dict, dm: KdclDataModule, cfg: DictConfig) -> torch.nn.Module:
-    model_cfg = OmegaConf.create({**result["model_cfg"], "checkpoint": str(pair.run_dir / result["checkpoint"]),
-                                  "weights": None})  # fmt: skip
-    return create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), result["model_key"])
+    return model_from_checkpoint(result["model_cfg"], pair.run_dir / result["checkpoint"], dm.num_classes, dm.in_chans,
+                                 int(cfg.data.image_size), result["model_key"])  # fmt: skip
 
 
 def recorded_ms(result: dict, runtime: str) -> float | None:

@@ -18,7 +18,7 @@ from kdcl.config.checks import check_data, schema_error, upgrade_saved
 from kdcl.config.compose import config_dir
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import of_classes
-from kdcl.models import create_model, load_kdcl_checkpoint
+from kdcl.models import load_kdcl_checkpoint, model_from_checkpoint
 from kdcl.run.manifest import Manifest
 
 
@@ -99,8 +99,8 @@ def load_stage(located: Located, overrides: list[str] | None = None) -> StageMod
             f"data={cfg.data.name} has {dm.num_classes} classes × {dm.in_chans} channels but the model was trained "
             f"for {hp['num_classes']} × {hp['in_chans']}; evaluate on data with the same classes"
         )
-    model_cfg = OmegaConf.create({**hp["model"], "checkpoint": str(located.checkpoint), "weights": None})
-    model = create_model(model_cfg, dm.num_classes, dm.in_chans, int(cfg.data.image_size), "checkpoint")
+    model = model_from_checkpoint(hp["model"], located.checkpoint, dm.num_classes, dm.in_chans, int(cfg.data.image_size),
+                                  "checkpoint")  # fmt: skip
     return StageModel(Located(located.checkpoint, cfg, hp, located.run_dir, located.run_test_acc), dm, model.eval())
 
 

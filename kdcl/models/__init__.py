@@ -6,7 +6,14 @@ imported without importing timm (several seconds): config checks stay fast.
 
 from importlib import import_module
 
-_FROM_FACTORY = ("FrozenTeacher", "check_model_cfg", "count_params", "create_model", "load_kdcl_checkpoint")
+_FROM_FACTORY = (
+    "FrozenTeacher",
+    "check_model_cfg",
+    "count_params",
+    "create_model",
+    "load_kdcl_checkpoint",
+    "model_from_checkpoint",
+)
 __all__ = [*_FROM_FACTORY, "check_model_name"]
 
 

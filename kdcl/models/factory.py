@@ -7,7 +7,7 @@ from typing import Any
 
 import timm
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdcl.common.errors import KdclError
@@ -68,6 +68,15 @@ def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: i
                 f"{num_classes} classes ({first}); set {key}.name to the checkpoint's model"
             ) from None
     return model
+
+
+def model_from_checkpoint(model_cfg: dict, checkpoint: Path | str, num_classes: int, in_chans: int, image_size: int,
+                          key: str) -> nn.Module:  # fmt: skip
+    """The model a stage trained, rebuilt from its kdcl checkpoint: the stage's model settings with the weights
+    read from `checkpoint` (not from a pretrained file). The one way kdcl rebuilds a finished stage's model
+    (later stages' teachers, kdcl eval, the cascade)."""
+    cfg = OmegaConf.create({**model_cfg, "checkpoint": str(checkpoint), "weights": None})
+    return create_model(cfg, num_classes, in_chans, image_size, key)
 
 
 def create_skeleton(name: str, image_size: int) -> nn.Module | None:

@@ -31,7 +31,7 @@ from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart, unaugmented
 from kdcl.losses import DistillLoss
-from kdcl.models import count_params, create_model
+from kdcl.models import count_params, create_model, model_from_checkpoint
 from kdcl.models.cost import model_cost
 from kdcl.models.factory import load_kdcl_checkpoint
 from kdcl.reporting.trackers import stage_loggers
@@ -118,9 +118,11 @@ class StageContext:
         return self.run_dir / result.epoch_checkpoints[str(epoch)]
 
     def build_model(self, model_cfg: dict, key: str, checkpoint: Path | None = None) -> nn.Module:
-        if checkpoint is not None:  # the weights come from the checkpoint, not from a pretrained file
-            model_cfg = {**model_cfg, "checkpoint": str(checkpoint), "weights": None}
         image_size = int(self.cfg.data.image_size)
+        if checkpoint is not None:  # the weights come from the checkpoint, not from a pretrained file
+            return model_from_checkpoint(
+                model_cfg, checkpoint, self.data.num_classes, self.data.in_chans, image_size, key
+            )
         return create_model(OmegaConf.create(model_cfg), self.data.num_classes, self.data.in_chans, image_size, key)
 
     def load_stage_model(self, ref: str) -> nn.Module:
