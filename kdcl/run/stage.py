@@ -40,7 +40,7 @@ from kdcl.run.presets import task_classes
 from kdcl.teachers.outputs import TeacherOutputs
 from kdcl.teachers.views import TeacherViews, open_teacher_views
 from kdcl.training.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
-from kdcl.training.checkpoints import resume_point
+from kdcl.training.checkpoints import StageCheckpoint, resume_point
 from kdcl.training.module import DistillationModule
 from kdcl.training.trainer import build_trainer
 
@@ -296,12 +296,12 @@ def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, l
     """The checkpoints (best.ckpt by val acc; last.ckpt after every epoch, where a stopped stage
     continues), the random state, the epochs kept for later stages, and the non-finite-loss guard."""
     ckpt_dir = ctx.stage_dir(stage) / "checkpoints"
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
+    best = StageCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)  # fmt: skip
     if not stage.trains:
         return best, []
     # a second callback for last.ckpt: one with save_last writes it only in epochs that improved best
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, save_top_k=1, enable_version_counter=False)
+    last = StageCheckpoint(dirpath=ckpt_dir, filename=LAST, save_top_k=1, enable_version_counter=False)
     callbacks: list[pl.Callback] = [
         best,
         last,

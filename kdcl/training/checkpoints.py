@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from kdcl.common.io import atomic_torch_save
 
@@ -62,3 +63,30 @@ def resume_point(ckpt_dir: Path) -> ResumePoint:
         if unreadable_reason(candidate) is None:
             return ResumePoint(candidate, f"{last.name} unreadable ({reason}); resumed from {candidate.name}")
     return ResumePoint(None, f"{last.name} unreadable ({reason}) and no other readable checkpoint; stage restarted")
+
+
+class StageCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose state survives a run directory that was moved or copied. Lightning restores the best
+    score and paths only when the saved dirpath equals the current one, and otherwise keeps the old absolute
+    best path: a resumed stage would then record no best score and a checkpoint outside its run. A stage's
+    checkpoints live in its own folder, so paths under the old folder are the same names in the new one
+    (written here: Lightning has no option for it)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = relocated(state_dict, str(old), str(self.dirpath))
+        super().load_state_dict(state_dict)
+
+
+def relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """A ModelCheckpoint state with every path under `old` moved to the same name under `new`."""
+
+    def move(path):
+        if not path or not Path(path).is_relative_to(old):
+            return path
+        return str(Path(new) / Path(path).relative_to(old))
+
+    moved = {k: move(state.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path") if k in state}
+    best_k = {move(k): v for k, v in (state.get("best_k_models") or {}).items()}
+    return {**state, **moved, "dirpath": new, "best_k_models": best_k}

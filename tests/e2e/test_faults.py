@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import types
 from pathlib import Path
 
@@ -127,6 +128,20 @@ def test_a_torn_checkpoint_is_passed_over_and_the_stage_still_ends_as_an_uninter
         assert (again_epoch, again_step) == (epoch, step)
         assert again_weights.keys() == weights.keys()
         assert all(torch.equal(again_weights[k], weights[k]) for k in weights)
+
+
+def test_a_moved_run_directory_resumes_as_if_it_had_stayed(tiny_run, tmp_path, kdcl_main):
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run, moved)  # a run copied to another disk, or its folder renamed
+    manifest = manifest_of(moved)
+    manifest["stages"]["student"] = {"status": "running"}  # as if killed while the student trained
+    (moved / "run.json").write_text(json.dumps(manifest))
+    result = kdcl_main(["train", f"resume={moved}"], tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    # the best score and the chosen checkpoint are the moved run's own, not lost or left in the old folder
+    assert [{k: s[k] for k in METRICS} for s in summary_of(moved)["stages"]] == [
+        {k: s[k] for k in METRICS} for s in summary_of(tiny_run)["stages"]
+    ]
 
 
 class NoRoomFile:
