@@ -56,7 +56,6 @@ def batch_limit(limit, batches: int) -> int:
     return min(int(limit), batches)
 
 
-@torch.inference_mode()
 def inference_device() -> torch.device:
     """Where kdcl runs a model outside the Trainer (teacher passes, scoring, report cards, the cascade): this
     process's GPU (its DDP rank's), else the CPU. The one device picker of kdcl."""
@@ -65,6 +64,7 @@ def inference_device() -> torch.device:
     return torch.device("cpu")
 
 
+@torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | None = None, limit=None) -> Predictions:
     """`model`'s logits on `loader`'s batches (normalised like the stage's data), classes not in `seen`
     masked out as the stage's own predictions are (kdcl.training.module.DistillationModule.predict_seen)."""
