@@ -52,7 +52,8 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from kdcl.data.datamodule import random_crop_flip
 from kdcl.losses import DistillLoss
 from kdcl.losses.functional import ce_loss, kd_loss
-from kdcl.teachers.outputs import TeacherOutputs, predict_logits
+from kdcl.models.predictions import dataset_logits
+from kdcl.teachers.outputs import TeacherOutputs
 from kdcl.teachers.views import TeacherViews, TeacherViewStore, ViewSpec, draw_views, view_pass
 from kdcl.training.module import DistillationModule
 from kdcl.training.optim import build_optimizer
@@ -284,12 +285,12 @@ def main() -> None:
     teacher = teacher.to("cuda" if torch.cuda.is_available() else "cpu")
     if args.augment:
         return augmented(args, data, x, y, teacher, results)
-    predict_logits(teacher, Subset(TensorDataset(x, y), range(min(512, n))), lambda t: t, batch_size=512)  # warm-up
+    dataset_logits(teacher, Subset(TensorDataset(x, y), range(min(512, n))), lambda t: t, batch_size=512)  # warm-up
     pass_s = []
     for _ in range(3):
         sync()
         start = time.perf_counter()
-        cached = predict_logits(teacher, TensorDataset(x, y), lambda t: t, batch_size=512)[None]
+        cached = dataset_logits(teacher, TensorDataset(x, y), lambda t: t, batch_size=512)[None]
         sync()
         pass_s.append(time.perf_counter() - start)
     results["teacher_pass_ms_per_example"] = 1000 * statistics.median(pass_s) / n

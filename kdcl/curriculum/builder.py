@@ -32,8 +32,8 @@ from kdcl.curriculum.scoring import (
     warn_if_degenerate,
 )
 from kdcl.data.datamodule import noisy_mask, unaugmented
-from kdcl.models.predictions import inference_device
-from kdcl.teachers.outputs import TeacherOutputs, predict_logits
+from kdcl.models.predictions import dataset_logits, inference_device
+from kdcl.teachers.outputs import TeacherOutputs
 
 TEACHER_SCORERS = tuple(s for s in SCORERS if s.startswith("teacher"))
 
@@ -67,7 +67,7 @@ def model_logits(scoring: list[ScoringModel], base: Dataset, normalize) -> torch
     total, count = None, torch.zeros(len(base))
     for s in scoring:
         idx = torch.arange(len(base)) if s.positions is None else s.positions
-        logits = predict_logits(s.model.to(device), Subset(base, idx.tolist()), normalize)
+        logits = dataset_logits(s.model.to(device), Subset(base, idx.tolist()), normalize)
         total = torch.zeros(len(base), logits.shape[1]) if total is None else total
         total[idx] += logits
         count[idx] += 1
@@ -82,7 +82,7 @@ def compute_scores(c: DictConfig, inp: CurriculumInputs, base: Dataset, labels: 
     if c.scorer == "file":
         return file_scores(c.scores_file, len(base))
     if c.scorer == "student_loss":
-        return loss_scores(predict_logits(inp.student, base, inp.normalize), labels)
+        return loss_scores(dataset_logits(inp.student, base, inp.normalize), labels)
     if c.source == "final" and inp.outputs is not None and inp.outputs.complete:  # one pass serves both
         logits = inp.outputs.logits.float().mean(0).cpu()
     else:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from kdcl.common.metric_names import metric_name
 from kdcl.curriculum.sampler import CurriculumBatchSampler, curriculum_order
 from kdcl.curriculum.scoring import loss_scores
-from kdcl.teachers.outputs import predict_logits
+from kdcl.models.predictions import dataset_logits
 
 
 def noisy_share(order: torch.Tensor, pool_size: int, noisy: torch.Tensor) -> float:
@@ -105,7 +105,7 @@ class CurriculumCallback(pl.Callback):
         epoch = trainer.current_epoch
         if self.self_paced and epoch > 0 and epoch % self.rescore_every == 0:
             # self-paced: the current student judges difficulty (every rank computes the same scores)
-            logits = predict_logits(pl_module.model, self.images, self.normalize)
+            logits = dataset_logits(pl_module.model, self.images, self.normalize)
             self.scores = loss_scores(logits, self.ordering.labels)
             self.sampler.order = self.ordering(self.scores)
         # Lightning's own set_epoch does not reach a batch sampler without .sampler: set it here

@@ -25,6 +25,7 @@ from kdcl import __version__
 from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_json
 from kdcl.deploy.locate import Located, StageModel, load_stage, locate
+from kdcl.models.predictions import evaluating
 
 FORMATS = ("safetensors", "onnx")
 QUANTIZE = ("int8",)
@@ -115,14 +116,14 @@ def compare(loaded: StageModel, forward: Callable[[torch.Tensor], np.ndarray]) -
     diff = scale = 0.0
     correct = reference_correct = n = 0
     seen = loaded.seen_classes
-    for x, y in labelled_test_images(loaded):
-        with torch.inference_mode():
+    with evaluating(loaded.model, torch.device("cpu")):  # on the CPU, where the exported file runs
+        for x, y in labelled_test_images(loaded):
             reference = loaded.model(x).numpy()
-        logits = forward(x)
-        diff, scale = max(diff, float(np.abs(logits - reference).max())), max(scale, float(np.abs(reference).max()))
-        correct += int((predictions(logits, seen) == y.numpy()).sum())
-        reference_correct += int((predictions(reference, seen) == y.numpy()).sum())
-        n += len(y)
+            logits = forward(x)
+            diff, scale = max(diff, float(np.abs(logits - reference).max())), max(scale, float(np.abs(reference).max()))
+            correct += int((predictions(logits, seen) == y.numpy()).sum())
+            reference_correct += int((predictions(reference, seen) == y.numpy()).sum())
+            n += len(y)
     return Comparison(diff, scale, correct / n, reference_correct / n, n)
 
 

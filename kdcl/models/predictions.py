@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -64,19 +66,38 @@ def inference_device() -> torch.device:
     return torch.device("cpu")
 
 
-@torch.inference_mode()
+@contextmanager
+def evaluating(model: nn.Module, device: torch.device | None = None) -> Iterator[torch.device]:
+    """`model` on `device` (default: the inference device), in eval mode, under inference mode, with the global random state
+    untouched (a loader draws a seed: a run that scores or tests in between shuffles like one that does
+    not); its mode and device are restored afterwards. Every inference pass of kdcl runs inside it."""
+    device = device or inference_device()
+    home, was_training = next(model.parameters()).device, model.training
+    model.to(device).eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            yield device
+    finally:
+        model.train(was_training).to(home)
+
+
 def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | None = None, limit=None) -> Predictions:
-    """`model`'s logits on `loader`'s batches (normalised like the stage's data), classes not in `seen`
-    masked out as the stage's own predictions are (kdcl.training.module.DistillationModule.predict_seen)."""
-    device = inference_device()
-    model = model.to(device).eval()
+    """`model`'s logits on `loader`'s batches (x, y, ...) normalised like the stage's data, classes not in
+    `seen` masked out as the stage's own predictions are (kdcl.training.module.DistillationModule.predict_seen).
+    kdcl's one inference loop: report cards, the cascade, curriculum scores and stored teacher outputs."""
     logits, labels = [], []
-    for i, (x, y) in enumerate(loader):
-        if i >= batch_limit(limit, len(loader)):
-            break
-        logits.append(mask_unseen(model(normalize(x.to(device))).float(), seen).cpu())
-        labels.append(y.long())
-    model.cpu()
+    with evaluating(model) as device:
+        for i, (x, y, *_) in enumerate(loader):
+            if i >= batch_limit(limit, len(loader)):
+                break
+            logits.append(mask_unseen(model(normalize(x.to(device))).float(), seen).cpu())
+            labels.append(torch.as_tensor(y).long())
     if not logits:
         return Predictions(torch.empty(0, 0), torch.empty(0, dtype=torch.long))
-    return Predictions(torch.cat(logits), torch.cat(labels))
+    # normal tensors again (not inference tensors): a loss may save them for backward
+    return Predictions(torch.cat(logits).clone(), torch.cat(labels).clone())
+
+
+def dataset_logits(model: nn.Module, dataset, normalize, batch_size: int = 256) -> torch.Tensor:
+    """`model`'s logits (float32, CPU) of every example of `dataset`, in order."""
+    return predict(model, DataLoader(dataset, batch_size), normalize).logits

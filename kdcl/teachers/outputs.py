@@ -28,28 +28,15 @@ import torch
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from kdcl.common.cache import publish, read_entry, store_path
 from kdcl.common.io import atomic_torch_save
 from kdcl.data.datamodule import source_indices
-from kdcl.models.predictions import inference_device
+from kdcl.models.predictions import dataset_logits, inference_device
 
 log = logging.getLogger("kdcl")
 CACHE_FILE = "teacher_logits.pt"
-
-
-def predict_logits(model: nn.Module, dataset: Dataset, normalize, batch_size: int = 256) -> torch.Tensor:
-    """`model`'s logits for every example of `dataset`, in order, in eval and inference mode, on the
-    model's device. The random state is left as it was (the loader draws a seed), so a run that scores
-    or stores outputs shuffles exactly like one that does not."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        logits = [model(normalize(x.to(device))).float().cpu() for x, *_ in DataLoader(dataset, batch_size)]
-    model.train(was_training)
-    return torch.cat(logits).clone()  # a normal tensor again: a loss may save it for backward
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -173,7 +160,7 @@ class TeacherOutputs:
             return
         print(f"[{stage_name}] teacher outputs: one pass over {len(rows)} examples", flush=True)
         subset = Subset(dataset, rows.tolist())
-        self.store(rows, [predict_logits(t.to(inference_device()), subset, normalize, batch_size) for t in teachers])
+        self.store(rows, [dataset_logits(t.to(inference_device()), subset, normalize, batch_size) for t in teachers])
         self.full, self.new = bool(self.filled.all()), []  # every DDP rank runs this pass: nothing to share
         self.save()
 

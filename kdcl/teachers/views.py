@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdcl.common.cache import CacheEntry, cache_dir, load_or_build, store_path
 from kdcl.common.errors import KdclError
 from kdcl.data.datamodule import crop_flip, crop_padding, source_indices
-from kdcl.models.predictions import inference_device
+from kdcl.models.predictions import evaluating, inference_device
 from kdcl.teachers.outputs import TeacherOutputs, weights_digest
 
 VIEW_SEED = 7_368_787  # the view generator's seed offset (fixed: a resumed or repeated job draws alike)
@@ -147,21 +147,17 @@ def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, normal
               spec: ViewSpec) -> dict[str, torch.Tensor]:  # fmt: skip
     """The teacher's logits of every stored view (and of the plain view with spec.plain), in eval and
     inference mode. Examples are read once; each batch of them is run at each of its K views."""
-    device, home = inference_device(), next(teacher.parameters()).device
-    teacher = teacher.to(device)
-    was_training = teacher.training
-    teacher.eval()
     by_view, plain = [], []
     positions = DataLoader(range(len(dataset)), batch_size)  # the batch's positions, in order
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec.bf16)
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(), autocast:
+    # evaluating: back on its own device afterwards (training never runs it: its memory stays free)
+    with evaluating(teacher) as device, autocast:
         for (x, *_), idx in zip(DataLoader(dataset, batch_size), positions, strict=True):
             x = x.to(device)
             views = [teacher(normalize(rebuild(x, params[idx, v], spec.pad))) for v in range(spec.k)]
             by_view.append(torch.stack(views, 1).cpu())  # (batch, K, classes)
             if spec.plain:
                 plain.append(teacher(normalize(x)).cpu())
-    teacher.train(was_training).to(home)  # training never runs it: its memory stays free
     logits = torch.cat(by_view)
     stored = {"params": params, **compress(logits, spec.topk)}
     if spec.plain:

@@ -22,10 +22,16 @@ CURRICULUM = [*TINY, "trainer=cpu", "trainer.max_epochs=3", "curriculum=linear",
               "curriculum.full_at=0.6"]  # fmt: skip
 
 
+def curriculum_args(tiny_run: Path) -> list[str]:
+    """CURRICULUM with tiny_run's teacher (the one CURRICULUM would train: same model, data, seed and
+    epochs), tested instead of trained again."""
+    return [*CURRICULUM, f"teacher.checkpoint={tiny_run / 'stages/00-teacher/checkpoints/best.ckpt'}"]
+
+
 @pytest.fixture(scope="module")
-def curriculum_run(tmp_path_factory) -> Path:
+def curriculum_run(tiny_run, tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("curriculum")
-    proc = in_process(["train", *CURRICULUM], cwd)
+    proc = in_process(["train", *curriculum_args(tiny_run)], cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[student] curriculum: scoring" in proc.stdout
     assert "[student] teacher outputs: one pass over" in proc.stdout  # the scoring pass fills the store
@@ -63,16 +69,16 @@ def test_scores_and_pacing_plot_are_saved_in_the_stage_directory(curriculum_run)
 def test_the_scoring_pass_stores_the_logits_training_would_have_stored(curriculum_run, tiny_run):
     # the curriculum's pass before training (batches of data.eval_batch_size, in dataset order) and a
     # plain stage's first epoch (training batches, shuffled) store the same teacher's logits
-    # (tiny_run trains the same teacher: same models, seed and epochs)
+    # (both from tiny_run's teacher)
     by_pass = torch.load(curriculum_run / "stages/01-student/teacher_logits.pt", weights_only=True)
     by_training = torch.load(tiny_run / "stages/01-student/teacher_logits.pt", weights_only=True)
     assert by_pass["filled"].all() and by_training["filled"].all()
     torch.testing.assert_close(by_pass["logits"], by_training["logits"], rtol=1e-5, atol=1e-4)  # other batch sizes
 
 
-def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tmp_path, kdcl_main):
+def test_a_killed_curriculum_stage_resumes_to_identical_metrics(curriculum_run, tiny_run, tmp_path, kdcl_main):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "kdcl.cli", "train", *CURRICULUM, f"hydra.run.dir={run_dir}"]
+    args = [sys.executable, "-m", "kdcl.cli", "train", *curriculum_args(tiny_run), f"hydra.run.dir={run_dir}"]
     log = tmp_path / "killed.log"  # a file, not a pipe: a pipe nobody reads can fill up and stall the child
     with log.open("w") as out:
         proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,

@@ -8,8 +8,9 @@ from torch.utils.data import Subset, TensorDataset
 
 from kdcl.common.errors import KdclError
 from kdcl.data.datamodule import source_indices
+from kdcl.models.predictions import dataset_logits
 from kdcl.run.plan import choose_mode
-from kdcl.teachers.outputs import CACHE_FILE, TeacherOutputs, predict_logits
+from kdcl.teachers.outputs import CACHE_FILE, TeacherOutputs
 
 
 class FakeDataModule:
@@ -68,7 +69,7 @@ def test_choose_mode():
 def test_a_pass_matches_the_teacher_and_leaves_the_random_state_alone(setup):
     data, teacher = setup
     state = torch.get_rng_state()
-    logits = predict_logits(teacher, data, FakeDataModule.normalize, batch_size=5)
+    logits = dataset_logits(teacher, data, FakeDataModule.normalize, batch_size=5)
     assert torch.equal(torch.get_rng_state(), state)
     assert not logits.is_inference() and logits.shape == (16, 3)
     assert torch.allclose(logits, teacher_on(teacher, data, range(16)), atol=1e-5)
