@@ -8,7 +8,8 @@ import torch
 
 from kdcl.deploy.cascade import answers, confidence, curve, operating_point, thresholds
 from kdcl.models.predictions import Predictions
-from kdcl.reporting.card import agreement, build_card, expected_calibration_error, mean_kl, nll, per_class_accuracy
+from kdcl.reporting.card import build_card, per_class_accuracy
+from kdcl.reporting.card_metrics import agreement, expected_calibration_error, mean_kl, nll
 
 
 def from_probs(probs, labels) -> Predictions:
