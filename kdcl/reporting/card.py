@@ -1,9 +1,8 @@
 """The report card of a stage's model on the test set, against the run's first model (the reference):
 
-- fidelity (Stanton et al. 2021; big_vision's distillation evals): top-1 agreement with the reference
-  and the mean KL(reference ‖ model) of their softmax outputs (temperature 1);
-- calibration: expected calibration error (torchmetrics' CalibrationError, 15 equal-width bins, L1)
-  and the negative log-likelihood, with the bins of a reliability diagram;
+- the scalar metrics of kdcl/reporting/card_metrics.py's table (fidelity: agreement, KL; calibration:
+  ECE, NLL), one field and one column each;
+- the bins of a reliability diagram;
 - per-class accuracy of the model and the reference, and the classes where the model falls furthest
   behind;
 - test accuracy of the chosen (best-validation) checkpoint and of the last epoch's.
@@ -14,17 +13,16 @@ Pure functions of Predictions; kdcl/run/cards.py feeds them a run's checkpoints.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from kdcl.common.plots import saved_figure
 from kdcl.models.predictions import Predictions
+from kdcl.reporting import card_metrics
+from kdcl.reporting.card_metrics import BINS, percent
 
-BINS = 15  # calibration bins (torchmetrics' default)
 GAPS = 3  # classes listed where the model trails the reference most
 
 
@@ -35,40 +33,23 @@ class Card:
     examples: int
     test_acc: float  # the chosen checkpoint's
     test_acc_last: float  # the last epoch's checkpoint's
-    nll: float
-    ece: float
-    agreement: float | None  # None: tested on other examples than the reference (class-incremental)
-    kl: float | None
+    metrics: dict[str, float | None]  # card_metrics.CARD_METRICS' {key: value}; None: no value (see needs_reference)
     per_class: list[float]  # NaN for a class without test examples
     reference_per_class: list[float] | None
     largest_gaps: list[dict]  # [{class, acc, reference_acc}], the model's largest shortfalls first
     reliability: list[dict]  # per non-empty bin: {low, high, confidence, accuracy, count}
 
     def to_json(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        """The fields, with the metrics as keys of their own (card.json and summary.json read them so); NaN → null."""
+        flat: dict = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flat.update(value if f.name == "metrics" else {f.name: value})
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in flat.items()}
 
 
 def same_examples(a: Predictions, b: Predictions) -> bool:
     return a.labels.shape == b.labels.shape and bool((a.labels == b.labels).all())
-
-
-def agreement(reference: Predictions, model: Predictions) -> float:
-    """Share of test images on which the two models predict the same class."""
-    return float((reference.predicted == model.predicted).float().mean())
-
-
-def mean_kl(reference: Predictions, model: Predictions) -> float:
-    """Mean over images of KL(p_reference ‖ p_model) in nats."""
-    log_ref, log_model = reference.logits.log_softmax(-1), model.logits.log_softmax(-1)
-    return float(F.kl_div(log_model, log_ref, log_target=True, reduction="batchmean").clamp_min(0))
-
-
-def expected_calibration_error(p: Predictions, bins: int = BINS) -> float:
-    return float(multiclass_calibration_error(p.probs, p.labels, p.logits.shape[-1], n_bins=bins, norm="l1"))
-
-
-def nll(p: Predictions) -> float:
-    return float(F.cross_entropy(p.logits, p.labels))
 
 
 def reliability(p: Predictions, bins: int = BINS) -> list[dict]:
@@ -108,30 +89,24 @@ def build_card(stage: str, model: str, chosen: Predictions, last: Predictions, r
     theirs = per_class_accuracy(reference, num_classes) if comparable else None
     return Card(
         stage=stage, model=model, examples=len(chosen.labels), test_acc=chosen.accuracy, test_acc_last=last.accuracy,
-        nll=nll(chosen), ece=expected_calibration_error(chosen),
-        agreement=agreement(reference, chosen) if comparable else None,
-        kl=mean_kl(reference, chosen) if comparable else None,
+        metrics=card_metrics.compute_all(chosen, reference, comparable),
         per_class=mine, reference_per_class=theirs, largest_gaps=largest_gaps(mine, theirs) if theirs else [],
         reliability=reliability(chosen),
     )  # fmt: skip
 
 
 # rendering -----------------------------------------------------------------------------------------
-CARD_HEADERS = ["stage", "test acc % (chosen)", "test acc % (last)", "agreement %", "KL (nats)", "ECE %", "NLL",
-                "largest per-class gaps (class: model / reference %)"]  # fmt: skip
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+def card_headers() -> list[str]:
+    return ["stage", "test acc % (chosen)", "test acc % (last)", *card_metrics.headers(),
+            "largest per-class gaps (class: model / reference %)"]  # fmt: skip
 
 
 def card_row(card: dict) -> list[str]:
     gaps = ", ".join(
         f"{g['class']}: {100 * g['acc']:.1f} / {100 * g['reference_acc']:.1f}" for g in card["largest_gaps"]
     )
-    kl = card.get("kl")
-    return [card["stage"], percent(card["test_acc"]), percent(card["test_acc_last"]), percent(card.get("agreement")),
-            "-" if kl is None else f"{kl:.4f}", percent(card["ece"]), f"{card['nll']:.4f}", gaps or "-"]  # fmt: skip
+    return [card["stage"], percent(card["test_acc"]), percent(card["test_acc_last"]), *card_metrics.cells(card),
+            gaps or "-"]  # fmt: skip
 
 
 def reliability_plot(cards: list[dict], path: Path) -> None:

@@ -14,12 +14,17 @@ from omegaconf import DictConfig
 
 from kdcl.common.io import atomic_write_json, atomic_write_text
 from kdcl.common.tables import markdown_table, print_table
-from kdcl.reporting.card import CARD_HEADERS, card_row, reliability_plot
+from kdcl.reporting import card_metrics
+from kdcl.reporting.card import card_headers, card_row, reliability_plot
 
 SUMMARY_KEYS = ("name", "model", "params", "macs", "latency", "test_acc", "test_loss", "best_val_acc",
                 "teachers", "init", "epochs", "trained", "checkpoint", "seconds", "teacher_store",
                 "test_reused")  # fmt: skip
-CARD_KEYS = ("test_acc_last", "agreement", "kl", "ece", "nll")  # copied from the report card into each stage row
+
+
+def card_keys() -> tuple[str, ...]:
+    """What each stage row copies from its report card: the last checkpoint's accuracy and the table's metrics."""
+    return ("test_acc_last", *card_metrics.summary_keys())
 
 
 def medians(stage: dict, runtime: str) -> dict[str, float]:
@@ -149,8 +154,8 @@ def incremental_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def with_cards(rows: list[dict], cards: list[dict]) -> list[dict]:
-    by_stage = {c["stage"]: c for c in cards}
-    return [{**r, **{k: by_stage[r["name"]][k] for k in CARD_KEYS}} if r["name"] in by_stage else r for r in rows]
+    by_stage, keys = {c["stage"]: c for c in cards}, card_keys()
+    return [{**r, **{k: by_stage[r["name"]][k] for k in keys}} if r["name"] in by_stage else r for r in rows]
 
 
 def store_notes(rows: list[dict]) -> list[str]:
@@ -170,12 +175,11 @@ def store_notes(rows: list[dict]) -> list[str]:
 def card_section(cards: list[dict], run_dir: Path) -> str:
     """The report card in summary.md (and on the terminal), with its reliability diagram."""
     reliability_plot(cards, run_dir / "reliability.png")
-    body = [card_row(c) for c in cards]
-    print_table(CARD_HEADERS, body, f"report card · test set · against {cards[0]['stage']}", left=CARD_HEADERS[:1])
-    return (f"\n## Report card (test set, against `{cards[0]['stage']}`)\n\n"
-            "Agreement: same top-1 class as the reference; KL(reference ‖ model), nats per image; ECE: 15 bins. "
+    headers, body = card_headers(), [card_row(c) for c in cards]
+    print_table(headers, body, f"report card · test set · against {cards[0]['stage']}", left=headers[:1])
+    return (f"\n## Report card (test set, against `{cards[0]['stage']}`)\n\n{card_metrics.notes()}. "
             "Chosen: the checkpoint tested and handed on (best validation accuracy unless `select: last`).\n\n"
-            + markdown_table(CARD_HEADERS, body) + "\n![reliability](reliability.png)\n")  # fmt: skip
+            + markdown_table(headers, body) + "\n![reliability](reliability.png)\n")  # fmt: skip
 
 
 def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict], cards: list[dict] | None = None) -> dict:

@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdcl.common.io import atomic_write_json, read_json
 from kdcl.common.ranks import process_rank
 from kdcl.config.checks import logger_kind as kind
-
-CARD_METRICS = ("test_acc", "test_acc_last", "agreement", "kl", "ece", "nll")
+from kdcl.reporting.summary import card_keys
 
 
 def records(run_dir: Path) -> dict:
@@ -137,9 +136,9 @@ def wandb_arguments(cfg, run_dir: Path, name: str, spec, stage_dir: str) -> dict
 # the summarised run ------------------------------------------------------------------------------------
 def card_metrics(summary: dict) -> dict[str, float]:
     """Every stage's test numbers as `<stage>/test/<metric>` (acc: the chosen checkpoint's), and its size."""
-    metrics = {}
+    metrics, keys = {}, ("test_acc", *card_keys())
     for row in summary["stages"]:
-        for key in CARD_METRICS:
+        for key in keys:
             if row.get(key) is not None:
                 metrics[f"{row['name']}/test/{key.removeprefix('test_')}"] = float(row[key])
         metrics[f"{row['name']}/params"] = float(row["params"])

@@ -8,7 +8,19 @@ import torch
 
 from kdcl.deploy.cascade import answers, confidence, curve, operating_point, thresholds
 from kdcl.models.predictions import Predictions
-from kdcl.reporting.card import agreement, build_card, expected_calibration_error, mean_kl, nll, per_class_accuracy
+from kdcl.reporting import card_metrics
+from kdcl.reporting.card import build_card, card_headers, card_row, per_class_accuracy
+from kdcl.reporting.card_metrics import (
+    CardMetric,
+    agreement,
+    decimals,
+    expected_calibration_error,
+    mean_kl,
+    nll,
+    percent,
+)
+from kdcl.reporting.summary import card_section, with_cards
+from kdcl.reporting.trackers import card_metrics as tracker_metrics
 
 
 def from_probs(probs, labels) -> Predictions:
@@ -62,6 +74,39 @@ def test_agreement_kl_and_per_class_accuracy():
         (1, pytest.approx(0.5)),
         (0, pytest.approx(1 / 3)),
     ]
+
+
+def test_a_metric_is_one_line_in_the_table(monkeypatch, tmp_path):
+    """One CardMetric more and nothing else: the card, its table, summary.json's rows and the trackers show it."""
+
+    def top(p: Predictions) -> float:
+        return float(p.probs.max(-1).values.mean())
+
+    mean_conf = CardMetric(
+        "confidence", "mean conf. %", lambda m, r: top(m), percent, "mean confidence: the top probability"
+    )
+    gap = CardMetric(
+        "conf_gap", "conf. gap", lambda m, r: top(r) - top(m), decimals, needs_reference=True, in_summary=False
+    )
+    monkeypatch.setattr(card_metrics, "CARD_METRICS", (*card_metrics.CARD_METRICS, mean_conf, gap))
+    student, teacher = from_probs(PROBS, LABELS), from_probs(PERFECT, LABELS)
+    mean_top = float(np.mean(np.max(PROBS, 1)))
+    cards = [build_card("teacher", "t", teacher, teacher, teacher).to_json(),
+             build_card("student", "s", student, student, teacher).to_json(),
+             build_card("other", "s", from_probs(PROBS[:4], LABELS[:4]), student, teacher).to_json()]  # fmt: skip
+    assert cards[1]["confidence"] == pytest.approx(mean_top) and cards[1]["conf_gap"] == pytest.approx(0.8 - mean_top)
+    assert cards[2]["conf_gap"] is None and cards[2]["agreement"] is None  # tested on other examples
+    headers, row = card_headers(), card_row(cards[1])
+    assert headers[-3:-1] == ["mean conf. %", "conf. gap"] and len(row) == len(headers)
+    assert row[-3:-1] == [f"{100 * mean_top:.2f}", f"{0.8 - mean_top:.4f}"] and card_row(cards[2])[-2] == "-"
+    section = card_section(cards, tmp_path)
+    assert "| mean conf. % | conf. gap |" in section and "; mean confidence: the top probability." in section
+    stages = [{"name": c["stage"], "params": 1, "test_acc": c["test_acc"]} for c in cards]
+    rows = with_cards(stages, cards)
+    assert rows[1]["confidence"] == cards[1]["confidence"] and "conf_gap" not in rows[1]  # in_summary=False
+    published = tracker_metrics({"stages": rows})
+    assert published["student/test/confidence"] == pytest.approx(mean_top) and "student/test/conf_gap" not in published
+    assert "other/test/agreement" not in published and published["other/test/nll"] > 0  # None is not published
 
 
 def test_cascade_at_zero_is_the_student_and_above_one_the_teacher():
