@@ -12,6 +12,7 @@ import torch
 from kdcl.common.errors import KdclError
 from kdcl.common.metric_names import metric_name
 from kdcl.data.datamodule import StagePart
+from kdcl.deploy.cascade_eval import cascade_eval
 from kdcl.deploy.locate import load_stage, locate
 from kdcl.losses import DistillLoss
 from kdcl.run.plan import HARD_LABELS
@@ -27,8 +28,6 @@ def eval_command(args: list[str]) -> dict:
     target, overrides = args[0], args[1:]
     stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), None)
     overrides = [o for o in overrides if not o.startswith("stage=")]
-    from kdcl.deploy.cascade_eval import cascade_eval
-
     if cascade_flag(overrides):  # the student answers, the run's teacher takes what it is unsure of
         return cascade_eval(target, stage, overrides)
     overrides = [o for o in overrides if o.split("=", 1)[0] != "cascade"]

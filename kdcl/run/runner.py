@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -48,9 +49,18 @@ def environment() -> dict:
 
 
 def check_models_fit(stages: list[Stage], ctx: StageContext) -> None:
-    """Build every model once and run a tiny forward: a wrong name, file or input size fails now, not mid-run."""
+    """Build every model once and run a tiny forward: a wrong name, file or input size fails now, not mid-run.
+    Stages with the same model (generations, anchors, tasks, folds) are checked once. (The checked models are
+    not handed on: each stage builds its own after seeding, so that a resumed stage starts identically.)"""
     size, data = int(ctx.cfg.data.image_size), ctx.data
+    checked: set[str] = set()
     for stage in stages:
+        if stage.task:
+            task_classes(stage.task, data.num_classes)  # a bad class split fails now, not after earlier stages
+        same = json.dumps(stage.model, sort_keys=True, default=str)
+        if same in checked:
+            continue
+        checked.add(same)
         model = ctx.build_model(stage.model, stage.model_key).eval()
         try:
             with torch.no_grad():
@@ -64,8 +74,6 @@ def check_models_fit(stages: list[Stage], ctx: StageContext) -> None:
             raise KdclError(
                 f"{stage.model_key}.name={stage.model['name']} gives outputs {tuple(out.shape)}, not (N, {data.num_classes})"
             )
-        if stage.task:
-            task_classes(stage.task, data.num_classes)  # a bad class split fails now, not after earlier stages
 
 
 def finished(plan: Plan, run_dir: Path) -> dict | None:
