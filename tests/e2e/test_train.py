@@ -12,7 +12,7 @@ from tests.conftest import LEARNED, SEED, TINY, run_dir_of, summary_of
 METRICS = ("test_acc", "test_loss", "best_val_acc")
 # One short, cheap stage: two training batches, one validation and one test batch, no latency timing.
 FEW_STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-             "trainer.limit_test_batches=1", "report.latency_batches=[]"]  # fmt: skip
+             "trainer.limit_test_batches=1", "latency.batches=[]"]  # fmt: skip
 
 
 def test_summary_lists_every_stage_with_its_numbers(tiny_run):
@@ -112,7 +112,7 @@ def test_same_seed_gives_identical_metrics_whether_teacher_outputs_are_cached_or
     # tiny_run's, given as a checkpoint (tested, not trained again).
     teacher = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
     equal_batches = [*TINY, "trainer=cpu", "trainer.max_epochs=2", "data.batch_size=431",
-                     f"teacher.checkpoint={teacher}", "report.latency_batches=[]"]  # fmt: skip
+                     f"teacher.checkpoint={teacher}", "latency.batches=[]"]  # fmt: skip
     summaries = {}
     for mode in ("auto", "online"):
         (tmp_path / mode).mkdir()
@@ -139,7 +139,7 @@ def test_resuming_a_finished_run_changes_nothing(tiny_run, kdcl_main):
 
 def test_multirun_gives_one_job_directory_per_point(tmp_path, kdcl_main):
     sweep = tmp_path / "sweep"
-    proc = kdcl_main(["train", "-m", *TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]",
+    proc = kdcl_main(["train", "-m", *TINY, "trainer.max_epochs=1", "data.fraction=0.3", "latency.batches=[]",
                      "distill.temperature=2,4",
                      f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -253,7 +253,7 @@ def test_resnet50_teacher_mobilenet_student(tmp_path, kdcl_main):
     proc = kdcl_main(
         ["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "progress_bar=lines",
          "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-         "data.batch_size=16", "data.eval_batch_size=32", "report.latency_batches=[]", f"seed={SEED}"], tmp_path
+         "data.batch_size=16", "data.eval_batch_size=32", "latency.batches=[]", f"seed={SEED}"], tmp_path
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     models = [s["model"] for s in summary_of(run_dir_of(proc))["stages"]]
@@ -261,9 +261,7 @@ def test_resnet50_teacher_mobilenet_student(tmp_path, kdcl_main):
 
 
 def test_baseline_pipeline_trains_the_student_alone(tmp_path, kdcl_main):
-    proc = kdcl_main(
-        ["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1", "report.latency_batches=[]"], tmp_path
-    )
+    proc = kdcl_main(["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1", "latency.batches=[]"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = summary_of(run_dir_of(proc))["stages"]
     assert [(s["name"], s["teachers"]) for s in stages] == [("student", [])]
