@@ -64,11 +64,12 @@ def upgrade_saved(cfg: DictConfig) -> DictConfig:
 
 def renamed(override: str) -> str | None:
     """The override spelled with its key's new name (`report.latency_batches=[1]` → `latency.batches=[1]`),
-    or None when its key was not renamed. `+`, `++` and `~` stay in front."""
+    or None when its key was not renamed. `~` stays in front; `+` goes (the new key is in the schema, and
+    Hydra refuses to add a key that exists)."""
     body = override.lstrip("+~")
-    prefix, (key, eq, value) = override[: len(override) - len(body)], body.partition("=")
+    key, eq, value = body.partition("=")
     new = RENAMED.get(key.strip())
-    return None if new is None else f"{prefix}{new}{eq}{value}"
+    return None if new is None else f"{'~' if override.startswith('~') else ''}{new}{eq}{value}"
 
 
 def check_renamed(overrides: list[str]) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import LEARNED, SEED, TINY, run_dir_of, summary_of
@@ -135,6 +138,44 @@ def test_resuming_a_finished_run_changes_nothing(tiny_run, kdcl_main):
     assert (tiny_run / "summary.json").read_text() == before
     assert ckpt.stat().st_mtime_ns == mtime
     assert not list(tiny_run.glob("environment-resume-*"))
+
+
+def as_written_before_issue_23(cfg: dict) -> dict:
+    """A saved config as kdcl wrote it when `latency:` was `report: {latency_batches, ...}`."""
+    new = cfg.pop("latency")
+    cfg["report"] = {"latency_batches": new["batches"], "latency_runtimes": new["runtimes"],
+                     "speedup_runtime": new["speedup_runtime"]}  # fmt: skip
+    return cfg
+
+
+def old_style_copy(tiny_run: Path, dest: Path) -> Path:
+    """A copy of tiny_run with its config.yaml and every checkpoint's config in the keys before issue 23."""
+    run = Path(shutil.copytree(tiny_run, dest))
+    saved = as_written_before_issue_23(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    for path in run.glob("stages/*/checkpoints/*.ckpt"):
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        as_written_before_issue_23(ckpt["hyper_parameters"]["config"])
+        torch.save(ckpt, path)
+    return run
+
+
+def test_a_run_written_before_the_latency_rename_resumes_evaluates_exports_and_reports(tiny_run, tmp_path, kdcl_main):
+    run = old_style_copy(tiny_run, tmp_path / "old")
+    resumed = kdcl_main(["train", f"resume={run}"], tmp_path)  # merged against the schema: no `report` there
+    assert resumed.returncode == 0 and "already complete" in resumed.stdout, resumed.stderr[-3000:]
+    assert "latency_batches" in (run / "config.yaml").read_text()  # read in today's keys, left as written
+    evaluated = kdcl_main(["eval", str(run)], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    student = summary_of(tiny_run)["stages"][1]
+    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["test_acc"] == student["test_acc"]
+    exported = kdcl_main(["export", str(run), "format=safetensors", f"out={tmp_path / 'exported'}"], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    reported = kdcl_main(["report", str(run)], tmp_path)
+    assert reported.returncode == 0 and (run / "report.md").is_file(), reported.stderr[-3000:]
+    old_key = kdcl_main(["eval", str(run), "report.speedup_runtime=eager"], tmp_path)
+    assert old_key.returncode == 2
+    assert old_key.stderr.strip() == "error: report.speedup_runtime was renamed: use latency.speedup_runtime=eager"
 
 
 def test_multirun_gives_one_job_directory_per_point(tmp_path, kdcl_main):
