@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-JOB = ["teacher=tiny", "student=tiny", "trainer=cpu", "trainer.max_epochs=2", "report.latency_batches=[]",
+JOB = ["teacher=tiny", "student=tiny", "trainer=cpu", "trainer.max_epochs=2", "latency.batches=[]",
        "progress_bar=none", "seed=0,1,2,3"]  # fmt: skip
 
 

@@ -7,7 +7,7 @@ K=${KDCL:-kdcl}   # the VM ran: env PYTHONPATH=<worktree> <venv>/bin/python -m k
 OUT=${OUT:-$PWD/fm16}
 EXTRA=${EXTRA:-}
 SEEDS=${SEEDS:-0,1,2,3,4}
-DATA="data=fashion_mnist data.image_size=28 data.fraction=0.2 data.val_fraction=0.02 report.latency_batches=[] trainer.limit_test_batches=8 progress_bar=lines"
+DATA="data=fashion_mnist data.image_size=28 data.fraction=0.2 data.val_fraction=0.02 latency.batches=[] trainer.limit_test_batches=8 progress_bar=lines"
 teacher_ckpt() { echo "$OUT/teachers/$1/stages/00-teacher/checkpoints/best.ckpt"; }
 students() {  # students NOISE EPOCHS DIR ARGS...: one setting at every seed, one process
   local noise=$1 epochs=$2 dir=$3; shift 3

@@ -26,7 +26,7 @@ from pathlib import Path
 # teacher → assistant → student with a curriculum (a scoring pass and a teacher-output pass per stage)
 ARGS = ["teacher=tiny", "student=tiny", "trainer=cpu", "trainer.max_epochs=4", "pipeline=takd",
         "pipeline.assistants=[test_resnet]", "curriculum=linear",
-        "report.latency_batches=[]", "progress_bar=lines"]  # fmt: skip
+        "latency.batches=[]", "progress_bar=lines"]  # fmt: skip
 METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint", "epochs")
 
 

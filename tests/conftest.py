@@ -27,7 +27,7 @@ LEARNED = 0.3
 # timed in eager PyTorch only: ONNX Runtime's needs an ONNX export per stage (2–3 s); tests that check it
 # (test_trainer_spec, test_export) ask for it.
 TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "progress_bar=lines", "data.image_size=16",
-        "report.latency_runtimes=[eager]", "report.speedup_runtime=eager", f"seed={SEED}"]  # fmt: skip
+        "latency.runtimes=[eager]", "latency.speedup_runtime=eager", f"seed={SEED}"]  # fmt: skip
 # The shared tiny run: three epochs per stage, pinned to the CPU so that runs compared with it exactly
 # (eval, resume, cached vs online teacher outputs) compute the same numbers on any machine.
 TINY_RUN = [*TINY, "trainer=cpu", "trainer.max_epochs=3"]

@@ -7,6 +7,7 @@ import fnmatch
 
 from kdcl.common.errors import KdclError
 from kdcl.config.compose import compose, config_dir
+from kdcl.config.upgrade import check_renamed
 from kdcl.models.catalog import InputShape, NamedCost, matching, measure
 
 
@@ -19,6 +20,7 @@ def models(rest: list[str]) -> None:
     overrides = [a for a in args if "=" in a]
     if overrides and not cost:
         raise KdclError(f"kdcl models takes {' '.join(overrides)} only with --cost (the data to measure at)")
+    check_renamed(overrides)
     pattern = next((a for a in args if "=" not in a), "*")
     aliases = []
     for group in ("teacher", "student"):
@@ -60,10 +62,10 @@ def model_costs(pattern: str, overrides: list[str]) -> None:
 
 
 def input_shape(overrides: list[str]) -> InputShape:
-    """The composed config's data (default: digits), batch sizes and runtimes (`report.*`)."""
+    """The composed config's data (default: digits), batch sizes and runtimes (`latency.*`)."""
     from hydra.errors import HydraException
 
-    from kdcl.config.checks import check_data, check_report, latency_batches, latency_runtimes, schema_error
+    from kdcl.config.checks import check_data, check_latency, latency_batches, latency_runtimes, schema_error
     from kdcl.data import KdclDataModule
 
     try:
@@ -72,7 +74,7 @@ def input_shape(overrides: list[str]) -> InputShape:
         typed = schema_error(exc)
         raise (typed or KdclError(f"kdcl models --cost: bad override ({str(exc).splitlines()[0]})")) from None
     check_data(cfg.data)
-    check_report(cfg)
+    check_latency(cfg)
     source = KdclDataModule(cfg.data, seed=cfg.seed).load()
     batches, runtimes = latency_batches(cfg) or [1, 64], latency_runtimes(cfg) or ["onnxruntime", "eager"]
     return InputShape(cfg.data.name, source.num_classes, source.in_chans, int(cfg.data.image_size), batches, runtimes)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kdcl.common.errors import KdclError, did_you_mean, exit_with, io_failure
 from kdcl.config.compose import all_keys, compose, config_dir, config_groups
+from kdcl.config.upgrade import check_renamed
 
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~20 ms
 
@@ -162,6 +163,7 @@ def train(rest: list[str]) -> None:
     parser = get_args_parser()
     args = parser.parse_args(rest)
     try:
+        check_renamed(args.overrides)  # before resume=, --cfg and the sweep's checks: one line, exit 2
         resumed = resume_argv(rest, args.overrides)
         informational = args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
         custom = args.config_dir or args.config_name or args.config_path
@@ -227,8 +229,9 @@ def run_training(cfg) -> float | None:
     try:
         from omegaconf.errors import ValidationError
 
-        from kdcl.config.checks import schema_error, upgrade_saved
+        from kdcl.config.checks import schema_error
         from kdcl.config.schema import TrainConfig
+        from kdcl.config.upgrade import upgrade_saved
         from kdcl.run.lock import lock_run_dir
         from kdcl.run.manifest import Manifest
         from kdcl.run.runner import run_pipeline

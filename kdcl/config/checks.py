@@ -149,23 +149,23 @@ def check_curriculum(c: DictConfig) -> None:
 
 
 def latency_batches(cfg: DictConfig) -> list[int]:
-    """report.latency_batches; without a `report` node (`~report`) no latency is measured."""
-    return [int(b) for b in (cfg.get("report") or {}).get("latency_batches") or []]
+    """latency.batches; without a `latency` node (`~latency`) no latency is measured."""
+    return [int(b) for b in (cfg.get("latency") or {}).get("batches") or []]
 
 
 def latency_runtimes(cfg: DictConfig) -> list[str]:
-    """report.latency_runtimes as plain words, each once."""
-    return list(dict.fromkeys(str(r) for r in (cfg.get("report") or {}).get("latency_runtimes") or []))
+    """latency.runtimes as plain words, each once."""
+    return list(dict.fromkeys(str(r) for r in (cfg.get("latency") or {}).get("runtimes") or []))
 
 
-def check_report(cfg: DictConfig) -> None:
+def check_latency(cfg: DictConfig) -> None:
     if any(b < 1 for b in latency_batches(cfg)):
-        raise KdclError(f"report.latency_batches={cfg.report.latency_batches} must list batch sizes ≥ 1, e.g. [1,64] "
+        raise KdclError(f"latency.batches={cfg.latency.batches} must list batch sizes ≥ 1, e.g. [1,64] "
                         "(or [] to skip)")  # fmt: skip
     runtimes = latency_runtimes(cfg)
-    if latency_batches(cfg) and runtimes and str(cfg.report.speedup_runtime) not in runtimes:
-        raise KdclError(f"report.speedup_runtime={cfg.report.speedup_runtime} is not measured "
-                        f"(report.latency_runtimes=[{','.join(runtimes)}]); add it there or choose one of those")  # fmt: skip
+    if latency_batches(cfg) and runtimes and str(cfg.latency.speedup_runtime) not in runtimes:
+        raise KdclError(f"latency.speedup_runtime={cfg.latency.speedup_runtime} is not measured "
+                        f"(latency.runtimes=[{','.join(runtimes)}]); add it there or choose one of those")  # fmt: skip
 
 
 LOGGER_EXTRAS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # logger class → its package = kdcl's extra
@@ -224,30 +224,12 @@ def check_values(cfg: DictConfig) -> None:
     temperature = cfg.distill.get("temperature")
     if temperature is not None and temperature <= 0:
         raise KdclError(f"distill.temperature={show(temperature)} must be > 0 (e.g. 4)")
-    if cfg.get("report") is not None:
-        check_report(cfg)
+    if cfg.get("latency") is not None:
+        check_latency(cfg)
     check_curriculum(cfg.curriculum)
     check_cascade(cfg.cascade)
     check_logger_extras(cfg.get("logger"))
     check_term_values(OmegaConf.to_container(cfg.distill.terms, resolve=True))
-
-
-OLD_TRAINER_SWITCHES = {"progress_bar": "progress_bar", "channels_last": "speed.channels_last",
-                        "compile": "speed.compile"}  # fmt: skip
-
-
-def upgrade_saved(cfg: DictConfig) -> DictConfig:
-    """A config.yaml saved before `trainer` became a Lightning spec: kdcl's own switches move out of it
-    and it gets its `_target_`, so older runs can still be resumed and evaluated."""
-    trainer = cfg.get("trainer")
-    if trainer is None or "_target_" in trainer:
-        return cfg
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
-    for old, new in OLD_TRAINER_SWITCHES.items():
-        if old in cfg.trainer:
-            OmegaConf.update(cfg, new, cfg.trainer.pop(old), force_add=True)
-    cfg.trainer["_target_"] = "pytorch_lightning.Trainer"
-    return cfg
 
 
 def plain(cfg: DictConfig) -> DictConfig:

@@ -169,9 +169,11 @@ class PathsConfig:
 
 
 @dataclass
-class ReportConfig:
-    latency_batches: list[int] = field(default_factory=lambda: [1, 64])  # [] skips latency
-    latency_runtimes: list[Runtime] = field(default_factory=lambda: [Runtime.onnxruntime, Runtime.eager])
+class LatencyConfig:
+    """Every model's CPU latency (`latency.*`; `report.latency_*` before issue 23: kdcl/config/upgrade.py)."""
+
+    batches: list[int] = field(default_factory=lambda: [1, 64])  # [] skips latency
+    runtimes: list[Runtime] = field(default_factory=lambda: [Runtime.onnxruntime, Runtime.eager])
     speedup_runtime: Runtime = Runtime.onnxruntime  # the runtime whose latency the speed-up column compares
 
 
@@ -197,7 +199,7 @@ class TrainConfig:
     logger: dict[str, Any] | None = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     progress_bar: ProgressBar = ProgressBar.auto
     seed: int = 0

@@ -21,7 +21,7 @@ from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_torch_save, atomic_write_json
 from kdcl.common.plots import saved_figure
 from kdcl.config.checks import check_cascade, check_data
-from kdcl.config.schema import CascadeConfig, ReportConfig
+from kdcl.config.schema import CascadeConfig, LatencyConfig
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import StagePart
 from kdcl.deploy.cascade import Point, confidence, curve, operating_point, thresholds
@@ -62,11 +62,11 @@ def find_pair(target: str, stage: str | None) -> Pair:
 
 
 def cascade_settings(cfg: DictConfig) -> DictConfig:
-    """The run's config with the cascade's and the report's defaults where it has none (a run saved before
-    they existed), so `cascade.*` and `report.speedup_runtime=eager` can be set for any run."""
+    """The run's config with the cascade's and the latency's defaults where it has none (a run saved before
+    they existed), so `cascade.*` and `latency.speedup_runtime=eager` can be set for any run."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     cfg.cascade = OmegaConf.merge(OmegaConf.structured(CascadeConfig), cfg.get("cascade") or {})
-    cfg.report = OmegaConf.merge(OmegaConf.structured(ReportConfig), cfg.get("report") or {})
+    cfg.latency = OmegaConf.merge(OmegaConf.structured(LatencyConfig), cfg.get("latency") or {})
     return cfg
 
 
@@ -94,7 +94,7 @@ def latencies(pair: Pair, models: list, dm: KdclDataModule, cfg: DictConfig) -> 
     """(runtime, per-image latency at batch 1 of student and teacher) in the run's speed-up runtime (ONNX
     Runtime by default): as the run measured them, else measured now; eager PyTorch when that runtime
     cannot time both (not installed, a model it cannot export)."""
-    wanted = str((cfg.get("report") or {}).get("speedup_runtime") or "onnxruntime")
+    wanted = str((cfg.get("latency") or {}).get("speedup_runtime") or "onnxruntime")
     for runtime in dict.fromkeys([wanted, "eager"]):
         ms = [recorded_ms(r, runtime) or measured_ms(m, runtime, dm, cfg)
               for r, m in zip((pair.student, pair.teacher), models, strict=True)]  # fmt: skip

@@ -188,7 +188,7 @@ def write_safetensors(loaded: StageModel, tmp: Path) -> dict:
 
 
 def latency_batches_of(loaded: StageModel) -> list[int]:
-    """The run's report.latency_batches ([1, 64] when the run skipped latency)."""
+    """The run's latency.batches ([1, 64] when the run skipped latency)."""
     from kdcl.config.checks import latency_batches
 
     return latency_batches(loaded.located.cfg) or [1, 64]

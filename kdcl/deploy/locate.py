@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 
 from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.common.io import read_json
-from kdcl.config.checks import check_data, schema_error, upgrade_saved
+from kdcl.config.checks import check_data, schema_error
 from kdcl.config.compose import config_dir
+from kdcl.config.upgrade import check_renamed, upgrade_saved
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import of_classes
 from kdcl.models import load_kdcl_checkpoint, model_from_checkpoint
@@ -115,6 +116,7 @@ def has_key(cfg: DictConfig, key: str) -> bool:
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`data=fashion_mnist` swaps the data group from conf/; `data.fraction=0.5` sets one key."""
+    check_renamed(overrides)
     for item in overrides:
         if "=" not in item:
             raise KdclError(f"'{item}' is not an override; write KEY=VALUE (e.g. data=digits)")

@@ -2,7 +2,7 @@
 
 Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,none seed=0,1,2` gives
 two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std), and the
-final model's latency and speed-up against the first (in each run's `report.speedup_runtime`) are the
+final model's latency and speed-up against the first (in each run's `latency.speedup_runtime`) are the
 median over the group's runs. The final model's chosen and last-epoch accuracy get 95 % intervals, and
 with a baseline paired tests (kdcl/reporting/compare_stats.py). Writes report.csv, report.md, report.json and
 report.png (final-stage accuracy against parameters) into DIR.
@@ -22,6 +22,7 @@ from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_json, atomic_write_text
 from kdcl.common.plots import saved_figure
 from kdcl.common.tables import markdown_table, print_table
+from kdcl.config.upgrade import renamed
 from kdcl.reporting.compare_stats import (
     CHECKPOINTS,
     COMPARE_HEADERS,
@@ -41,7 +42,7 @@ NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "p
 
 REPORT_NOTE = (
     "Test accuracy, mean ± std over runs. The final model's CPU latency (ms per batch) and speed-up "
-    "against the first model: median over runs, in the runtime named (each run's report.speedup_runtime)."
+    "against the first model: median over runs, in the runtime named (each run's latency.speedup_runtime)."
 )
 
 
@@ -57,7 +58,8 @@ def overrides_of(run: Path) -> list[str]:
         overrides = []
     if not isinstance(overrides, list):
         overrides = []
-    return sorted(str(o) for o in overrides if not str(o).lstrip("+~").startswith(NOT_A_SETTING))
+    overrides = [renamed(str(o)) or str(o) for o in overrides]  # a run from before a key moved groups with today's
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_A_SETTING))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

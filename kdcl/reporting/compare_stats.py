@@ -9,6 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from kdcl.common.errors import KdclError
+from kdcl.config.upgrade import renamed
 from kdcl.reporting.stats import ALPHA, MAX_SEEDS, Paired, Spread, holm, paired, t_interval
 
 CHECKPOINTS = {"chosen": "test_acc", "last": "test_acc_last"}  # which checkpoint → its key in summary.json
@@ -42,7 +43,7 @@ def spreads(seeds: dict[str, dict[int, float]]) -> dict[str, Spread | None]:
 
 def baseline_row(rows: list[dict], baseline: str) -> dict:
     """The one setting whose overrides include every `KEY=VALUE` of `baseline` (space-separated)."""
-    wanted = baseline.split()
+    wanted = [renamed(w) or w for w in baseline.split()]  # an old key names the same setting (overrides_of)
     if not wanted or any("=" not in w for w in wanted):
         raise KdclError(f"baseline={baseline} must name a setting as KEY=VALUE, e.g. baseline=curriculum=none")
     matches = [r for r in rows if set(wanted) <= set(r["overrides"])]

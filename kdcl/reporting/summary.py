@@ -2,7 +2,7 @@
 
 For every model of the run: test accuracy, parameters, MACs, CPU latency in each measured runtime
 (ONNX Runtime, eager PyTorch), and against the pipeline's first model (the teacher): compression ratio,
-accuracy gap and speed-up in `report.speedup_runtime`. Class-incremental runs add accuracy on every
+accuracy gap and speed-up in `latency.speedup_runtime`. Class-incremental runs add accuracy on every
 task seen so far and forgetting.
 """
 
@@ -131,7 +131,7 @@ def stage_row(row: dict, batches: list[str], runtimes: list[str]) -> list[str]:
 def latency_note(measured: dict[str, dict], speedup_runtime: str) -> str:
     """What the latency columns are: runtimes with versions and threads, and what speed-up compares."""
     if not measured:
-        return "latency: not measured (report.latency_batches=[])"
+        return "latency: not measured (latency.batches=[])"
     parts = [f"{SHORT.get(r, r)} = {m['version']}, {m['threads']} threads" for r, m in measured.items()]
     return (f"latency: CPU, ms per batch (median after warm-up; spread in summary.json): {'; '.join(parts)}. "
             f"speed-up: the reference's latency / the model's, in {speedup_runtime}")  # fmt: skip
@@ -183,7 +183,7 @@ def card_section(cards: list[dict], run_dir: Path) -> str:
 
 
 def write_summary(cfg: DictConfig, run_dir: Path, stages: list[dict], cards: list[dict] | None = None) -> dict:
-    speedup_runtime = str((cfg.get("report") or {}).get("speedup_runtime") or "onnxruntime")
+    speedup_runtime = str((cfg.get("latency") or {}).get("speedup_runtime") or "onnxruntime")
     rows = with_cards(compression(stages, speedup_runtime), cards or [])
     measured = runtimes_measured(rows)
     summary = {

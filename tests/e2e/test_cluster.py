@@ -21,10 +21,10 @@ from tests.conftest import LEARNED, SEED, TINY, in_process, run_dir_of, summary_
 # A two-stage run whose teacher is the shared tiny run's (tested, not trained again): the student learns
 # from stored teacher outputs in a curriculum, three epochs on half the training set.
 CLUSTER_RUN = [*TINY, "trainer.max_epochs=3", "curriculum=linear", "curriculum.start=0.25", "curriculum.full_at=0.6",
-               "distill.teacher_outputs=cached", "data.fraction=0.5", "report.latency_batches=[]"]  # fmt: skip
+               "distill.teacher_outputs=cached", "data.fraction=0.5", "latency.batches=[]"]  # fmt: skip
 # sweep jobs that take seconds: a few batches of one epoch
 FEW = [*TINY, "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-       "trainer.limit_test_batches=1", "report.latency_batches=[]"]  # fmt: skip
+       "trainer.limit_test_batches=1", "latency.batches=[]"]  # fmt: skip
 DIGITS_TEST_EXAMPLES = 360
 
 

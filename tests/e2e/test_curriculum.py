@@ -105,7 +105,7 @@ def source_runs(tmp_path_factory):
     out-of-fold teachers (job 1). Returns (the sweep's process, {source: job directory})."""
     cwd = tmp_path_factory.mktemp("sources")
     args = [*TINY, "trainer=cpu", "curriculum=linear", "curriculum.early_epoch=1", "curriculum.folds=2",
-            "curriculum.fold_epochs=1", "report.latency_batches=[]"]  # fmt: skip
+            "curriculum.fold_epochs=1", "latency.batches=[]"]  # fmt: skip
     proc = in_process(["train", "-m", *args, "curriculum.source=early,folds", f"hydra.sweep.dir={cwd / 'sweep'}"], cwd)
     return proc, {"early": cwd / "sweep" / "0", "folds": cwd / "sweep" / "1"}
 

@@ -19,7 +19,7 @@ from kdcl.data.datamodule import source_indices
 from tests.conftest import TINY, in_process, run_dir_of, summary_of
 
 RUN = [*TINY, "trainer=cpu", "pipeline=ensemble", "distill=ctkd", "data.label_noise=0.2", "curriculum=linear",
-       "trainer.log_every_n_steps=1", "report.latency_batches=[]"]  # fmt: skip
+       "trainer.log_every_n_steps=1", "latency.batches=[]"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

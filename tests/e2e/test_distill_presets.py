@@ -32,7 +32,7 @@ def sweep(tmp_path_factory, tiny_run):
         "trainer.max_epochs=2",
         f"teacher.checkpoint={tiny_run / 'stages/00-teacher/checkpoints/best.ckpt'}",
         "data.fraction=0.3",
-        "report.latency_batches=[]",
+        "latency.batches=[]",
     ]
     proc = in_process(
         ["train", "-m", *TINY, *fast, f"distill={','.join(PRESETS)}", f"hydra.sweep.dir={cwd / 'sweep'}"], cwd

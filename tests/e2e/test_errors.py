@@ -124,6 +124,13 @@ CASES = {
     ),
     "negative gradient clipping": (["+trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1", "≥ 0"),
     "zero threads": (["speed.threads=0"], "speed.threads=0", "≥ 1"),
+    # keys that moved (kdcl/config/upgrade.py): the old spelling names the new one
+    "renamed key": (["report.latency_batches=[1]"], "report.latency_batches was renamed", "use latency.batches=[1]"),
+    "renamed key in a sweep": (
+        ["-m", "report.speedup_runtime=eager,onnxruntime"],
+        "report.speedup_runtime was renamed",
+        "use latency.speedup_runtime=eager,onnxruntime",
+    ),
 }
 
 
@@ -196,6 +203,14 @@ def test_bad_eval_target_is_one_line_and_exit_2(tmp_path, kdcl_main):
     result = kdcl_main(["eval", corrupt_file(tmp_path)], tmp_path)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, ["not a readable weights/checkpoint file"])
+
+
+@pytest.mark.parametrize("command", [["train"], ["train", "resume=outputs/old"], ["models", "test_resnet", "--cost"]])
+def test_an_old_key_exits_2_with_one_line_naming_the_new_one(command, tmp_path, kdcl_main):
+    result = kdcl_main([*command, "report.latency_batches=[1]"], tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == "error: report.latency_batches was renamed: use latency.batches=[1]"
+    assert listing(tmp_path) == []
 
 
 def test_unknown_command_suggests_the_right_one(tmp_path, kdcl_main):

@@ -19,7 +19,7 @@ from kdcl.common import io as kdcl_io
 from kdcl.run import stage as stage_module
 from tests.conftest import LEARNED, TINY, summary_of
 
-SMALL = [*TINY, "trainer=cpu", "data.fraction=0.3", "report.latency_batches=[]"]
+SMALL = [*TINY, "trainer=cpu", "data.fraction=0.3", "latency.batches=[]"]
 METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint")
 
 
@@ -34,7 +34,7 @@ def manifest_of(run: Path) -> dict:
 
 def test_a_diverging_stage_stops_with_exit_3_and_a_resume_with_a_lower_lr_finishes(tmp_path, kdcl_main):
     run = tmp_path / "run"
-    failed = kdcl_main(["train", *TINY, "trainer=cpu", "report.latency_batches=[]", "optim.lr=1e4",
+    failed = kdcl_main(["train", *TINY, "trainer=cpu", "latency.batches=[]", "optim.lr=1e4",
                         f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
     assert failed.returncode == 3, failed.stdout[-2000:] + failed.stderr[-2000:]
     (line,) = error_lines(failed.stderr)

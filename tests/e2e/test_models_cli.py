@@ -18,7 +18,7 @@ def test_models_with_no_match_is_a_clear_error(tmp_path, kdcl_main):
 def test_models_cost_shows_params_macs_and_latency_in_both_runtimes(tmp_path, kdcl_main):
     import timm
 
-    result = kdcl_main(["models", "test_resnet", "--cost", "report.latency_batches=[1,4]"], tmp_path)
+    result = kdcl_main(["models", "test_resnet", "--cost", "latency.batches=[1,4]"], tmp_path)
     assert result.returncode == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if "MMACs" in line)
     assert [h.strip() for h in header.strip("┃│ ").split("┃")] == [

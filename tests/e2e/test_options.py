@@ -29,7 +29,7 @@ def reused_teacher(tiny_run, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("reused")
     ckpt = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
     proc = in_process(["train", *TINY, "trainer=cpu", f"teacher.checkpoint={ckpt}", "logger=csv", "optim=sgd",
-                     "optim.scheduler=cosine", "report.latency_batches=[]"], cwd)  # fmt: skip
+                     "optim.scheduler=cosine", "latency.batches=[]"], cwd)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, run_dir_of(proc), ckpt
 
@@ -74,7 +74,7 @@ def test_augmentation_through_the_dataloader_with_a_self_paced_curriculum(tmp_pa
     # by the curriculum's batch sampler; scorer=student_loss: the student itself scores the examples;
     # teacher_outputs=online: the teacher runs on every augmented batch (auto would store teacher views)
     proc = kdcl_main(["train", *TINY, "data.augment=true", "data.on_device=false", "distill.teacher_outputs=online",
-                     "curriculum=linear", "curriculum.scorer=student_loss", "report.latency_batches=[]"],
+                     "curriculum=linear", "curriculum.scorer=student_loss", "latency.batches=[]"],
                      tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_of(proc)

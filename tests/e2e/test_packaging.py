@@ -36,7 +36,7 @@ def test_wheel_ships_the_config_tree_and_runs_from_anywhere(tmp_path):
     code = "import kdcl, sys; print(kdcl.__file__); from kdcl.cli import main; main(sys.argv[1:])"
     run = subprocess.run(
         [sys.executable, "-c", code, "train", "teacher=tiny", "student=tiny", "debug=fast", "progress_bar=none",
-         "trainer.limit_test_batches=1", "report.latency_batches=[]", f"seed={SEED}"],
+         "trainer.limit_test_batches=1", "latency.batches=[]", f"seed={SEED}"],
         cwd=elsewhere, capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import TINY, summary_of
 
-FAST = [*TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]"]
+FAST = [*TINY, "trainer.max_epochs=1", "data.fraction=0.3", "latency.batches=[]"]
 
 
 def run(kdcl_main, tmp_path: Path, *args: str) -> tuple[dict, Path]:
@@ -45,7 +45,7 @@ def logged_lr(run_dir: Path, name: str, index: int) -> list[float]:
 def test_takd_chains_assistants_and_reports_compression(tmp_path, kdcl_main):
     # a stage here is 7 steps: log every 2nd so that its learning rate reaches TensorBoard
     summary, run_dir = run(kdcl_main, tmp_path, "pipeline=takd", "pipeline.assistants=[test_resnet,test_efficientnet]",
-                           "pipeline.finetune=true", "report.latency_batches=[1,4]",
+                           "pipeline.finetune=true", "latency.batches=[1,4]",
                            "trainer.log_every_n_steps=2")  # fmt: skip
     s = stages_of(summary)
     assert list(s) == ["teacher", "assistant1", "assistant2", "student", "finetune"]

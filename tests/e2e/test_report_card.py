@@ -39,7 +39,7 @@ def test_report_card_of_every_stage_against_the_teacher(tiny_run, kdcl_main):
 def test_agreement_is_one_and_kl_zero_when_the_student_is_the_teachers_own_checkpoint(tiny_run, tmp_path, kdcl_main):
     ckpt = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
     proc = kdcl_main(["train", *TINY, f"teacher.checkpoint={ckpt}", "student.name=test_resnet",
-                      f"student.checkpoint={ckpt}", "report.latency_batches=[]", "logger=none"], tmp_path)  # fmt: skip
+                      f"student.checkpoint={ckpt}", "latency.batches=[]", "logger=none"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = summary_of(run_dir_of(proc))
     card = {c["stage"]: c for c in summary["report_card"]}["student"]

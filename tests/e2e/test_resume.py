@@ -17,7 +17,7 @@ from tests.conftest import TINY, run_dir_of, summary_of
 
 # teacher → assistant1 → student: three stages, four epochs each, on half the training set, augmented
 ARGS = [*TINY, "trainer=cpu", "trainer.max_epochs=4", "pipeline=takd", "pipeline.assistants=[test_resnet]",
-        "data.fraction=0.5", "report.latency_batches=[]", "data.augment=true", "data.views=2"]  # fmt: skip
+        "data.fraction=0.5", "latency.batches=[]", "data.augment=true", "data.views=2"]  # fmt: skip
 METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint")
 
 

@@ -13,7 +13,7 @@ pytest.importorskip("mlflow", reason="the mlflow extra: pip install 'kdcl[mlflow
 pytest.importorskip("wandb", reason="the wandb extra: pip install 'kdcl[wandb]'")
 
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "report.latency_batches=[]"]  # fmt: skip
+         "latency.batches=[]"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import LEARNED, SEED, TINY, run_dir_of, summary_of
@@ -12,7 +15,7 @@ from tests.conftest import LEARNED, SEED, TINY, run_dir_of, summary_of
 METRICS = ("test_acc", "test_loss", "best_val_acc")
 # One short, cheap stage: two training batches, one validation and one test batch, no latency timing.
 FEW_STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-             "trainer.limit_test_batches=1", "report.latency_batches=[]"]  # fmt: skip
+             "trainer.limit_test_batches=1", "latency.batches=[]"]  # fmt: skip
 
 
 def test_summary_lists_every_stage_with_its_numbers(tiny_run):
@@ -112,7 +115,7 @@ def test_same_seed_gives_identical_metrics_whether_teacher_outputs_are_cached_or
     # tiny_run's, given as a checkpoint (tested, not trained again).
     teacher = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
     equal_batches = [*TINY, "trainer=cpu", "trainer.max_epochs=2", "data.batch_size=431",
-                     f"teacher.checkpoint={teacher}", "report.latency_batches=[]"]  # fmt: skip
+                     f"teacher.checkpoint={teacher}", "latency.batches=[]"]  # fmt: skip
     summaries = {}
     for mode in ("auto", "online"):
         (tmp_path / mode).mkdir()
@@ -137,9 +140,47 @@ def test_resuming_a_finished_run_changes_nothing(tiny_run, kdcl_main):
     assert not list(tiny_run.glob("environment-resume-*"))
 
 
+def as_written_before_issue_23(cfg: dict) -> dict:
+    """A saved config as kdcl wrote it when `latency:` was `report: {latency_batches, ...}`."""
+    new = cfg.pop("latency")
+    cfg["report"] = {"latency_batches": new["batches"], "latency_runtimes": new["runtimes"],
+                     "speedup_runtime": new["speedup_runtime"]}  # fmt: skip
+    return cfg
+
+
+def old_style_copy(tiny_run: Path, dest: Path) -> Path:
+    """A copy of tiny_run with its config.yaml and every checkpoint's config in the keys before issue 23."""
+    run = Path(shutil.copytree(tiny_run, dest))
+    saved = as_written_before_issue_23(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    for path in run.glob("stages/*/checkpoints/*.ckpt"):
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        as_written_before_issue_23(ckpt["hyper_parameters"]["config"])
+        torch.save(ckpt, path)
+    return run
+
+
+def test_a_run_written_before_the_latency_rename_resumes_evaluates_exports_and_reports(tiny_run, tmp_path, kdcl_main):
+    run = old_style_copy(tiny_run, tmp_path / "old")
+    resumed = kdcl_main(["train", f"resume={run}"], tmp_path)  # merged against the schema: no `report` there
+    assert resumed.returncode == 0 and "already complete" in resumed.stdout, resumed.stderr[-3000:]
+    assert "latency_batches" in (run / "config.yaml").read_text()  # read in today's keys, left as written
+    evaluated = kdcl_main(["eval", str(run)], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    student = summary_of(tiny_run)["stages"][1]
+    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["test_acc"] == student["test_acc"]
+    exported = kdcl_main(["export", str(run), "format=safetensors", f"out={tmp_path / 'exported'}"], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    reported = kdcl_main(["report", str(run)], tmp_path)
+    assert reported.returncode == 0 and (run / "report.md").is_file(), reported.stderr[-3000:]
+    old_key = kdcl_main(["eval", str(run), "report.speedup_runtime=eager"], tmp_path)
+    assert old_key.returncode == 2
+    assert old_key.stderr.strip() == "error: report.speedup_runtime was renamed: use latency.speedup_runtime=eager"
+
+
 def test_multirun_gives_one_job_directory_per_point(tmp_path, kdcl_main):
     sweep = tmp_path / "sweep"
-    proc = kdcl_main(["train", "-m", *TINY, "trainer.max_epochs=1", "data.fraction=0.3", "report.latency_batches=[]",
+    proc = kdcl_main(["train", "-m", *TINY, "trainer.max_epochs=1", "data.fraction=0.3", "latency.batches=[]",
                      "distill.temperature=2,4",
                      f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -269,7 +310,7 @@ def test_resnet50_teacher_mobilenet_student(tmp_path, kdcl_main):
     proc = kdcl_main(
         ["train", "teacher=resnet50", "student=mobilenet", "debug=fast", "progress_bar=lines",
          "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-         "data.batch_size=16", "data.eval_batch_size=32", "report.latency_batches=[]", f"seed={SEED}"], tmp_path
+         "data.batch_size=16", "data.eval_batch_size=32", "latency.batches=[]", f"seed={SEED}"], tmp_path
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     models = [s["model"] for s in summary_of(run_dir_of(proc))["stages"]]
@@ -277,9 +318,7 @@ def test_resnet50_teacher_mobilenet_student(tmp_path, kdcl_main):
 
 
 def test_baseline_pipeline_trains_the_student_alone(tmp_path, kdcl_main):
-    proc = kdcl_main(
-        ["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1", "report.latency_batches=[]"], tmp_path
-    )
+    proc = kdcl_main(["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1", "latency.batches=[]"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = summary_of(run_dir_of(proc))["stages"]
     assert [(s["name"], s["teachers"]) for s in stages] == [("student", [])]

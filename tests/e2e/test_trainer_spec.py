@@ -39,7 +39,7 @@ def baseline_runs(tmp_path_factory):
     common = ["pipeline=baseline", "trainer.limit_train_batches=4"]
     return {
         "plain": train(tmp, "plain", *common),
-        "accumulate": train(tmp, "accumulate", *common, "+trainer.accumulate_grad_batches=2", "~report"),
+        "accumulate": train(tmp, "accumulate", *common, "+trainer.accumulate_grad_batches=2", "~latency"),
     }
 
 
@@ -48,7 +48,7 @@ def test_any_trainer_argument_takes_effect(baseline_runs):
     assert global_step(baseline_runs["accumulate"]["run_dir"], "00-student") == 2  # half the optimizer steps
 
 
-def test_report_latency_is_measured_in_both_runtimes_unless_the_report_node_is_removed(baseline_runs):
+def test_latency_is_measured_in_both_runtimes_unless_the_latency_node_is_removed(baseline_runs):
     plain, removed = baseline_runs["plain"]["stages"][0], baseline_runs["accumulate"]["stages"][0]
     assert sorted(plain["latency"]) == ["eager", "onnxruntime"]
     for runtime in plain["latency"].values():
@@ -59,7 +59,7 @@ def test_report_latency_is_measured_in_both_runtimes_unless_the_report_node_is_r
     assert baseline_runs["plain"]["speedup_runtime"] == "onnxruntime"
     assert plain["speedup"] == {"1": 1.0, "64": 1.0}  # the only model is its own reference
     assert sorted(baseline_runs["plain"]["latency_runtimes"]) == ["eager", "onnxruntime"]
-    assert removed["latency"] == {}  # `~report`: no latency measured, and no complaint
+    assert removed["latency"] == {}  # `~latency`: no latency measured, and no complaint
     assert removed["macs"] == plain["macs"] > 0
 
 
@@ -91,7 +91,7 @@ def test_sgd_without_momentum_trains_when_nesterov_is_off():
 
 def test_eval_of_a_lifelong_stage_reproduces_its_summary_accuracy(tmp_path, capsys):
     summary = train(tmp_path, "lifelong", "pipeline=lifelong", "pipeline.tasks=2", "data.fraction=0.5",
-                    "report.latency_batches=[]")  # fmt: skip
+                    "latency.batches=[]")  # fmt: skip
     for stage in summary["stages"]:
         evaluated = eval_command([str(summary["run_dir"]), f"stage={stage['name']}"])
         assert evaluated["test_acc"] == pytest.approx(stage["test_acc"], abs=1e-6), stage["name"]

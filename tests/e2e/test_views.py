@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import SEED, TINY, summary_of
 
-SHORT = ["trainer=cpu", "trainer.limit_train_batches=4", "report.latency_batches=[]", "data.augment=true"]
+SHORT = ["trainer=cpu", "trainer.limit_train_batches=4", "latency.batches=[]", "data.augment=true"]
 
 
 def stage_of(run_dir, name: str) -> dict:

@@ -4,10 +4,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError
 
 from kdcl.common.errors import KdclError
-from kdcl.config.checks import upgrade_saved
 from kdcl.config.compose import config_dir
+from kdcl.config.schema import TrainConfig
+from kdcl.config.upgrade import check_renamed, renamed, upgrade_saved
 from kdcl.curriculum.pacing import fraction
 from kdcl.run.plan import plan_stages
 from kdcl.run.validate import check_config
@@ -131,6 +133,63 @@ def test_a_config_saved_before_the_trainer_spec_still_resumes():
     assert upgraded.progress_bar == "lines" and upgraded.speed.channels_last is True
     assert not {"progress_bar", "channels_last", "compile"} & set(upgraded.trainer)
     check_config(upgraded)  # Lightning accepts the spec as it is now
+
+
+def old_latency_node(saved: dict) -> dict:
+    """`saved` as a run written before issue 23 stored it: `report: {latency_batches, ...}`."""
+    new = saved.pop("latency")
+    saved["report"] = {"latency_batches": new["batches"], "latency_runtimes": new["runtimes"],
+                       "speedup_runtime": new["speedup_runtime"]}  # fmt: skip
+    return saved
+
+
+def test_a_config_saved_before_the_latency_rename_resumes_with_its_values_under_latency():
+    saved = OmegaConf.to_container(make(["latency.batches=[1,4]", "latency.runtimes=[eager]",
+                                         "latency.speedup_runtime=eager"]), resolve=True, enum_to_str=True)  # fmt: skip
+    old = OmegaConf.create(old_latency_node(saved))
+    with pytest.raises(ConfigKeyError, match="Key 'report' not in 'TrainConfig'"):  # why the upgrade is needed
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), old)
+    upgraded = upgrade_saved(old)
+    assert "report" not in upgraded and "report" in old  # the caller's config is left as it was
+    assert OmegaConf.to_container(upgraded.latency) == {"batches": [1, 4], "runtimes": ["eager"],
+                                                        "speedup_runtime": "eager"}  # fmt: skip
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), upgraded)  # as `kdcl train resume=` merges it
+    assert merged.latency.batches == [1, 4] and str(merged.latency.speedup_runtime) == "eager"
+    check_config(merged)
+
+
+def test_the_oldest_configs_get_every_upgrade_and_todays_are_left_alone():
+    saved = old_latency_node(OmegaConf.to_container(make(), resolve=True, enum_to_str=True))
+    saved["trainer"].pop("_target_")
+    upgraded = upgrade_saved(OmegaConf.create(saved))
+    assert upgraded.trainer._target_ == "pytorch_lightning.Trainer" and upgraded.latency.batches == [1, 64]
+    today = make()
+    assert upgrade_saved(today) is today
+
+
+@pytest.mark.parametrize(
+    ("override", "new"),
+    [
+        ("report.latency_batches=[1]", "latency.batches=[1]"),
+        ("report.latency_runtimes=[eager]", "latency.runtimes=[eager]"),
+        ("report.speedup_runtime=eager,onnxruntime", "latency.speedup_runtime=eager,onnxruntime"),
+        ("~report", "~latency"),
+        ("+report.latency_batches=[]", "latency.batches=[]"),
+        ("++report.speedup_runtime=eager", "latency.speedup_runtime=eager"),
+        ("latency.batches=[1]", None),
+        ("report=x", "latency=x"),
+        ("distill.temperature=4", None),
+    ],
+)
+def test_an_old_key_is_spelled_anew(override, new):
+    assert renamed(override) == new
+
+
+def test_an_old_key_on_the_command_line_is_one_line_naming_the_new_one():
+    with pytest.raises(KdclError) as err:
+        check_renamed(["seed=1", "report.latency_batches=[1]"])
+    assert str(err.value) == "report.latency_batches was renamed: use latency.batches=[1]"
+    check_renamed(["latency.batches=[1]", "seed=1"])
 
 
 def test_settings_nothing_reads_are_refused_not_ignored():

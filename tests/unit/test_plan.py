@@ -81,7 +81,7 @@ def test_teacher_references():
             "pipeline.stages.student.epoch is not a stage setting; did you mean epochs",
         ),
         (["pipeline.kind=tkd"], "pipeline.kind 'tkd' is unknown; did you mean takd"),
-        (["report.latency_batches=[0]"], "report.latency_batches=[0] must list batch sizes"),
+        (["latency.batches=[0]"], "latency.batches=[0] must list batch sizes"),
     ],
 )
 def test_bad_pipeline_settings_are_one_clear_error(overrides, message):

@@ -8,6 +8,7 @@ import yaml
 
 from kdcl.common.errors import KdclError
 from kdcl.reporting.compare import write_report
+from kdcl.reporting.compare_stats import baseline_row
 
 
 def latency(**ms: float) -> dict:
@@ -62,6 +63,16 @@ def test_report_shows_the_final_models_latency_and_speed_up_median_over_runs(tmp
     md = (tmp_path / "report.md").read_text()
     assert "| runtime | ms@1 | ms@64 | speed-up@1 | speed-up@64 |" in md
     assert "| onnxruntime | 0.25 | 5.0 | 2.0× | 4.0× |" in md and "| - | - | - | - | - |" in md
+
+
+def test_runs_written_before_a_key_was_renamed_group_with_todays(tmp_path):
+    fake_job(tmp_path, 0, ["distill=kd", "report.latency_batches=[]"], 0, 0.98, 0.90)  # before issue 23
+    fake_job(tmp_path, 1, ["distill=kd", "latency.batches=[]"], 1, 0.98, 0.92)
+    fake_job(tmp_path, 2, ["distill=none", "latency.batches=[]"], 0, 0.98, 0.80)
+    rows = {r["settings"]: r for r in write_report(tmp_path)}
+    assert set(rows) == {"distill=kd", "distill=none"} and rows["distill=kd"]["runs"] == 2
+    assert rows["distill=kd"]["overrides"] == ["distill=kd", "latency.batches=[]"]
+    assert baseline_row(list(rows.values()), "distill=kd report.latency_batches=[]") is rows["distill=kd"]
 
 
 def test_report_on_a_folder_without_runs_is_a_clear_error(tmp_path):
