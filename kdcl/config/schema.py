@@ -13,11 +13,13 @@ Import-light on purpose (no torch): `kdcl train` answers a typo in well under a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any  # noqa: UP035 — OmegaConf reads these annotations at runtime
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class Choice(str, Enum):
@@ -45,24 +47,40 @@ NoiseKind = choice("NoiseKind", "symmetric pair")
 Ensemble = choice("Ensemble", "none mean confidence")
 
 
+def unseen(default: Any) -> Any:
+    """A data key left out of `data_identity`: it changes how training runs through the data, never which
+    examples there are, their pixels, labels or order as read, nor what a given model computes on them."""
+    return field(default=default, metadata={"unseen": True})
+
+
 @dataclass
 class DataConfig:
+    """Every key is part of the data's identity (`data_identity`: the data part of every shared-cache key)
+    unless marked `unseen(...)`, so a key added later can cost a cache miss, never a stale hit."""
+
     name: str = MISSING
     root: str | None = MISSING  # every data preset sets it (image_folder: ??? — required)
-    download: bool = False
-    download_root: str | None = None
+    download: bool = unseen(False)  # may missing files be fetched: the same files are read (checksummed), or none
+    download_root: str | None = None  # seen: with root null, fashion_mnist reads the files it finds here
     image_size: int = 32
     test_fraction: float | None = None
     val_fraction: float = 0.1
     fraction: float = 1.0
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
-    on_device: Any = "auto"  # true | false | auto (a bool or a word: checked in kdcl/config/checks.py)
+    batch_size: int = unseen(64)  # training's step size: it shapes trained weights (every key holds their digest)
+    eval_batch_size: int = 256  # seen: how much trainer.limit_test_batches covers; a GPU's last bits of a logit
+    num_workers: int = unseen(0)  # training loader's processes (they draw its random crops; eval reads no crops)
+    # true | false | auto (a bool or a word: checked in kdcl/config/checks.py); where the training set lives and
+    # training's random crops are drawn: evaluation and every store read the data through plain loaders
+    on_device: Any = unseen("auto")
     augment: bool = False
     hflip: bool = False
-    views: int = 8  # distill.teacher_outputs=views: stored augmented views per training example (K)
-    epochs: int = 10
+    # distill.teacher_outputs=views: stored augmented views per training example (K); the view store's own key
+    # holds it (ViewSpec.k)
+    views: int = unseen(8)
+    epochs: int = unseen(10)  # a stage's default length (trainer.max_epochs): trained weights only
+    # Labels are data, so these are seen, although no store reads training labels today: a label-noise sweep
+    # with a given teacher stores its logits and tests it once per level, and a store that reads labels later
+    # (a loss-scored curriculum, say) is exact from the start.
     label_noise: float = 0.0  # share of the training part's labels flipped (never validation or test)
     label_noise_kind: NoiseKind = NoiseKind.symmetric  # symmetric: to any other class | pair: class c to c+1
     label_noise_seed: int = 0  # picks the flipped examples; fixed, so every run seed sees the same noisy labels
@@ -71,6 +89,18 @@ class DataConfig:
     in_chans: int | None = None
     train_size: int | None = None
     test_size: int | None = None
+
+
+def data_identity(data: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The data keys that can change what a model is given or computes: every key of `data` (a schema
+    default where it lacks one) but those marked `unseen`, resolved and JSON-ready. The one data part of
+    the shared-cache keys: teacher logits and views (kdcl/teachers/), a given model's test (kdcl/run/)."""
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data, resolve=True)
+    schema = {f.name: f for f in fields(DataConfig)}
+    defaults = {n: None if f.default in (MISSING, dataclasses.MISSING) else f.default for n, f in schema.items()}
+    return {k: v.value if isinstance(v, Enum) else v for k, v in {**defaults, **data}.items()
+            if not (k in schema and schema[k].metadata.get("unseen"))}  # fmt: skip
 
 
 @dataclass

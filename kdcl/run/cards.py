@@ -46,7 +46,7 @@ def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, check
     if stage.trains:
         return run()
     # a given model (a sweep's shared teacher): its test predictions are the same in every job
-    key, what = given_model_key(ctx, "predictions", checkpoint, seen)
+    key, what = given_model_key(ctx.cfg, "predictions", checkpoint, seen)
     path = store_path(ctx.cfg, "predictions", result.model, key)
     stored, _ = load_or_build(path, key, what, lambda: asdict(run()), str(ctx.run_dir), stage.name)
     return Predictions(**stored)

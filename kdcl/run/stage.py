@@ -26,6 +26,7 @@ from kdcl.common.io import atomic_write_bytes, atomic_write_json
 from kdcl.common.metric_names import metric_name
 from kdcl.common.ranks import launched_world_size
 from kdcl.config.checks import latency_batches, latency_runtimes
+from kdcl.config.schema import data_identity
 from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
 from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
@@ -239,12 +240,12 @@ def teacher_store(ctx: StageContext, stage: Stage, teachers: list,
     """The stage's stored teacher outputs (distill.teacher_outputs=cached|views|auto), or None for online.
     Views: one pass before training (shared through the cache with every job that has the same teachers
     and data), which also scores the un-augmented examples when the stage has a curriculum."""
-    plain = unaugmented(train_set)
+    plain, data = unaugmented(train_set), data_identity(ctx.cfg.data)
     if stage.teacher_outputs == "views":
-        return open_teacher_views(teachers, plain, ctx.data, ctx.cfg, stage.name, ctx.run_dir, stage.curriculum)
+        return open_teacher_views(teachers, plain, ctx.data, ctx.cfg, data, stage.name, ctx.run_dir, stage.curriculum)
     if stage.teacher_outputs != "cached":
         return None
-    outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, ctx.stage_dir(stage), stage.name)
+    outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, data, ctx.stage_dir(stage), stage.name)
     if stage.curriculum:  # paced epochs meet the data piecemeal: store it all in one pass
         outputs.fill(teachers, plain, ctx.data.normalize, int(ctx.cfg.data.eval_batch_size), stage.name)
     return outputs
@@ -362,15 +363,12 @@ def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dic
     return tested[0] if tested else {}
 
 
-def given_model_key(ctx: StageContext, kind: str, checkpoint: Path, classes: list[int] | None) -> tuple[str, dict]:
+def given_model_key(cfg: DictConfig, kind: str, checkpoint: Path, classes: list[int] | None) -> tuple[str, dict]:
     """(key, what it is made of) of a given checkpoint's test results in the shared cache: the file's
-    bytes, the test data, the classes tested, the precision."""
-    data = OmegaConf.to_container(ctx.cfg.data, resolve=True)
+    bytes, the data's identity (kdcl.config.schema.data_identity), the classes tested, the precision."""
     what = {"kind": kind, "checkpoint": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "classes": classes,
-            "data": {k: data.get(k) for k in ("name", "root", "image_size", "test_fraction", "test_size", "num_classes",
-                                              "eval_batch_size")},
-            "precision": str(ctx.cfg.trainer.get("precision")),
-            "limit_test_batches": ctx.cfg.trainer.get("limit_test_batches")}  # fmt: skip
+            "data": data_identity(cfg.data), "precision": str(cfg.trainer.get("precision")),
+            "limit_test_batches": cfg.trainer.get("limit_test_batches")}  # fmt: skip
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 
@@ -380,9 +378,7 @@ def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: Stag
     shared cache. Returns (metrics, the cache file when it was reused)."""
     if launched_world_size() > 1:  # torchrun: every rank joins the test; none may wait on a lock
         return test(trainer, parts, None), None
-    key, what = given_model_key(
-        ctx, f"test of {stage.name}", checkpoint, parts.data.part.eval_classes
-    )  # names the metrics
+    key, what = given_model_key(ctx.cfg, f"test of {stage.name}", checkpoint, parts.data.part.eval_classes)
     path = store_path(ctx.cfg, "test", stage.model["name"], key)
 
     def build() -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from lightning_fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
@@ -48,16 +48,16 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(teachers: list[nn.Module], dataset: Dataset, cfg: DictConfig, mean, std) -> str:
-    """Teachers' weights + which examples, in which order + how they are read, resized and normalised
-    + the precision the teachers run in."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+def cache_key(teachers: list[nn.Module], dataset: Dataset, data: dict, cfg: DictConfig, mean, std) -> str:
+    """Teachers' weights + which examples, in which order + the data's identity (`data`: every data key
+    that can change what a model is given, kdcl.config.schema.data_identity) + the normalisation + the
+    precision the teachers run in."""
     what = {
         "teachers": [weights_digest(t) for t in teachers],
         "examples": hashlib.sha256(json.dumps(source_indices(dataset)).encode()).hexdigest(),
-        "data": {k: data.get(k) for k in ("name", "root", "image_size", "fraction", "val_fraction", "test_fraction")},
+        "data": data,
         "seed": int(cfg.seed),
-        "transforms": {"augment": bool(data.get("augment")), "mean": list(mean), "std": list(std)},
+        "transforms": {"mean": list(mean), "std": list(std)},
         "precision": str(cfg.trainer.precision),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -82,11 +82,12 @@ class TeacherOutputs:
         self.who = ""  # the run directory: who built a published store
 
     @classmethod
-    def open(cls, teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, stage_dir: Path,
+    def open(cls, teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, data: dict, stage_dir: Path,
              stage_name: str) -> TeacherOutputs:  # fmt: skip
-        """The stage's store: what an earlier attempt of this stage stored under the same key, else empty."""
+        """The stage's store: what an earlier attempt of this stage stored under the same key, else empty.
+        `data`: the data's identity (kdcl.config.schema.data_identity; this layer does not read the schema)."""
         src = dm.load()
-        key = cache_key(teachers, dataset, cfg, src.mean, src.std)
+        key = cache_key(teachers, dataset, data, cfg, src.mean, src.std)
         path = stage_dir / CACHE_FILE
         outputs = cls(len(dataset), key, path)
         if path.is_file():

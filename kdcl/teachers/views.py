@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -109,15 +109,14 @@ def rebuild(x: torch.Tensor, params: torch.Tensor, pad: int) -> torch.Tensor:
     return crop_flip(x, params[:, 0], params[:, 1], params[:, 2], pad)
 
 
-def views_key(teacher: nn.Module, dataset: Dataset, cfg: DictConfig, mean, std, spec: ViewSpec) -> tuple[str, dict]:
-    """(key, what it is made of): the teacher's weights, which examples of which data at which size and
-    normalisation, and how the views are drawn and stored."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+def views_key(teacher: nn.Module, dataset: Dataset, data: dict, mean, std, spec: ViewSpec) -> tuple[str, dict]:
+    """(key, what it is made of): the teacher's weights, which examples, the data's identity (`data`:
+    kdcl.config.schema.data_identity), the normalisation, and how the views are drawn and stored."""
     what = {
         "kind": "views",
         "teacher": weights_digest(teacher),
         "examples": hashlib.sha256(json.dumps(source_indices(dataset)).encode()).hexdigest(),
-        "data": {k: data.get(k) for k in ("name", "root", "image_size", "train_size", "num_classes")},
+        "data": data,
         "normalize": {"mean": list(mean), "std": list(std)},
         "views": {"k": spec.k, "seed": spec.seed, "pad": spec.pad, "hflip": spec.hflip, "plain": spec.plain},
         "store": {"topk": spec.topk, "bf16": spec.bf16},
@@ -190,11 +189,11 @@ class TeacherViewStore:
         return expand(self.flat, rows, self.classes)
 
 
-def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, spec: ViewSpec, stage_name: str,
-               run_dir: Path) -> TeacherViewStore:  # fmt: skip
+def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, data: dict, spec: ViewSpec,
+               stage_name: str, run_dir: Path) -> TeacherViewStore:  # fmt: skip
     """The teacher's views of the stage's examples: read from the shared cache, else drawn, passed and stored."""
     src = dm.load()
-    key, what = views_key(teacher, dataset, cfg, src.mean, src.std, spec)
+    key, what = views_key(teacher, dataset, data, src.mean, src.std, spec)
     path = store_path(cfg, "views", getattr(teacher, "pretrained_cfg", {}).get("architecture", "teacher"), key)
     batch = int(cfg.data.eval_batch_size)
 
@@ -273,15 +272,16 @@ class TeacherViews:
         }
 
 
-def open_teacher_views(teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, stage_name: str,
+def open_teacher_views(teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, data: dict, stage_name: str,
                        run_dir: Path, plain: bool) -> TeacherViews:  # fmt: skip
-    """The stage's views of every teacher; a store that cannot fit is one line (exit 2) before any pass."""
+    """The stage's views of every teacher; a store that cannot fit is one line (exit 2) before any pass.
+    `data`: the data's identity (kdcl.config.schema.data_identity; this layer does not read the schema)."""
     spec = ViewSpec.of(cfg, dm.num_classes, plain)
     problem = store_problem(stage_name, len(dataset), dm.num_classes, len(teachers), spec,
                             cfg.distill.get("store_max_mb"), None)  # fmt: skip
     if problem:
         raise KdclError(problem)
     started = time.perf_counter()
-    views = TeacherViews([open_views(t, dataset, dm, cfg, spec, stage_name, run_dir) for t in teachers], spec)
+    views = TeacherViews([open_views(t, dataset, dm, cfg, data, spec, stage_name, run_dir) for t in teachers], spec)
     print(f"[{stage_name}] teacher views ready in {time.perf_counter() - started:.1f}s", flush=True)
     return views

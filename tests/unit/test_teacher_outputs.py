@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import Subset, TensorDataset
 
 from kdcl.common.errors import KdclError
+from kdcl.config.schema import data_identity
 from kdcl.data.datamodule import source_indices
 from kdcl.models.predictions import dataset_logits
 from kdcl.run.plan import choose_mode
@@ -30,6 +31,7 @@ class FakeDataModule:
 CFG = OmegaConf.create({"seed": 0, "trainer": {"precision": "32-true"},
                        "data": {"name": "digits", "image_size": 32, "fraction": 1.0, "augment": False,
                                 "val_fraction": 0.1, "test_fraction": 0.2, "eval_batch_size": 7}})  # fmt: skip
+DATA = data_identity(CFG.data)  # what kdcl/run/stage.py hands the store
 
 
 @pytest.fixture
@@ -104,18 +106,18 @@ def test_batches_store_what_is_missing_and_then_only_read(setup):
 def test_a_store_is_reopened_only_while_teacher_and_examples_are_the_same(setup, tmp_path):
     data, teacher = setup
     dm = FakeDataModule()
-    outputs = TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student")
+    outputs = TeacherOutputs.open([teacher], data, dm, CFG, DATA, tmp_path, "student")
     rows = torch.tensor([4, 5, 6])
     outputs.read(rows, lambda r: [teacher_on(teacher, data, rows[r])])
     outputs.save()  # an epoch ends, the run is killed: the next attempt goes on from here
-    again = TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student")
+    again = TeacherOutputs.open([teacher], data, dm, CFG, DATA, tmp_path, "student")
     assert again.filled.nonzero().squeeze(1).tolist() == [4, 5, 6]
     assert torch.equal(again.logits[:, rows], outputs.logits[:, rows])
 
     again.fill([teacher], data, dm.normalize, 7, "student")  # a curriculum's scoring pass: the rest
     assert again.complete and torch.allclose(again.logits[0], teacher_on(teacher, data, range(16)), atol=1e-5)
     stamp = (tmp_path / CACHE_FILE).stat().st_mtime_ns
-    full = TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student")
+    full = TeacherOutputs.open([teacher], data, dm, CFG, DATA, tmp_path, "student")
     full.fill([teacher], data, dm.normalize, 7, "student")
     assert full.complete and (tmp_path / CACHE_FILE).stat().st_mtime_ns == stamp  # read back, not recomputed
 
@@ -123,18 +125,18 @@ def test_a_store_is_reopened_only_while_teacher_and_examples_are_the_same(setup,
     kept = bias.detach().clone()
     with torch.no_grad():
         bias.add_(1.0)  # another teacher: what is stored is stale
-    assert not TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").filled.any()
+    assert not TeacherOutputs.open([teacher], data, dm, CFG, DATA, tmp_path, "student").filled.any()
     with torch.no_grad():
         bias.copy_(kept)
-    assert TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").complete
+    assert TeacherOutputs.open([teacher], data, dm, CFG, DATA, tmp_path, "student").complete
     other = Subset(data.dataset, list(range(0, 16)))  # other examples (same count): stale too
-    assert not TeacherOutputs.open([teacher], other, dm, CFG, tmp_path, "student").filled.any()
+    assert not TeacherOutputs.open([teacher], other, dm, CFG, DATA, tmp_path, "student").filled.any()
     bf16 = OmegaConf.merge(CFG, {"trainer": {"precision": "bf16-mixed"}})  # other precision: other logits
-    assert not TeacherOutputs.open([teacher], data, dm, bf16, tmp_path, "student").filled.any()
+    assert not TeacherOutputs.open([teacher], data, dm, bf16, DATA, tmp_path, "student").filled.any()
     (tmp_path / CACHE_FILE).write_bytes(b"not a checkpoint")  # a damaged store is started again, not trusted
-    assert not TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").filled.any()
+    assert not TeacherOutputs.open([teacher], data, dm, CFG, DATA, tmp_path, "student").filled.any()
     torch.save({"key": again.key, "logits": again.logits}, tmp_path / CACHE_FILE)  # an older format: no 'filled'
-    assert not TeacherOutputs.open([teacher], data, dm, CFG, tmp_path, "student").filled.any()
+    assert not TeacherOutputs.open([teacher], data, dm, CFG, DATA, tmp_path, "student").filled.any()
 
 
 def test_stored_logits_keep_the_teachers_dtype():
@@ -148,13 +150,13 @@ def test_a_complete_store_is_shared_with_later_jobs_through_the_cache(setup, tmp
     data, teacher = setup
     dm = FakeDataModule()
     cfg = OmegaConf.merge(CFG, {"paths": {"cache_dir": str(tmp_path / "cache")}})
-    first = TeacherOutputs.open([teacher], data, dm, cfg, tmp_path / "job0/stages/01-student", "student")
+    first = TeacherOutputs.open([teacher], data, dm, cfg, DATA, tmp_path / "job0/stages/01-student", "student")
     first.fill([teacher], data, dm.normalize, 7, "student")  # complete: saved and published
     shared = list((tmp_path / "cache").glob("logits-*.pt"))
     assert len(shared) == 1 and (tmp_path / "job0/stages/01-student" / CACHE_FILE).is_file()
-    second = TeacherOutputs.open([teacher], data, dm, cfg, tmp_path / "job1/stages/01-student", "student")
+    second = TeacherOutputs.open([teacher], data, dm, cfg, DATA, tmp_path / "job1/stages/01-student", "student")
     assert second.complete and torch.equal(second.logits, first.logits)  # another job: nothing to compute
     second.save()  # its own stage directory gets a copy (a resume reads it there); the shared one is unchanged
     assert (tmp_path / "job1/stages/01-student" / CACHE_FILE).is_file() and shared[0].is_file()
     other = OmegaConf.merge(cfg, {"seed": 1})  # other settings: not this store
-    assert not TeacherOutputs.open([teacher], data, dm, other, tmp_path / "job2", "student").filled.any()
+    assert not TeacherOutputs.open([teacher], data, dm, other, DATA, tmp_path / "job2", "student").filled.any()

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
 from kdcl.common.cache import load_or_build, read_entry
+from kdcl.config.schema import data_identity
 from kdcl.teachers.views import (
     TeacherViews,
     TeacherViewStore,
@@ -92,7 +93,7 @@ def test_the_key_changes_with_every_setting_that_changes_the_views():
 
     def key(spec=SPEC, model=teacher, ds=data, size=32):
         cfg.data.image_size = size
-        return views_key(model, ds, cfg, (0.5,), (0.25,), spec)[0]
+        return views_key(model, ds, data_identity(cfg.data), (0.5,), (0.25,), spec)[0]
 
     base = key()
     assert key() == base
