@@ -53,6 +53,12 @@ def unseen(default: Any) -> Any:
     return field(default=default, metadata={"unseen": True})
 
 
+def training_only(default: Any) -> Any:
+    """A data key that changes only the training part (which training examples, their augmentation, their
+    labels): part of the stored teacher outputs' keys, left out of a given model's test (`for_test=True`)."""
+    return field(default=default, metadata={"training_only": True})
+
+
 @dataclass
 class DataConfig:
     """Every key is part of the data's identity (`data_identity`: the data part of every shared-cache key)
@@ -64,26 +70,28 @@ class DataConfig:
     download_root: str | None = None  # seen: with root null, fashion_mnist reads the files it finds here
     image_size: int = 32
     test_fraction: float | None = None
-    val_fraction: float = 0.1
-    fraction: float = 1.0
+    val_fraction: float = training_only(0.1)  # carved from the training part; the test split is fixed
+    fraction: float = training_only(1.0)
     batch_size: int = unseen(64)  # training's step size: it shapes trained weights (every key holds their digest)
     eval_batch_size: int = 256  # seen: how much trainer.limit_test_batches covers; a GPU's last bits of a logit
     num_workers: int = unseen(0)  # training loader's processes (they draw its random crops; eval reads no crops)
     # true | false | auto (a bool or a word: checked in kdcl/config/checks.py); where the training set lives and
     # training's random crops are drawn: evaluation and every store read the data through plain loaders
     on_device: Any = unseen("auto")
-    augment: bool = False
-    hflip: bool = False
+    augment: bool = training_only(False)  # the test and validation images are never augmented
+    hflip: bool = training_only(False)
     # distill.teacher_outputs=views: stored augmented views per training example (K); the view store's own key
     # holds it (ViewSpec.k)
     views: int = unseen(8)
     epochs: int = unseen(10)  # a stage's default length (trainer.max_epochs): trained weights only
-    # Labels are data, so these are seen, although no store reads training labels today: a label-noise sweep
-    # with a given teacher stores its logits and tests it once per level, and a store that reads labels later
-    # (a loss-scored curriculum, say) is exact from the start.
-    label_noise: float = 0.0  # share of the training part's labels flipped (never validation or test)
-    label_noise_kind: NoiseKind = NoiseKind.symmetric  # symmetric: to any other class | pair: class c to c+1
-    label_noise_seed: int = 0  # picks the flipped examples; fixed, so every run seed sees the same noisy labels
+    # Labels are data, so these are part of the stored teacher outputs' keys although no store reads training
+    # labels today (one that does later, a loss-scored curriculum say, is exact from the start); a given
+    # model's test reads no training label.
+    label_noise: float = training_only(0.0)  # share of the training part's labels flipped (never validation or test)
+    # symmetric: to any other class | pair: class c to c+1
+    label_noise_kind: NoiseKind = training_only(NoiseKind.symmetric)
+    # picks the flipped examples; fixed, so every run seed sees the same noisy labels
+    label_noise_seed: int = training_only(0)
     # data=synthetic only
     num_classes: int | None = None
     in_chans: int | None = None
@@ -91,16 +99,18 @@ class DataConfig:
     test_size: int | None = None
 
 
-def data_identity(data: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+def data_identity(data: DictConfig | Mapping[str, Any], for_test: bool = False) -> dict[str, Any]:
     """The data keys that can change what a model is given or computes: every key of `data` (a schema
-    default where it lacks one) but those marked `unseen`, resolved and JSON-ready. The one data part of
-    the shared-cache keys: teacher logits and views (kdcl/teachers/), a given model's test (kdcl/run/)."""
+    default where it lacks one) but those marked `unseen` (and, `for_test`, those marked `training_only`),
+    resolved and JSON-ready. The one data part of the shared-cache keys: teacher logits and views
+    (kdcl/teachers/), a given model's test and predictions (kdcl/run/, for_test)."""
+    left_out = ("unseen", "training_only") if for_test else ("unseen",)
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True)
     schema = {f.name: f for f in fields(DataConfig)}
     defaults = {n: None if f.default in (MISSING, dataclasses.MISSING) else f.default for n, f in schema.items()}
     return {k: v.value if isinstance(v, Enum) else v for k, v in {**defaults, **data}.items()
-            if not (k in schema and schema[k].metadata.get("unseen"))}  # fmt: skip
+            if not (k in schema and any(schema[k].metadata.get(mark) for mark in left_out))}  # fmt: skip
 
 
 @dataclass

@@ -365,9 +365,9 @@ def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dic
 
 def given_model_key(cfg: DictConfig, kind: str, checkpoint: Path, classes: list[int] | None) -> tuple[str, dict]:
     """(key, what it is made of) of a given checkpoint's test results in the shared cache: the file's
-    bytes, the data's identity (kdcl.config.schema.data_identity), the classes tested, the precision."""
+    bytes, the test data's identity (kdcl.config.schema.data_identity), the classes tested, the precision."""
     what = {"kind": kind, "checkpoint": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "classes": classes,
-            "data": data_identity(cfg.data), "precision": str(cfg.trainer.get("precision")),
+            "data": data_identity(cfg.data, for_test=True), "precision": str(cfg.trainer.get("precision")),
             "limit_test_batches": cfg.trainer.get("limit_test_batches")}  # fmt: skip
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
