@@ -67,12 +67,13 @@ def test_safetensors_export_loads_in_plain_timm_with_the_logits_of_kdcl_eval(tin
     side = json.loads((out / "model.json").read_text())
     source = student["loaded"].data.load()
     assert side["timm_name"] == "test_efficientnet" and side["stage"] == "student" and side["run"] == str(tiny_run)
-    assert side["classes"] == [str(i) for i in range(10)] and (side["in_chans"], side["image_size"]) == (1, 32)
+    size = int(student["loaded"].located.cfg.data.image_size)  # the size it was trained at (tests: 16)
+    assert side["classes"] == [str(i) for i in range(10)] and (side["in_chans"], side["image_size"]) == (1, size)
     assert side["mean"] == pytest.approx(list(source.mean)) and side["std"] == pytest.approx(list(source.std))
     assert side["test_acc"] == pytest.approx(student_acc(tiny_run))
     # timm's own data config, from the sidecar's overlay, is the preprocessing kdcl trained with
     config = report["config"]
-    assert config["input_size"] == [1, 32, 32] and config["mean"] == pytest.approx(list(source.mean))
+    assert config["input_size"] == [1, size, size] and config["mean"] == pytest.approx(list(source.mean))
 
 
 def test_onnx_export_matches_pytorch_and_int8_is_retested(tiny_run, student, tmp_path, kdcl_main):

@@ -318,8 +318,8 @@ def test_resnet50_teacher_mobilenet_student(tmp_path, kdcl_main):
 
 
 def test_baseline_pipeline_trains_the_student_alone(tmp_path, kdcl_main):
-    proc = kdcl_main(["train", *TINY, "pipeline=baseline", "trainer.max_epochs=1", "latency.batches=[]"], tmp_path)
+    proc = kdcl_main(["train", *TINY, "pipeline=baseline", "latency.batches=[]"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = summary_of(run_dir_of(proc))["stages"]
     assert [(s["name"], s["teachers"]) for s in stages] == [("student", [])]
-    assert stages[0]["test_acc"] > LEARNED  # one epoch on hard labels alone
+    assert stages[0]["test_acc"] > LEARNED  # two epochs on hard labels alone (0.89-0.93 at seeds 0-3 here; one: 0.10-0.38)
