@@ -6,6 +6,7 @@ imports stay inside the functions: importing this module loads neither torch nor
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
@@ -16,18 +17,31 @@ from kdcl.config.checks import check_values, plain, schema_error
 _PLANS: dict[str, object] = {}  # config text -> its Plan: a job checked before Hydra starts is not planned twice
 
 
+@contextmanager
+def one_line_errors():
+    """A key the config lacks or a value of the wrong type, as one KdclError naming the key."""
+    try:
+        yield
+    except (ConfigAttributeError, ConfigKeyError) as exc:
+        raise KdclError(f"the config has no '{exc.full_key}'; do not delete it (~{exc.full_key}) or set it") from None
+    except ValidationError as exc:
+        raise schema_error(exc) from None
+
+
+def check_values_only(cfg: DictConfig) -> None:
+    """The torch-free checks alone: a sweep's points all pass them before any point loads torch."""
+    with one_line_errors():
+        check_values(cfg)
+
+
 def check_config(cfg: DictConfig):
     """Validate `cfg` and return its Plan (kdcl.run.plan.Plan), whose config holds plain values."""
-    try:
+    with one_line_errors():
         text = os.getcwd() + "\n" + OmegaConf.to_yaml(cfg, resolve=False)  # relative paths: per directory
         if text not in _PLANS:
             check_values(cfg)
             _PLANS[text] = plan_checked(plain(cfg))
         return _PLANS[text]
-    except (ConfigAttributeError, ConfigKeyError) as exc:
-        raise KdclError(f"the config has no '{exc.full_key}'; do not delete it (~{exc.full_key}) or set it") from None
-    except ValidationError as exc:
-        raise schema_error(exc) from None
 
 
 def plan_checked(cfg: DictConfig):
