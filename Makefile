@@ -31,8 +31,12 @@ setup: $(DEV_STAMP)  ## create .venv and install kdcl with its test tools
 train: $(STAMP)  ## run the main job: ResNet-18 → MobileNetV3 on the bundled digits (ARGS='teacher=resnet50 ...')
 	$(BIN)/kdcl train $(ARGS)
 
+# The suite in WORKERS processes (pytest-xdist), each test file whole in one of them (its module fixtures are
+# built once), each with its share of the cores (tests/conftest.py): both cores of a 2-core machine stay busy
+# through the suite's serial parts (imports, process starts, Hydra, file I/O). WORKERS=0: one process.
+WORKERS ?= 2
 test: $(DEV_STAMP)  ## run the whole test suite
-	$(BIN)/python -m pytest tests --durations=10 $(ARGS)
+	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadfile --durations=10 $(ARGS)
 
 test-fast: $(DEV_STAMP)  ## unit tests only
 	$(BIN)/python -m pytest tests/unit $(ARGS)

@@ -33,6 +33,18 @@ TINY = ["teacher=tiny", "student=tiny", "trainer.max_epochs=2", "progress_bar=li
 TINY_RUN = [*TINY, "trainer=cpu", "trainer.max_epochs=3"]
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`make test`), each worker trains with its share of the cores, and so do the kdcl
+    processes it starts (OMP_NUM_THREADS): workers with every core each would fight over them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
+
+
 def pytest_report_header() -> str:
     return f"kdcl: runs trained at seed {SEED} (KDCL_TEST_SEED)"
 

@@ -68,7 +68,9 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     assert run_dir_of(resumed) == run_dir
     out = resumed.stdout
     assert "[teacher] already done" in out and "[teacher] epoch" not in out
-    assert "[assistant1] epoch 1/4" not in out and "[assistant1] epoch 4/4" in out  # continued, not restarted
+    assert "[assistant1] epoch 1/4" not in out  # continued, not restarted
+    if "[assistant1] epoch 4/4" not in log.read_text():  # killed before its last epoch (a busy CPU may be later)
+        assert "[assistant1] epoch 4/4" in out
     assert "[assistant1] reused the shared store outputs/cache/views-" in out  # no second pass
     assert "[student] reused the shared store outputs/cache/views-" in out  # the reference run's (same cwd)
     assert teacher_ckpt.stat().st_mtime_ns == teacher_mtime  # a finished stage is never rewritten
