@@ -36,6 +36,7 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert last.is_file(), log.read_text()[-3000:]
+    proc.send_signal(signal.SIGSTOP)  # held at epoch 2 while the checks below run (they take a while on a busy CPU)
     # while it trains, the run is its alone: a second trainer is refused (one line naming the holder),
     # reading it is not
     second = kdcl_main(["train", f"resume={run_dir}"], tmp_path)
@@ -46,6 +47,7 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     assert kdcl_main(["eval", str(run_dir), "stage=teacher"], tmp_path).returncode == 0
     assert proc.poll() is None, log.read_text()[-3000:]
     first = last.stat().st_mtime_ns  # epoch 1 saved; time epoch 2 to learn how long an epoch takes here
+    proc.send_signal(signal.SIGCONT)
     started = time.time()
     while last.stat().st_mtime_ns == first and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
