@@ -45,6 +45,7 @@ Runtime = choice("Runtime", "onnxruntime eager")
 Confidence = choice("Confidence", "max_prob margin")
 NoiseKind = choice("NoiseKind", "symmetric pair")
 Ensemble = choice("Ensemble", "none mean confidence")
+Keep = choice("Keep", "weights resumable")
 
 
 def unseen(default: Any) -> Any:
@@ -218,6 +219,14 @@ class LatencyConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """What a finished stage keeps of its best.ckpt and last.ckpt. A finished stage never resumes, so its
+    optimizer, scheduler and loop state (two thirds of an AdamW checkpoint) are dead weight."""
+
+    keep: Keep = Keep.weights  # weights: the model (and epoch, step, hyper-parameters) | resumable: everything
+
+
+@dataclass
 class CascadeConfig:
     """`kdcl eval RUN_DIR cascade=true`: the student answers when its confidence reaches τ, else the teacher."""
 
@@ -241,6 +250,7 @@ class TrainConfig:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     progress_bar: ProgressBar = ProgressBar.auto
     seed: int = 0
     name: str = "train"

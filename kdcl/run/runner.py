@@ -23,6 +23,7 @@ from kdcl.run.manifest import Manifest
 from kdcl.run.plan import Plan, Stage
 from kdcl.run.presets import task_classes
 from kdcl.run.stage import StageContext, StageResult, run_stage
+from kdcl.training.checkpoints import keep_weights_only
 
 
 def environment() -> dict:
@@ -74,6 +75,16 @@ def check_models_fit(stages: list[Stage], ctx: StageContext) -> None:
             raise KdclError(
                 f"{stage.model_key}.name={stage.model['name']} gives outputs {tuple(out.shape)}, not (N, {data.num_classes})"
             )
+
+
+def keep_finished(cfg: DictConfig, stage_dir: Path, name: str) -> None:
+    """checkpoint.keep=weights: a stage just recorded done keeps its checkpoints' weights only (it never
+    resumes); a stage still running keeps everything exact resume needs."""
+    if str(OmegaConf.select(cfg, "checkpoint.keep", default="weights")) != "weights":
+        return
+    freed = sum(keep_weights_only(stage_dir / "checkpoints" / f) for f in ("best.ckpt", "last.ckpt"))
+    if freed:
+        print(f"[{name}] checkpoints kept as weights: {freed / 2**20:.1f} MB of optimizer state freed", flush=True)
 
 
 def finished(plan: Plan, run_dir: Path) -> dict | None:
@@ -149,6 +160,8 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict
         ctx.handed[stage.name] = run_recorded(ctx, stage, manifest)
         manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
         print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
+        if leader:
+            keep_finished(plan.cfg, ctx.stage_dir(stage), stage.name)
     if not leader:
         return {"stages": [ctx.handed[s.name].to_json() for s in plan.stages if s.in_summary]}
     in_summary = [s for s in plan.stages if s.in_summary]

@@ -24,6 +24,24 @@ from kdcl.common.io import atomic_torch_save
 RESUMABLE_KEYS = ("state_dict", "optimizer_states", "loops")
 
 
+# what a finished stage's checkpoint keeps with checkpoint.keep=weights: all that eval, export, the cascade,
+# the report card, a later stage's teacher or init read (kdcl.models.load_kdcl_checkpoint)
+WEIGHTS_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "hyper_parameters")
+
+
+def keep_weights_only(path: Path) -> int:
+    """Rewrite a finished stage's checkpoint as its weights only (atomically: a reader sees the old file or
+    the new one); returns the bytes freed (0 when there is no such file or it holds only weights)."""
+    if not path.is_file():
+        return 0
+    before = path.stat().st_size
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if set(checkpoint) <= set(WEIGHTS_KEYS):
+        return 0
+    atomic_torch_save({k: checkpoint[k] for k in WEIGHTS_KEYS if k in checkpoint}, path)
+    return before - path.stat().st_size
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         atomic_torch_save(checkpoint, Path(path))

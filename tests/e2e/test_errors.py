@@ -124,6 +124,11 @@ CASES = {
     ),
     "negative gradient clipping": (["+trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1", "≥ 0"),
     "zero threads": (["speed.threads=0"], "speed.threads=0", "≥ 1"),
+    "unknown checkpoint retention": (
+        ["checkpoint.keep=best"],
+        "checkpoint.keep=best",
+        "must be one of weights|resumable",
+    ),
     # keys that moved (kdcl/config/upgrade.py): the old spelling names the new one
     "renamed key": (["report.latency_batches=[1]"], "report.latency_batches was renamed", "use latency.batches=[1]"),
     "renamed key in a sweep": (

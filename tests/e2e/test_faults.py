@@ -102,7 +102,9 @@ def test_a_torn_checkpoint_is_passed_over_and_the_stage_still_ends_as_an_uninter
 ):
     script_student_val_acc(monkeypatch, val_acc)
     run = tmp_path / "run"  # the student alone (pipeline=baseline): a torn checkpoint needs no teacher
-    args = ["train", *SMALL, "pipeline=baseline", "trainer.max_epochs=3", f"hydra.run.dir={run}"]
+    # checkpoint.keep=resumable: the finished stage is then handled as if killed, so it must still be resumable
+    args = ["train", *SMALL, "pipeline=baseline", "trainer.max_epochs=3", "checkpoint.keep=resumable",
+            f"hydra.run.dir={run}"]  # fmt: skip
     assert kdcl_main(args, tmp_path).returncode == 0
     expected = [{k: s[k] for k in METRICS} for s in summary_of(run)["stages"]]
     checkpoints = run / "stages/00-student/checkpoints"
@@ -131,17 +133,21 @@ def test_a_torn_checkpoint_is_passed_over_and_the_stage_still_ends_as_an_uninter
         assert all(torch.equal(again_weights[k], weights[k]) for k in weights)
 
 
-def test_a_moved_run_directory_resumes_as_if_it_had_stayed(tiny_run, tmp_path, kdcl_main):
+def test_a_moved_run_directory_resumes_as_if_it_had_stayed(tmp_path, kdcl_main):
+    run = tmp_path / "run"  # the student alone; its stage is then handled as if killed: it must stay resumable
+    args = ["train", *SMALL, "pipeline=baseline", "checkpoint.keep=resumable", f"hydra.run.dir={run}"]
+    assert kdcl_main(args, tmp_path).returncode == 0
     moved = tmp_path / "moved"
-    shutil.copytree(tiny_run, moved)  # a run copied to another disk, or its folder renamed
+    shutil.copytree(run, moved)  # a run copied to another disk, or its folder renamed
     manifest = manifest_of(moved)
     manifest["stages"]["student"] = {"status": "running"}  # as if killed while the student trained
     (moved / "run.json").write_text(json.dumps(manifest))
     result = kdcl_main(["train", f"resume={moved}"], tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "[student] epoch" not in result.stdout  # continued from its last checkpoint (at the end), not restarted
     # the best score and the chosen checkpoint are the moved run's own, not lost or left in the old folder
     assert [{k: s[k] for k in METRICS} for s in summary_of(moved)["stages"]] == [
-        {k: s[k] for k in METRICS} for s in summary_of(tiny_run)["stages"]
+        {k: s[k] for k in METRICS} for s in summary_of(run)["stages"]
     ]
 
 

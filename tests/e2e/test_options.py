@@ -28,8 +28,9 @@ def reused_teacher(tiny_run, tmp_path_factory):
     instead of TensorBoard, SGD with cosine annealing."""
     cwd = tmp_path_factory.mktemp("reused")
     ckpt = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
+    # checkpoint.keep=resumable: the test reads the finished student's optimizer and scheduler state
     proc = in_process(["train", *TINY, "trainer=cpu", f"teacher.checkpoint={ckpt}", "logger=csv", "optim=sgd",
-                     "optim.scheduler=cosine", "latency.batches=[]"], cwd)  # fmt: skip
+                     "optim.scheduler=cosine", "latency.batches=[]", "checkpoint.keep=resumable"], cwd)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, run_dir_of(proc), ckpt
 

@@ -43,9 +43,10 @@ def logged_lr(run_dir: Path, name: str, index: int) -> list[float]:
 
 
 def test_takd_chains_assistants_and_reports_compression(tmp_path, kdcl_main):
-    # a stage here is 7 steps: log every 2nd so that its learning rate reaches TensorBoard
+    # a stage here is 7 steps: log every 2nd so that its learning rate reaches TensorBoard; the finished
+    # stages keep their optimizer state (checkpoint.keep=resumable), which the test reads
     summary, run_dir = run(kdcl_main, tmp_path, "pipeline=takd", "pipeline.assistants=[test_resnet,test_efficientnet]",
-                           "pipeline.finetune=true", "latency.batches=[1,4]",
+                           "pipeline.finetune=true", "latency.batches=[1,4]", "checkpoint.keep=resumable",
                            "trainer.log_every_n_steps=2")  # fmt: skip
     s = stages_of(summary)
     assert list(s) == ["teacher", "assistant1", "assistant2", "student", "finetune"]

@@ -93,6 +93,17 @@ def test_tensorboard_holds_losses_accuracies_lr_and_hparams(tiny_run):
         assert len(acc_values) == 3  # one validation point per epoch
 
 
+def test_a_finished_stage_keeps_its_checkpoints_as_weights_only(tiny_run):
+    # checkpoint.keep=weights (the default): a finished stage never resumes, so its optimizer, scheduler and
+    # loop state go; eval, export, the report card and later stages (the tests that read tiny_run) need none
+    from kdcl.training.checkpoints import WEIGHTS_KEYS
+
+    for stage in ("00-teacher", "01-student"):
+        for name in ("best.ckpt", "last.ckpt"):
+            checkpoint = torch.load(tiny_run / "stages" / stage / "checkpoints" / name, weights_only=True)
+            assert set(checkpoint) <= set(WEIGHTS_KEYS) and checkpoint["state_dict"], (stage, name, set(checkpoint))
+
+
 def test_eval_reproduces_the_student_test_accuracy_exactly(tiny_run, kdcl_main):
     result = kdcl_main(["eval", str(tiny_run)], tiny_run)
     assert result.returncode == 0, result.stderr[-3000:]
