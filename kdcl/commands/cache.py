@@ -18,7 +18,8 @@ def list_cache(directory: Path) -> str:
         views = what.get("views", {})
         detail = f"K={views.get('k')} seed={views.get('seed')}" if views else ""
         lines.append(f"  {r['file']}  {r['size_mb']:.2f} MB  {what.get('kind', '?')} "
-                     f"{(what.get('data') or {}).get('name', '')} {detail}  built {r.get('created')} by {r.get('built_by')}")  # fmt: skip
+                     f"{(what.get('data') or {}).get('name', '')} {detail}  built {r.get('created')} by {r.get('built_by')}, "
+                     f"last used {r.get('last_used')}")  # fmt: skip
     return "\n".join(lines)
 
 

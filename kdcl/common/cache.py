@@ -6,7 +6,9 @@ all; a changed setting is a different name, so a stale entry is never read. Entr
 atomically (temporary file, then rename: a reader sees a whole file or none) and built under an
 exclusive lock file (fcntl.flock), so two jobs that need the same entry at once build it once: the
 second waits, then reads what the first wrote. Each entry has a small JSON sidecar (what it is, who
-built it, its size, the pass's time) that `kdcl cache list` shows; `kdcl cache clear` frees them.
+built it, its size, the pass's time) that `kdcl cache list` shows; `kdcl cache clear` frees them. With
+`paths.cache_max_gb` set, each write evicts the least recently used entries (an entry's file time is its
+last use) until the cache fits, never one whose lock a job holds (it is being built).
 flock is advisory and local: jobs on several hosts sharing a network file system may each build an
 entry (still atomic, still correct, only not shared).
 """
@@ -28,6 +30,12 @@ from omegaconf import DictConfig
 from kdcl.common.io import atomic_torch_save, atomic_write_json, read_json
 
 SIDECAR = ".json"
+
+
+def cache_bound(cfg: DictConfig) -> int | None:
+    """paths.cache_max_gb in bytes (None: no bound)."""
+    gb = (cfg.get("paths") or {}).get("cache_max_gb")
+    return None if gb is None else int(float(gb) * 2**30)
 
 
 def cache_dir(cfg: DictConfig) -> Path:
@@ -82,6 +90,7 @@ def read_entry(path: Path, key: str) -> tuple[dict, CacheEntry] | None:
     if not isinstance(stored, dict) or stored.get("key") != key or meta.get("key") != key:
         return None
     known = CacheEntry.__dataclass_fields__
+    os.utime(path)  # its last use: what the least-recently-used bound evicts by
     return stored["tensors"], CacheEntry(**{k: v for k, v in meta.items() if k in known})
 
 
@@ -95,15 +104,52 @@ def write_entry(path: Path, key: str, what: dict, tensors: dict, built_by: str, 
     return entry
 
 
-def publish(path: Path, key: str, what: dict, tensors: dict, built_by: str) -> None:
+def publish(path: Path, key: str, what: dict, tensors: dict, built_by: str, max_bytes: int | None = None) -> None:
     """Share what a job computed anyway (complete stored logits), unless another job already did."""
     with exclusive(path.with_suffix(".lock")):
         if read_entry(path, key) is None:
             write_entry(path, key, what, tensors, built_by, 0.0)
+    evict(path.parent, max_bytes, keep=path)
+
+
+def held(lock: Path) -> bool:
+    """Whether a job holds this entry's lock (it is building the entry) right now."""
+    if not lock.is_file():
+        return False
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def evict(directory: Path, max_bytes: int | None, keep: Path | None = None) -> list[str]:
+    """Delete the least recently used entries until the cache fits in `max_bytes`; never `keep` (just
+    written) nor an entry a job holds. A job that already read an evicted entry keeps its copy in memory.
+    Returns the evicted files' names (each also printed)."""
+    if max_bytes is None or not directory.is_dir():
+        return []
+    files = sorted(directory.glob("*.pt"), key=lambda f: f.stat().st_mtime)
+    total, evicted = sum(f.stat().st_size for f in files), []
+    for f in files:
+        if total <= max_bytes:
+            break
+        if f == keep or held(f.with_suffix(".lock")):
+            continue
+        size = f.stat().st_size
+        for suffix in (".pt", SIDECAR, ".lock"):
+            f.with_suffix(suffix).unlink(missing_ok=True)
+        total -= size
+        evicted.append(f.name)
+        print(f"evicted {f.name} ({size / 2**20:.2f} MB, least recently used) from {directory}: paths.cache_max_gb",
+              flush=True)  # fmt: skip
+    return evicted
 
 
 def load_or_build(path: Path, key: str, what: dict, build: Callable[[], dict], run_dir: str,
-                  stage_name: str) -> tuple[dict, CacheEntry]:  # fmt: skip
+                  stage_name: str, max_bytes: int | None = None) -> tuple[dict, CacheEntry]:  # fmt: skip
     """The tensors stored at `path` under `key`, or `build()`'s, written there for every later job.
     The log line says whether this job built the entry or reused one (and whose)."""
     found = read_entry(path, key)
@@ -117,7 +163,9 @@ def load_or_build(path: Path, key: str, what: dict, build: Callable[[], dict], r
                 entry = write_entry(path, key, what, tensors, run_dir, pass_s)
                 print(f"[{stage_name}] built the shared store {path} ({entry.size_mb:.2f} MB, {pass_s:.1f}s); "
                       "later jobs with the same teacher and data reuse it", flush=True)  # fmt: skip
-                return tensors, entry
+        if found is None:  # built here: the lock is released, now make room
+            evict(path.parent, max_bytes, keep=path)
+            return tensors, entry
     tensors, entry = found
     print(f"[{stage_name}] reused the shared store {path} ({entry.size_mb:.2f} MB), built by {entry.built_by}",
           flush=True)  # fmt: skip
@@ -134,5 +182,8 @@ def entries(directory: Path) -> list[dict]:
             continue
         data = sidecar.with_suffix(".pt")
         meta["size_mb"] = round(data.stat().st_size / 2**20, 3) if data.is_file() else 0.0
+        meta["last_used"] = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.stat().st_mtime)) if data.is_file() else "-"
+        )
         found.append(meta)
     return sorted(found, key=lambda m: m.get("created", ""))

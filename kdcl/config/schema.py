@@ -207,6 +207,7 @@ class PathsConfig:
     output_dir: str = "outputs"
     data_dir: str = "data"
     cache_dir: str | None = None  # stores shared by runs (teacher views, teachers' tests); None: <output_dir>/cache
+    cache_max_gb: float | None = None  # the shared cache's bound: least recently used entries evicted; None: no bound
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from kdcl.common.cache import load_or_build, store_path
+from kdcl.common.cache import cache_bound, load_or_build, store_path
 from kdcl.data.datamodule import StagePart
 from kdcl.losses.ensemble import ensemble_logits
 from kdcl.models import load_kdcl_checkpoint
@@ -48,7 +48,9 @@ def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, check
     # a given model (a sweep's shared teacher): its test predictions are the same in every job
     key, what = given_model_key(ctx.cfg, "predictions", checkpoint, seen)
     path = store_path(ctx.cfg, "predictions", result.model, key)
-    stored, _ = load_or_build(path, key, what, lambda: asdict(run()), str(ctx.run_dir), stage.name)
+    stored, _ = load_or_build(
+        path, key, what, lambda: asdict(run()), str(ctx.run_dir), stage.name, cache_bound(ctx.cfg)
+    )
     return Predictions(**stored)
 
 

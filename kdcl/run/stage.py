@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from kdcl.common.cache import load_or_build, store_path
+from kdcl.common.cache import cache_bound, load_or_build, store_path
 from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_bytes, atomic_write_json
 from kdcl.common.metric_names import metric_name
@@ -384,7 +384,7 @@ def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: Stag
     def build() -> dict:
         return {"metrics": test(trainer, parts, None), "per_class": parts.module.test_per_class}
 
-    stored, entry = load_or_build(path, key, what, build, str(ctx.run_dir), stage.name)
+    stored, entry = load_or_build(path, key, what, build, str(ctx.run_dir), stage.name, cache_bound(ctx.cfg))
     parts.module.test_per_class = stored["per_class"]
     return stored["metrics"], None if entry.built else entry.file
 

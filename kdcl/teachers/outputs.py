@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from kdcl.common.cache import publish, read_entry, store_path
+from kdcl.common.cache import cache_bound, publish, read_entry, store_path
 from kdcl.common.io import atomic_torch_save
 from kdcl.data.datamodule import source_indices
 from kdcl.models.predictions import dataset_logits, inference_device
@@ -80,6 +80,7 @@ class TeacherOutputs:
         self.shared: Path | None = None  # the shared cache's file for this key (published once complete)
         self.published = False
         self.who = ""  # the run directory: who built a published store
+        self.bound: int | None = None  # paths.cache_max_gb in bytes, for publishing
 
     @classmethod
     def open(cls, teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, data: dict, stage_dir: Path,
@@ -108,7 +109,7 @@ class TeacherOutputs:
                 outputs = cls(len(dataset), key, path, found[0]["logits"], found[0]["filled"])
                 outputs.changed = outputs.published = True  # the stage directory gets its copy at the first save
                 print(f"[{stage_name}] reused the shared store {shared}, built by {found[1].built_by}", flush=True)
-        outputs.shared, outputs.who = shared, str(stage_dir.parent.parent)
+        outputs.shared, outputs.who, outputs.bound = shared, str(stage_dir.parent.parent), cache_bound(cfg)
         done = int(outputs.filled.sum())
         print(f"[{stage_name}] teacher outputs: {done} of {len(dataset)} examples stored"
               f"{'' if outputs.complete else '; the rest are stored as training meets them'}", flush=True)  # fmt: skip
@@ -173,5 +174,6 @@ class TeacherOutputs:
         atomic_torch_save({"key": self.key, **stored}, self.path)
         self.changed = False
         if self.shared is not None and not self.published and self.complete:
-            publish(self.shared, self.key, {"kind": "logits", "examples": len(self.filled)}, stored, self.who)
+            publish(self.shared, self.key, {"kind": "logits", "examples": len(self.filled)}, stored, self.who,
+                    self.bound)  # fmt: skip
             self.published = True

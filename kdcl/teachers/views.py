@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdcl.common.cache import CacheEntry, cache_dir, load_or_build, store_path
+from kdcl.common.cache import CacheEntry, cache_bound, cache_dir, load_or_build, store_path
 from kdcl.common.errors import KdclError
 from kdcl.data.datamodule import crop_flip, crop_padding, source_indices
 from kdcl.models.predictions import evaluating, inference_device
@@ -204,7 +204,7 @@ def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, data: 
         print(f"[{stage_name}] teacher views: one pass over {len(dataset)} examples × {spec.k} views", flush=True)
         return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.normalize, batch, spec)
 
-    tensors, entry = load_or_build(path, key, what, build, str(run_dir), stage_name)
+    tensors, entry = load_or_build(path, key, what, build, str(run_dir), stage_name, cache_bound(cfg))
     return TeacherViewStore(entry, tensors, src.num_classes)
 
 
