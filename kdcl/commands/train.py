@@ -69,9 +69,10 @@ def precheck(overrides: list[str]) -> None:
     from kdcl.run.validate import check_config, check_values_only
 
     combos = list(itertools.islice(itertools.product(*axes), MAX_CHECKED_SWEEP_POINTS))
-    points = [compose_point(fixed + list(combo), group_overrides) for combo in combos]
-    for cfg in points:
-        check_values_only(cfg)
+    points = []
+    for combo in combos:  # a bad point is answered as soon as it is composed
+        points.append(compose_point(fixed + list(combo), group_overrides))
+        check_values_only(points[-1])
     for cfg in points:
         check_config(cfg)
 

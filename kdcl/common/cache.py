@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -90,7 +90,8 @@ def read_entry(path: Path, key: str) -> tuple[dict, CacheEntry] | None:
     if not isinstance(stored, dict) or stored.get("key") != key or meta.get("key") != key:
         return None
     known = CacheEntry.__dataclass_fields__
-    os.utime(path)  # its last use: what the least-recently-used bound evicts by
+    with suppress(OSError):  # gone meanwhile (evicted by another job), or a cache this user may only read
+        os.utime(path)  # its last use: what the least-recently-used bound evicts by
     return stored["tensors"], CacheEntry(**{k: v for k, v in meta.items() if k in known})
 
 
@@ -125,25 +126,34 @@ def held(lock: Path) -> bool:
     return False
 
 
+def stats(directory: Path) -> dict[Path, os.stat_result]:
+    """Each entry file's stat, read once; files another job removes meanwhile are left out."""
+    found = {}
+    for f in directory.glob("*.pt"):
+        with suppress(FileNotFoundError):
+            found[f] = f.stat()
+    return found
+
+
 def evict(directory: Path, max_bytes: int | None, keep: Path | None = None) -> list[str]:
     """Delete the least recently used entries until the cache fits in `max_bytes`; never `keep` (just
     written) nor an entry a job holds. A job that already read an evicted entry keeps its copy in memory.
     Returns the evicted files' names (each also printed)."""
     if max_bytes is None or not directory.is_dir():
         return []
-    files = sorted(directory.glob("*.pt"), key=lambda f: f.stat().st_mtime)
-    total, evicted = sum(f.stat().st_size for f in files), []
-    for f in files:
+    files = sorted(stats(directory).items(), key=lambda item: item[1].st_mtime)
+    total, evicted = sum(st.st_size for _, st in files), []
+    for f, st in files:
         if total <= max_bytes:
             break
         if f == keep or held(f.with_suffix(".lock")):
             continue
-        size = f.stat().st_size
-        for suffix in (".pt", SIDECAR, ".lock"):
+        # the lock file stays: a job may hold it open, and a flock on a new file would not see that one
+        for suffix in (".pt", SIDECAR):
             f.with_suffix(suffix).unlink(missing_ok=True)
-        total -= size
+        total -= st.st_size
         evicted.append(f.name)
-        print(f"evicted {f.name} ({size / 2**20:.2f} MB, least recently used) from {directory}: paths.cache_max_gb",
+        print(f"evicted {f.name} ({st.st_size / 2**20:.2f} MB, least recently used) from {directory}: paths.cache_max_gb",
               flush=True)  # fmt: skip
     return evicted
 

@@ -105,7 +105,8 @@ class CurriculumCallback(pl.Callback):
         epoch = trainer.current_epoch
         if self.self_paced and epoch > 0 and epoch % self.rescore_every == 0:
             # self-paced: the current student judges difficulty (every rank computes the same scores)
-            logits = dataset_logits(pl_module.model, self.images, self.normalize)
+            # where the student trains: the Trainer's device, not kdcl's inference device (trainer=cpu on a GPU host)
+            logits = dataset_logits(pl_module.model, self.images, self.normalize, device=pl_module.device)
             self.scores = loss_scores(logits, self.ordering.labels)
             self.sampler.order = self.ordering(self.scores)
         # Lightning's own set_epoch does not reach a batch sampler without .sampler: set it here

@@ -81,12 +81,13 @@ def evaluating(model: nn.Module, device: torch.device | None = None) -> Iterator
         model.train(was_training).to(home)
 
 
-def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | None = None, limit=None) -> Predictions:
+def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | None = None, limit=None,
+            device: torch.device | None = None) -> Predictions:  # fmt: skip
     """`model`'s logits on `loader`'s batches (x, y, ...) normalised like the stage's data, classes not in
     `seen` masked out as the stage's own predictions are (kdcl.training.module.DistillationModule.predict_seen).
     kdcl's one inference loop: report cards, the cascade, curriculum scores and stored teacher outputs."""
     logits, labels = [], []
-    with evaluating(model) as device:
+    with evaluating(model, device) as device:
         for i, (x, y, *_) in enumerate(loader):
             if i >= batch_limit(limit, len(loader)):
                 break
@@ -98,6 +99,8 @@ def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | N
     return Predictions(torch.cat(logits).clone(), torch.cat(labels).clone())
 
 
-def dataset_logits(model: nn.Module, dataset, normalize, batch_size: int = 256) -> torch.Tensor:
-    """`model`'s logits (float32, CPU) of every example of `dataset`, in order."""
-    return predict(model, DataLoader(dataset, batch_size), normalize).logits
+def dataset_logits(model: nn.Module, dataset, normalize, batch_size: int = 256,
+                   device: torch.device | None = None) -> torch.Tensor:  # fmt: skip
+    """`model`'s logits (float32, CPU) of every example of `dataset`, in order (on `device`, default the
+    inference device)."""
+    return predict(model, DataLoader(dataset, batch_size), normalize, device=device).logits
