@@ -8,6 +8,7 @@ import io
 import itertools
 import re
 import sys
+import time
 from pathlib import Path
 
 from kdcl.common.errors import KdclError, did_you_mean, exit_with, io_failure
@@ -15,14 +16,17 @@ from kdcl.config.compose import all_keys, compose, config_dir, config_groups
 from kdcl.config.upgrade import check_renamed
 
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~0.15 s
+STARTED = time.perf_counter()  # `--dry-run` reports the start-up a real run spends alike (imports, checks)
+DRY_RUN = "--dry-run"
 
 
 # what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
 RESUME_MAY_CHANGE = ("optim.lr", "trainer.gradient_clip_val", "distill.temperature")
 
 
-def precheck(overrides: list[str]) -> None:
-    """Before Hydra creates anything: unknown options and keys, and bad values of the first sweep point."""
+def precheck(overrides: list[str]) -> list[tuple[list[str], object]]:
+    """Before Hydra creates anything: unknown options and keys, and bad values of every sweep point (up to
+    MAX_CHECKED_SWEEP_POINTS). Returns each point's overrides and composed config."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
@@ -75,6 +79,7 @@ def precheck(overrides: list[str]) -> None:
         check_values_only(points[-1])
     for cfg in points:
         check_config(cfg)
+    return [(fixed + list(combo), cfg) for combo, cfg in zip(combos, points, strict=True)]
 
 
 def group_options(override, values: list[str]) -> list[str]:
@@ -166,8 +171,12 @@ def train(rest: list[str]) -> None:
     from kdcl.run.sweep import check_extras, sweep_outcome
 
     parser = get_args_parser()
+    dry_run = DRY_RUN in rest
+    rest = [a for a in rest if a != DRY_RUN]
     args = parser.parse_args(rest)
     try:
+        if dry_run:
+            return dry_run_preview(args)
         check_renamed(args.overrides)  # before resume=, --cfg and the sweep's checks: one line, exit 2
         resumed = resume_argv(rest, args.overrides)
         informational = args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
@@ -198,6 +207,29 @@ def train(rest: list[str]) -> None:
     failed = sweep_outcome()
     if failed is not None:
         exit_with(failed)
+
+
+def dry_run_preview(args) -> None:
+    """`kdcl train … --dry-run`: every job's stages, teacher outputs, passes, time and disk; nothing written."""
+    informational = args.help or args.hydra_help or args.info or args.shell_completion or args.cfg
+    if informational or args.config_dir or args.config_name or args.config_path:
+        raise KdclError(f"{DRY_RUN} previews a run of conf/; drop --cfg, --info, --help and --config-* options")
+    check_renamed(args.overrides)
+    if any(o.startswith("resume=") and o.split("=", 1)[1] not in ("", "null") for o in args.overrides):
+        raise KdclError(f"{DRY_RUN} previews a new run, not resume=; drop resume= (kdcl report shows a run's state)")
+    from kdcl.run.sweep import check_extras
+
+    check_extras(args.overrides)
+    points = precheck(args.overrides)
+    if len(points) > 1 and not args.multirun:
+        raise KdclError(f"these overrides make {len(points)} jobs: add -m to preview the sweep")
+    from kdcl.run.preview import preview
+    from kdcl.run.validate import check_config
+
+    if any(o.split("=", 1)[0] in ("hparams_search", "hydra/sweeper") for o in args.overrides):
+        print("a search sweeper chooses its trials as it goes: each trial is previewed as the job below")
+    labels = [" ".join(o for o in combo if not o.startswith("hydra")) or "(defaults)" for combo, _ in points]
+    preview([check_config(cfg) for _, cfg in points], labels, time.perf_counter() - STARTED)
 
 
 def train_task(cfg) -> float | None:

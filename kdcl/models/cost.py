@@ -132,3 +132,73 @@ def model_cost(model: nn.Module, in_chans: int, image_size: int, batches: list[i
         measure = model_onnx_latency if runtime == "onnxruntime" else eager_latency
         latency[runtime] = measure(model, in_chans, image_size, batches)
     return ModelCost(count_macs(model, in_chans, image_size), latency)
+
+
+def latency_seconds(call_s: float) -> float:
+    """How long `time_calls` runs on a call of `call_s` seconds (a plan's estimate of the latency step)."""
+    timed = min(max(REPEATS * call_s, WINDOW_S), max(3 * call_s, BUDGET_S), MAX_REPEATS * call_s)
+    return WARMUP * call_s + timed
+
+
+# what a plan's time estimate measures: each model's training and inference steps on this machine
+STEP_REPEATS = 3  # timed steps after one warm-up; their median is taken
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds one model's calls take on this machine, and its sizes: what a plan's estimates multiply."""
+
+    train_s: float  # forward + backward + optimizer step of one training batch
+    forward_s: float  # inference forward of one training batch (a teacher run online)
+    eval_s: float  # inference forward of one evaluation batch (validation, test, stored-output passes)
+    single_s: float  # inference forward of one image (latency at batch 1)
+    build_s: float  # creating the model
+    state_bytes: int  # its state dict: weights and buffers (a weights-only checkpoint)
+    param_bytes: int  # its trainable parameters (what the optimizer's state multiplies)
+    modules: int  # leaf modules (the ONNX export's time grows with them)
+
+
+def median_seconds(call: Callable[[], object], device: torch.device) -> float:
+    """The median wall time of STEP_REPEATS calls after one warm-up (on a GPU, after it has finished)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    call()
+    times = []
+    for _ in range(STEP_REPEATS):
+        sync()
+        start = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_steps(build: Callable[[], nn.Module], shape: tuple[int, int, int], classes: int, batch: int,
+                  eval_batch: int, device: torch.device, bf16: bool = False) -> StepTimes:  # fmt: skip
+    """Build the model and time its steps on random images of `shape` (channels, height, width)."""
+    started = time.perf_counter()
+    model = build().to(device)
+    build_s = time.perf_counter() - started
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)  # kdcl's default; its step costs what SGD's does, nearly
+    x, y = torch.randn(batch, *shape, device=device), torch.randint(0, classes, (batch,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    def forward(n: int) -> Callable[[], object]:
+        images = torch.randn(n, *shape, device=device)
+        return lambda: model(images)
+
+    train_s = median_seconds(train_step, device)
+    with torch.inference_mode(), autocast:
+        model.eval()
+        inference = [median_seconds(forward(n), device) for n in (batch, eval_batch, 1)]
+    return StepTimes(train_s, *inference, build_s,
+                     sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+                     sum(p.numel() * p.element_size() for p in params),
+                     sum(1 for m in model.modules() if not list(m.children())))  # fmt: skip

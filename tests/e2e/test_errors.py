@@ -136,6 +136,10 @@ CASES = {
         "report.speedup_runtime was renamed",
         "use latency.speedup_runtime=eager,onnxruntime",
     ),
+    # --dry-run: a preview of a new run checks what the run would, and refuses what it cannot preview
+    "dry run of a bad value": (["--dry-run", "distill.temperature=-1"], "distill.temperature=-1", "must be > 0"),
+    "dry run of a resume": (["--dry-run", "resume={tmp}/old"], "--dry-run previews a new run", "drop resume="),
+    "dry run of a sweep without -m": (["--dry-run", "distill.temperature=2,4"], "make 2 jobs", "add -m"),
 }
 
 
