@@ -264,16 +264,20 @@ def print_job(job: JobPreview, jobs: int) -> None:
         for name in s.outputs.files:
             print(f"  {s.stage.name}: {s.outputs.mode} {s.outputs.source}: shared cache file {name}")
         if s.outputs.builds and not s.outputs.files:
-            print(f"  {s.stage.name}: {s.outputs.mode} built once its teachers have trained (their weights are "
-                  "part of the key)")
+            print(
+                f"  {s.stage.name}: {s.outputs.mode} built once its teachers have trained (their weights are "
+                "part of the key)"
+            )
     parts: dict[str, float] = {}
     for s in job.stages:
         for part, value in s.estimate.seconds.items():
             parts[part] = parts.get(part, 0.0) + value
     where = ", ".join(f"{k} {duration(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v >= 0.5)
     print(f"  time ≈ {duration(job.seconds)}: {where}, data {duration(job.data_s)}, report {duration(REPORT_S)}")
-    print(f"  disk ≈ {megabytes(job.run_bytes)} in the run directory (at most {megabytes(job.peak_bytes)} while it "
-          f"runs), {megabytes(job.cache_bytes)} added to the shared cache")
+    print(
+        f"  disk ≈ {megabytes(job.run_bytes)} in the run directory (at most {megabytes(job.peak_bytes)} while it "
+        f"runs), {megabytes(job.cache_bytes)} added to the shared cache"
+    )
 
 
 def print_totals(jobs: list[JobPreview], start_up_s: float, cfg: DictConfig) -> None:
@@ -281,11 +285,15 @@ def print_totals(jobs: list[JobPreview], start_up_s: float, cfg: DictConfig) -> 
     disk = sum(j.run_bytes for j in jobs)
     cache = sum(j.cache_bytes for j in jobs)
     if len(jobs) > 1:
-        print(f"sweep of {len(jobs)} jobs, one after another: ≈ {duration(seconds)}, {megabytes(disk)} of run "
-              f"directories, {megabytes(cache)} added to the shared cache")
+        print(
+            f"sweep of {len(jobs)} jobs, one after another: ≈ {duration(seconds)}, {megabytes(disk)} of run "
+            f"directories, {megabytes(cache)} added to the shared cache"
+        )
     devices = int(cfg.trainer.get("devices") or 1) if str(cfg.trainer.get("devices")).isdigit() else 1
     where = f"{trainer_device(cfg).type}, {torch.get_num_threads()} threads"
-    print(f"estimates: steps of each model measured here ({where}) times the batches each stage runs, plus "
-          f"start-up {duration(start_up_s)} (measured) and constants from docs/benchmarks.md"
-          + (f"; for one process, not {devices} devices" if devices > 1 else "")
-          + ". Nothing was written.")
+    print(
+        f"estimates: steps of each model measured here ({where}) times the batches each stage runs, plus "
+        f"start-up {duration(start_up_s)} (measured) and constants from docs/benchmarks.md"
+        + (f"; for one process, not {devices} devices" if devices > 1 else "")
+        + ". Nothing was written."
+    )

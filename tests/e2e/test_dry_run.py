@@ -45,7 +45,10 @@ def test_a_sweep_preview_names_the_store_one_job_builds_and_the_others_reuse(aug
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     first, second = store_names(sweep.stdout)
     assert first == second, "both jobs have the same teacher and data: one store"
-    assert f"student: {'stored views, K=2' if augment == 'true' else 'stored logits'} built here: shared cache file {first}" in sweep.stdout
+    assert (
+        f"student: {'stored views, K=2' if augment == 'true' else 'stored logits'} built here: shared cache file {first}"
+        in sweep.stdout
+    )
     assert f"reused (job 1): shared cache file {first}" in sweep.stdout
     assert re.search(r"sweep of 2 jobs", sweep.stdout)
     assert not (tmp_path / "cache").exists()
