@@ -20,7 +20,8 @@ class Command:
 # fmt: off
 COMMANDS = {
     "train": Command("train", "train",
-                     "kdcl train [GROUP=OPTION ...] [KEY=VALUE ...]   train the pipeline (Hydra: -m to sweep, --cfg job, --help)"),
+                     "kdcl train [GROUP=OPTION ...] [KEY=VALUE ...]   train the pipeline (Hydra: -m to sweep, --cfg job, --help)\n"
+                     "kdcl train ... --dry-run                        its stages, teacher stores, time and disk; nothing written"),
     "eval": Command("eval", "eval_command",
                     "kdcl eval RUN_DIR|CHECKPOINT [stage=NAME] [data=...] [KEY=VALUE ...]\n"
                     "                                                test a run's final model (or stage NAME) again\n"
