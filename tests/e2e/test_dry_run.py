@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, train_once
+from tests.conftest import TINY, TINY_RUN, train_once
 
 
 def listing(root: Path) -> list[str]:
@@ -58,3 +58,12 @@ def test_a_sweep_preview_names_the_store_one_job_builds_and_the_others_reuse(aug
     again = kdcl_main(["train", "--dry-run", *args, "distill.temperature=4"], tmp_path)
     assert f"reused (cache): shared cache file {first}" in again.stdout
     assert store_names(again.stdout) == [first]
+
+
+def test_the_disk_estimate_is_what_a_run_writes(tiny_run, tmp_path, kdcl_main):
+    """The shared tiny run's directory against the dry run of its own command (file sizes do not depend on
+    the machine: checkpoints, stores and logs have the shapes the estimate counts)."""
+    proc = kdcl_main(["train", "--dry-run", *TINY_RUN], tmp_path)
+    estimated = float(re.search(r"disk ≈ ([\d.]+) MB in the run directory", proc.stdout)[1])
+    written = sum(p.stat().st_size for p in tiny_run.rglob("*") if p.is_file() and "export" not in p.parts) / 2**20
+    assert abs(estimated - written) <= 0.2 * written, (estimated, written)
