@@ -16,12 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdcl.common.cache import store_path
+from kdcl.common.errors import KdclError
 from kdcl.common.tables import print_table
 from kdcl.config.checks import latency_batches, latency_runtimes
 from kdcl.config.schema import data_identity
+from kdcl.curriculum.builder import TEACHER_SCORERS
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import of_classes, unaugmented
 from kdcl.models.cost import StepTimes, measure_steps
@@ -32,7 +34,7 @@ from kdcl.run.stage import StageContext, given_model_key, training_examples
 from kdcl.teachers.outputs import cache_key
 from kdcl.teachers.views import ViewSpec, store_bytes, views_key
 
-TEACHER_SCORERS = ("teacher_confidence", "teacher_margin", "teacher_entropy", "teacher_loss")
+DRY_RUN = "--dry-run"
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,23 @@ def stage_work(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> tuple
     return work, outputs, before
 
 
+def local_data(cfg: DictConfig) -> KdclDataModule:
+    """The job's data, read to count its examples; a dry run downloads nothing (data.download is ignored)."""
+    data = KdclDataModule(OmegaConf.merge(cfg.data, {"download": False}), seed=cfg.seed)
+    try:
+        data.setup()
+    except KdclError as err:
+        if not cfg.data.get("download"):
+            raise
+        raise KdclError(f"data={cfg.data.name} is not here yet and a dry run downloads nothing; run once without "
+                        f"{DRY_RUN} to fetch it (data.download=true), then preview ({str(err)[:120]})") from None  # fmt: skip
+    return data
+
+
 def preview_job(plan: Plan, p: Previewer, job: int, label: str) -> JobPreview:
     cfg = plan.cfg
     started = time.perf_counter()
-    data = KdclDataModule(cfg.data, seed=cfg.seed)
-    data.setup()
+    data = local_data(cfg)
     data_s = time.perf_counter() - started
     ctx = StageContext(plan, data, Path(str(cfg.paths.output_dir)), {})
     stages = []

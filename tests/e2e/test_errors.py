@@ -140,6 +140,11 @@ CASES = {
     "dry run of a bad value": (["--dry-run", "distill.temperature=-1"], "distill.temperature=-1", "must be > 0"),
     "dry run of a resume": (["--dry-run", "resume={tmp}/old"], "--dry-run previews a new run", "drop resume="),
     "dry run of a sweep without -m": (["--dry-run", "distill.temperature=2,4"], "make 2 jobs", "add -m"),
+    "dry run of data not downloaded": (
+        ["--dry-run", "data=cifar10", "data.download=true", "data.root={tmp}/nothing"],
+        "a dry run downloads nothing",
+        "run once without --dry-run",
+    ),
 }
 
 
