@@ -37,6 +37,9 @@ def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, check
     """The model's logits on the test images its stage was tested on (a class-incremental stage: the
     classes seen so far), in the stage's test batches (trainer.limit_test_batches too)."""
     seen = task_classes(stage.task, ctx.data.num_classes)[1] if stage.task else None
+    own = ctx.run_dir / result.test_predictions if result.test_predictions else None
+    if own is not None and own.is_file() and checkpoint == ctx.run_dir / result.checkpoint:
+        return Predictions(**torch.load(own, weights_only=True))  # the stage's test: no second pass
 
     def run() -> Predictions:
         model = ctx.build_model(result.model_cfg, result.model_key, checkpoint)

@@ -129,7 +129,9 @@ def stage_seconds(w: StageWork) -> dict[str, float]:
                "scoring": sum(s.eval_s * c.passes(n) for s, n in w.scoring),
                "test": 0.0 if w.test_cached else test_pass,
                "latency": latency_s(w),
-               "report card": 0.0 if (w.test_cached or not w.in_summary) else test_pass * (2 if w.trains else 1)}  # fmt: skip
+               # the card reads the test's own logits; a trained stage's last checkpoint, where it is not the
+               # chosen one, passes the test set once more
+               "report card": test_pass if (w.trains and w.in_summary) else 0.0}  # fmt: skip
     if w.trains:
         seconds["training"] = w.epochs * c.steps() * m.train_s
         seconds["validation"] = w.epochs * c.val_batches() * m.eval_s
@@ -162,5 +164,6 @@ def estimate(w: StageWork) -> Estimate:
         epoch_files = w.epoch_checkpoints * checkpoint_bytes(w, resumable=False)
         checkpoints = 2 * kept + epoch_files  # best.ckpt and last.ckpt
         peak = 3 * checkpoint_bytes(w, resumable=True) + epoch_files  # both, and one being written
-    run = checkpoints + run_store + logs + scores
-    return Estimate(stage_seconds(w), run, cache_store, max(run, peak + run_store + logs + scores))
+    test_logits = w.counts.test * w.classes * 4  # the test's logits, which the report card reads
+    run = checkpoints + run_store + logs + scores + test_logits
+    return Estimate(stage_seconds(w), run, cache_store, max(run, peak + run_store + logs + scores + test_logits))

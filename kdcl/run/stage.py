@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from kdcl.common.cache import cache_bound, load_or_build, store_path
 from kdcl.common.errors import KdclError
-from kdcl.common.io import atomic_write_bytes, atomic_write_json
+from kdcl.common.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from kdcl.common.metric_names import metric_name
 from kdcl.common.ranks import launched_world_size
 from kdcl.config.checks import latency_batches, latency_runtimes
@@ -35,6 +35,7 @@ from kdcl.losses import DistillLoss
 from kdcl.models import count_params, create_model, model_from_checkpoint
 from kdcl.models.cost import model_cost
 from kdcl.models.factory import load_kdcl_checkpoint
+from kdcl.models.predictions import Predictions
 from kdcl.reporting.trackers import stage_loggers
 from kdcl.run.plan import FOLD_SEED, Plan, Stage, split_ref
 from kdcl.run.presets import task_classes
@@ -75,6 +76,7 @@ class StageResult:
     recovery: str | None = None  # what a resume did instead of reading an unreadable last.ckpt
     teacher_store: dict | None = None  # stored teacher views: files, size on disk, pass time (kdcl/teachers/views.py)
     test_reused: str | None = None  # a given checkpoint's test read from the shared cache: the entry's file
+    test_predictions: str | None = None  # the chosen checkpoint's test logits and labels (the report card reads them)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -382,11 +384,25 @@ def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: Stag
     path = store_path(ctx.cfg, "test", stage.model["name"], key)
 
     def build() -> dict:
-        return {"metrics": test(trainer, parts, None), "per_class": parts.module.test_per_class}
+        metrics, predictions = test(trainer, parts, None), parts.module.test_predictions
+        return {"metrics": metrics, "per_class": parts.module.test_per_class,
+                "predictions": None if predictions is None else asdict(predictions)}  # fmt: skip
 
     stored, entry = load_or_build(path, key, what, build, str(ctx.run_dir), stage.name, cache_bound(ctx.cfg))
     parts.module.test_per_class = stored["per_class"]
+    if stored.get("predictions") is not None:  # entries written before kdcl kept the test's logits lack them
+        parts.module.test_predictions = Predictions(**stored["predictions"])
     return stored["metrics"], None if entry.built else entry.file
+
+
+def save_test_predictions(ctx: StageContext, stage: Stage, predictions: Predictions | None) -> str | None:
+    """The stage's test logits in its directory (relative to the run), for the report card: so the test is
+    the one pass of this model over the test set. None under DDP (each rank tested a share)."""
+    if predictions is None:
+        return None
+    path = ctx.stage_dir(stage) / "test_predictions.pt"
+    atomic_torch_save({"logits": predictions.logits.clone(), "labels": predictions.labels.clone()}, path)
+    return relative_to_run(path, ctx.run_dir)
 
 
 def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
@@ -439,5 +455,6 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         recovery=recovery, teacher_store=store, test_reused=test_reused,
     )  # fmt: skip
     if leader:
+        result = replace(result, test_predictions=save_test_predictions(ctx, stage, module.test_predictions))
         atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
     return result

@@ -22,7 +22,7 @@ from kdcl.losses.ensemble import ensemble_logits
 from kdcl.losses.functional import ce_loss
 from kdcl.losses.terms import TermInputs
 from kdcl.models import FrozenTeacher
-from kdcl.models.predictions import unseen_mask
+from kdcl.models.predictions import Predictions, unseen_mask
 from kdcl.teachers.outputs import TeacherOutputs
 from kdcl.training.optim import build_optimizer
 
@@ -68,6 +68,10 @@ class DistillationModule(pl.LightningModule):
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.test_confusion = MulticlassConfusionMatrix(num_classes)  # per-class accuracy (forgetting)
         self.test_per_class: dict[str, list[int]] = {}
+        # the test's own logits, kept so that nothing passes this model over the test set again (the report
+        # card reads them); one process only: under DDP each rank holds a share
+        self.test_predictions: Predictions | None = None
+        self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.unseen = unseen_mask(num_classes, seen_classes)  # made once: predict_seen runs every step
         self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
         self.num_classes = num_classes
@@ -181,11 +185,17 @@ class DistillationModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self.evaluate(batch, "test", self.test_acc)
         self.test_confusion.update(logits, batch[1])
+        if self.trainer.world_size == 1:
+            self._test_batches.append((logits.detach().float(), batch[1].detach()))
 
     def on_test_epoch_end(self) -> None:
         confusion = self.test_confusion.compute()
         self.test_per_class = {"correct": confusion.diag().tolist(), "total": confusion.sum(1).tolist()}
         self.test_confusion.reset()
+        if self._test_batches:  # moved to the CPU once, at the end (no sync per batch on a GPU)
+            logits, labels = zip(*self._test_batches, strict=True)
+            self.test_predictions = Predictions(torch.cat(logits).cpu(), torch.cat(labels).long().cpu())
+        self._test_batches = []
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

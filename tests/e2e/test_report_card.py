@@ -48,6 +48,34 @@ def test_agreement_is_one_and_kl_zero_when_the_student_is_the_teachers_own_check
     assert card["largest_gaps"] == []
 
 
+def test_each_model_passes_over_the_test_set_once_per_run(tiny_run, tmp_path, kdcl_main, monkeypatch):
+    """A stage's test is the one pass of its model over the test set (the report card reads its logits), and
+    a teacher given as a checkpoint is tested once for all the jobs that share it."""
+    from kdcl.data import KdclDataModule
+
+    passes: list[str] = []
+    original = KdclDataModule.test_dataloader
+
+    def counted(self):
+        passes.append("test")
+        return original(self)
+
+    monkeypatch.setattr(KdclDataModule, "test_dataloader", counted)
+    teacher = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
+    args = [*TINY, f"teacher.checkpoint={teacher}", "pipeline.stages.student.select=last", "latency.batches=[]",
+            "logger=none", f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    first = kdcl_main(["train", *args, "distill.temperature=2"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(passes) == 2, "the teacher's test and the student's: the report card reads both"
+    second = kdcl_main(["train", *args, "distill.temperature=4"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(passes) == 3, "the shared teacher's test comes from the cache: only the student's test"
+    for proc in (first, second):
+        summary = summary_of(run_dir_of(proc))
+        cards = {c["stage"]: c for c in summary["report_card"]}
+        assert [cards[s["name"]]["test_acc"] for s in summary["stages"]] == [s["test_acc"] for s in summary["stages"]]
+
+
 @pytest.fixture(scope="module")
 def cascade_run(tiny_run, tmp_path_factory):
     """(a copy of tiny_run, kdcl eval's process, cascade.json) for `cascade=true`: the copy keeps tiny_run as it is."""
