@@ -18,6 +18,7 @@ from kdcl.config.upgrade import check_renamed
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~0.15 s
 STARTED = time.perf_counter()  # `--dry-run` reports the start-up a real run spends alike (imports, checks)
 DRY_RUN = "--dry-run"
+JOBS_RUN: list[Path] = []  # this process's jobs: the first one's timing includes the process's start-up
 
 
 # what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
@@ -296,7 +297,9 @@ def run_training(cfg) -> float | None:
                 f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
             )
         with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # the first rank speaks for all
-            summary = run_pipeline(check_config(cfg), run_dir, changes)
+            start_up = 0.0 if JOBS_RUN else time.perf_counter() - STARTED  # a sweep job after the first: none
+            JOBS_RUN.append(run_dir)
+            summary = run_pipeline(check_config(cfg), run_dir, changes, start_up)
     except OSError as exc:  # a write no kdcl code wraps (Hydra's, a library's): one line all the same
         raise io_failure(exc, "write the run's files") from None
     finally:

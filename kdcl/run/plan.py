@@ -46,6 +46,7 @@ class Stage:
     scorers: tuple[str, ...] = ()
     holdout: tuple[int, int] | None = None  # an out-of-fold stage: (fold k, of K) of its scored stage's examples
     teacher_outputs: str = "online"  # online | cached | views: how the stage reads its teachers' logits
+    teacher_outputs_why: str = ""  # distill.teacher_outputs=auto: why it chose that mode (printed as the stage starts)
     ensemble: str = "none"  # several teachers: none (each its own target) | mean | confidence (one combined target)
 
     @property
@@ -213,7 +214,7 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
     for index, (name, spec) in enumerate(stage_specs(cfg).items()):
         stages[str(name)] = make_stage(cfg, index, str(name), spec, stages)
     planned = with_curriculum(cfg, list(stages.values()))
-    planned = [replace(s, index=i, teacher_outputs=teacher_outputs_mode(cfg, s)) for i, s in enumerate(planned)]
+    planned = [replace(s, index=i, **teacher_outputs_fields(cfg, s)) for i, s in enumerate(planned)]
     return with_saved_epochs(planned)
 
 
@@ -236,16 +237,30 @@ def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
 TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputMode)  # declared in kdcl/config/schema.py
 
 
-def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:
-    """online | cached | views for a stage whose loss needs teachers; errors name the setting that forbids
-    storing. auto: cached without augmentation, views with it, online with feature terms."""
+def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int) -> tuple[str, str]:
+    """distill.teacher_outputs=auto: the mode whose teacher work is least, and why. Stored logits cost one
+    teacher pass in all (during epoch 1); with augmentation each epoch shows a new view, so stored views cost
+    min(K, epochs) passes before training against `epochs` passes online: views only when K < epochs."""
+    if feature_terms:
+        return "online", f"the feature terms {', '.join(feature_terms)} need the teachers' activations"
+    if not augment:
+        return "cached", "no augmentation: one teacher pass (in epoch 1) serves every epoch"
+    if views < epochs:
+        return "views", f"{views} stored views per example serve {epochs} epochs: {views} teacher passes, not {epochs}"
+    return "online", (f"{epochs} epoch(s) show at most {epochs} of the data.views={views} views, and their pass costs "
+                      "what running the teacher online does (views pay off when data.views < epochs)")  # fmt: skip
+
+
+def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int = 1, views: int = 1) -> tuple[str, str]:
+    """(online | cached | views, why auto chose it) for a stage whose loss needs teachers; errors name the
+    setting that forbids storing."""
     if mode not in TEACHER_OUTPUT_MODES:
         raise KdclError(f"distill.teacher_outputs '{mode}' must be one of {'|'.join(TEACHER_OUTPUT_MODES)}"
                         f"{did_you_mean(str(mode), TEACHER_OUTPUT_MODES)}")  # fmt: skip
     if mode == "online":
-        return "online"
+        return "online", ""
     if mode == "auto":
-        return "online" if feature_terms else "views" if augment else "cached"
+        return auto_mode(augment, feature_terms, epochs, views)
     if feature_terms:
         raise KdclError(
             f"distill.teacher_outputs={mode}: the feature terms {', '.join(feature_terms)} need the teachers' "
@@ -259,18 +274,20 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str]) -> str:
     if mode == "views" and not augment:
         raise KdclError("distill.teacher_outputs=views stores augmented views, but data.augment=false; set "
                         "data.augment=true, or use distill.teacher_outputs=cached (or auto)")  # fmt: skip
-    return mode
+    return mode, ""
 
 
-def teacher_outputs_mode(cfg: DictConfig, stage: Stage) -> str:
-    """Stored teacher logits or views where they are exact (distill.teacher_outputs); online otherwise."""
+def teacher_outputs_fields(cfg: DictConfig, stage: Stage) -> dict[str, str]:
+    """Stored teacher logits or views where they are exact and save work (distill.teacher_outputs); online
+    otherwise: the stage's `teacher_outputs` and, for auto, why."""
     mode = str(cfg.distill.get("teacher_outputs", "online"))
     needs_teacher = any(t.spec.needs_teacher for t in stage.loss_terms if t.weight > 0 or "weight" in t.schedule)
     if not (stage.trains and stage.teachers and needs_teacher):
-        return "online"
+        return {"teacher_outputs": "online", "teacher_outputs_why": ""}
     features = [t.name for t in stage.loss_terms
                 if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
-    return choose_mode(mode, bool(cfg.data.augment), features)
+    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views))
+    return {"teacher_outputs": chosen, "teacher_outputs_why": why}
 
 
 # curriculum -----------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def store_files(ctx: StageContext, stage: Stage, files: list[Path]) -> list[Path
     plain, data, src = unaugmented(training_examples(ctx, stage, classes)), data_identity(ctx.cfg.data), ctx.data.load()
     if stage.teacher_outputs == "cached":
         return [store_path(ctx.cfg, "logits", "teachers", cache_key(teachers, plain, data, ctx.cfg, src.mean, src.std))]
-    spec = ViewSpec.of(ctx.cfg, ctx.data.num_classes, stage.curriculum)
+    spec = ViewSpec.of(ctx.cfg, ctx.data.num_classes, stage.curriculum, stage.epochs)
     return [store_path(ctx.cfg, "views", t.pretrained_cfg.get("architecture", "teacher") if hasattr(t, "pretrained_cfg")
                        else "teacher", views_key(t, plain, data, src.mean, src.std, spec)[0]) for t in teachers]  # fmt: skip
 
@@ -133,7 +133,7 @@ def outputs_of(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) 
     mode = stage.teacher_outputs
     if mode == "online":
         return TeacherRead("online" if stage.teachers else "-", "-")
-    what = "stored logits" if mode == "cached" else f"stored views, K={int(ctx.cfg.data.views)}"
+    what = "stored logits" if mode == "cached" else f"stored views, K={min(int(ctx.cfg.data.views), stage.epochs)}"
     files = [given(ctx, t) for t in stage.teachers]
     if any(f is None for f in files):  # a teacher trained in this job: its weights, so the key, come later
         return TeacherRead(what, "built here", builds=True)
@@ -190,7 +190,7 @@ def stage_work(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> tuple
     speed = lambda model, key: p.speed(ctx, model, key)  # noqa: E731
     outputs = outputs_of(ctx, stage, p.shared, job)
     scoring = scoring_of(ctx, stage, stage.teacher_outputs, n, speed)
-    spec = ViewSpec.of(cfg, data.num_classes, stage.curriculum)
+    spec = ViewSpec.of(cfg, data.num_classes, stage.curriculum, stage.epochs)
     runtimes = tuple(latency_runtimes(cfg))
     work = StageWork(
         trains=stage.trains, epochs=stage.epochs, counts=counts, model=speed(stage.model, stage.model_key),
@@ -275,6 +275,10 @@ def print_job(job: JobPreview, jobs: int) -> None:
                  "time (est.)", "disk (est.)"], rows, title,
                 left=("stage", "model", "teachers", "teacher outputs", "store", "before training"))  # fmt: skip
     for s in job.stages:
+        if s.stage.teacher_outputs_why:
+            print(
+                f"  {s.stage.name}: distill.teacher_outputs=auto chose {s.stage.teacher_outputs}: {s.stage.teacher_outputs_why}"
+            )
         for name in s.outputs.files:
             print(f"  {s.stage.name}: {s.outputs.mode} {s.outputs.source}: shared cache file {name}")
         if s.outputs.builds and not s.outputs.files:

@@ -15,6 +15,7 @@ from kdcl import __version__
 from kdcl.common.errors import Diverged, EnvironmentFailure, KdclError, io_failure
 from kdcl.common.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.common.ranks import process_rank
+from kdcl.common.timing import PartTimer, seconds_text
 from kdcl.data import KdclDataModule
 from kdcl.reporting.summary import write_summary
 from kdcl.reporting.trackers import publish
@@ -132,21 +133,64 @@ def run_recorded(ctx: StageContext, stage: Stage, manifest: Manifest) -> StageRe
     raise type(err)(f"{err}; then continue with kdcl train resume={ctx.run_dir}") from None
 
 
-def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict:
+def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None, start_up_s: float | None = None) -> dict:
     """Run every stage not done yet, in order, and write the run's summary. `changes`: the settings a
-    resume changed (cli.RESUME_MAY_CHANGE), applied from the stopped stage on."""
+    resume changed (cli.RESUME_MAY_CHANGE), applied from the stopped stage on; `start_up_s`: the process's
+    time before (imports, composition, checks), for the timing."""
     run_dir = Path(run_dir)
     done = finished(plan, run_dir) if process_rank() == 0 else None
     if done is not None:
         return done
     leader = process_rank() == 0  # under DDP every rank runs the stages; the first one writes the records
     manifest = claim(plan.cfg, run_dir, changes or {}) if leader else Manifest(run_dir)
-    data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
-    data.setup()
+    timer = PartTimer()
+    if start_up_s is not None:
+        timer.seconds["start-up"] = start_up_s
+    with timer.part("data"):
+        data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
+        data.setup()
     if data.noise_record() is not None:  # data.label_noise: which training labels are wrong
         atomic_write_json(run_dir / "label_noise.json", data.noise_record())
     ctx = StageContext(plan, data, run_dir, {})
-    check_models_fit([s for s in plan.stages if not manifest.is_done(s.name)], ctx)
+    with timer.part("model check"):
+        check_models_fit([s for s in plan.stages if not manifest.is_done(s.name)], ctx)
+    with timer.part("stages"):
+        run_stages(plan, ctx, manifest, leader)
+    if not leader:
+        return {"stages": [ctx.handed[s.name].to_json() for s in plan.stages if s.in_summary]}
+    in_summary = [s for s in plan.stages if s.in_summary]
+    with timer.part("report card"):
+        cards = [card.to_json() for card in stage_cards(ctx, in_summary)]
+    with timer.part("summary"):
+        summary = write_summary(plan.cfg, run_dir, [ctx.handed[s.name].to_json() for s in in_summary], cards)
+        publish(plan.cfg, run_dir, summary)
+    summary["timing"] = timing(timer, [ctx.handed[s.name] for s in plan.stages])
+    atomic_write_json(run_dir / "summary.json", summary)
+    print(timing_line(summary["timing"]), flush=True)
+    return summary
+
+
+def timing(timer: PartTimer, results: list[StageResult]) -> dict:
+    """summary.json's `timing`: the job's parts, each stage's parts (stages done by an earlier process
+    keep the time they took then), and the total of this process."""
+    parts = timer.rounded()
+    return {"total": round(sum(v for k, v in parts.items()), 2), "parts": parts,
+            "stages": {r.name: {"seconds": r.seconds, **r.timing} for r in results}}  # fmt: skip
+
+
+def timing_line(t: dict) -> str:
+    """One line: where the job's time went."""
+    stages = " · ".join(
+        f"{name} {seconds_text(s['seconds'])}"
+        + (" (" + ", ".join(f"{k} {seconds_text(v)}" for k, v in s.items() if k != "seconds" and v >= 0.5) + ")")
+        for name, s in t["stages"].items()
+    )
+    others = " · ".join(f"{k} {seconds_text(v)}" for k, v in t["parts"].items() if k != "stages")
+    return f"time {seconds_text(t['total'])}: {others} · stages {seconds_text(t['parts']['stages'])}: {stages}"
+
+
+def run_stages(plan: Plan, ctx: StageContext, manifest: Manifest, leader: bool) -> None:
+    """Each stage in order: skipped when the manifest has it done, else run, recorded and pruned."""
     for stage in plan.stages:
         if manifest.is_done(stage.name):
             ctx.handed[stage.name] = StageResult.from_json(manifest.result(stage.name))
@@ -156,16 +200,14 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None) -> dict
         teachers = f" from {', '.join(stage.teachers)}" if stage.teachers else ""
         init = f", starting from {stage.init}" if stage.init else ""
         print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
+        if stage.teacher_outputs_why:
+            print(
+                f"[{stage.name}] teacher outputs: {stage.teacher_outputs} (auto: {stage.teacher_outputs_why})",
+                flush=True,
+            )
         manifest.mark_running(stage.name)
         ctx.handed[stage.name] = run_recorded(ctx, stage, manifest)
         manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
         print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
         if leader:
             keep_finished(plan.cfg, ctx.stage_dir(stage), stage.name)
-    if not leader:
-        return {"stages": [ctx.handed[s.name].to_json() for s in plan.stages if s.in_summary]}
-    in_summary = [s for s in plan.stages if s.in_summary]
-    cards = [card.to_json() for card in stage_cards(ctx, in_summary)]
-    summary = write_summary(plan.cfg, run_dir, [ctx.handed[s.name].to_json() for s in in_summary], cards)
-    publish(plan.cfg, run_dir, summary)
-    return summary

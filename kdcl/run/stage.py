@@ -25,6 +25,7 @@ from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from kdcl.common.metric_names import metric_name
 from kdcl.common.ranks import launched_world_size
+from kdcl.common.timing import PartTimer
 from kdcl.config.checks import latency_batches, latency_runtimes
 from kdcl.config.schema import data_identity
 from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
@@ -77,6 +78,7 @@ class StageResult:
     teacher_store: dict | None = None  # stored teacher views: files, size on disk, pass time (kdcl/teachers/views.py)
     test_reused: str | None = None  # a given checkpoint's test read from the shared cache: the entry's file
     test_predictions: str | None = None  # the chosen checkpoint's test logits and labels (the report card reads them)
+    timing: dict[str, float] = field(default_factory=dict)  # wall seconds: prepare, train, test, latency
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -163,19 +165,22 @@ def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
 
 def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
     """Fit (unless the model is a given checkpoint) and test one stage."""
-    started = time.perf_counter()
-    parts = build_parts(ctx, stage)
-    trainer = stage_trainer(ctx, stage, parts)
+    started, timer = time.perf_counter(), PartTimer()
+    with timer.part("prepare"):  # models, teachers' stores and views, curriculum scores, the Trainer
+        parts = build_parts(ctx, stage)
+        trainer = stage_trainer(ctx, stage, parts)
     recovery = None
-    if stage.trains:
-        chosen, recovery = fit(trainer, parts, stage, ctx.stage_dir(stage) / "checkpoints")
-    else:
-        chosen = Path(stage.model["checkpoint"]).resolve()
-    if stage.trains:
-        metrics, reused = test(trainer, parts, chosen), None
-    else:
-        metrics, reused = test_given(ctx, stage, trainer, parts, chosen)
-    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery, reused)
+    with timer.part("train"):
+        if stage.trains:
+            chosen, recovery = fit(trainer, parts, stage, ctx.stage_dir(stage) / "checkpoints")
+        else:
+            chosen = Path(stage.model["checkpoint"]).resolve()
+    with timer.part("test"):
+        if stage.trains:
+            metrics, reused = test(trainer, parts, chosen), None
+        else:
+            metrics, reused = test_given(ctx, stage, trainer, parts, chosen)
+    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery, reused, timer)
 
 
 # build ---------------------------------------------------------------------------------------------
@@ -244,7 +249,8 @@ def teacher_store(ctx: StageContext, stage: Stage, teachers: list,
     and data), which also scores the un-augmented examples when the stage has a curriculum."""
     plain, data = unaugmented(train_set), data_identity(ctx.cfg.data)
     if stage.teacher_outputs == "views":
-        return open_teacher_views(teachers, plain, ctx.data, ctx.cfg, data, stage.name, ctx.run_dir, stage.curriculum)
+        return open_teacher_views(teachers, plain, ctx.data, ctx.cfg, data, stage.name, ctx.run_dir, stage.curriculum,
+                                  stage.epochs)  # fmt: skip
     if stage.teacher_outputs != "cached":
         return None
     outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, data, ctx.stage_dir(stage), stage.name)
@@ -427,7 +433,8 @@ def log_teacher_store(trainer: pl.Trainer, stage: Stage, store: dict | None) -> 
 
 
 def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Trainer, metrics: dict, chosen: Path,
-           started: float, recovery: str | None, test_reused: str | None = None) -> StageResult:  # fmt: skip
+           started: float, recovery: str | None, test_reused: str | None = None,
+           timer: PartTimer | None = None) -> StageResult:  # fmt: skip
     """The stage's StageResult, with its model's cost, written to metrics.json."""
     module, ckpt_dir = parts.module, ctx.stage_dir(stage) / "checkpoints"
     store = parts.views.summary() if parts.views is not None else None
@@ -437,8 +444,10 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
     saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
              for e in stage.save_epochs if epoch_checkpoint(ckpt_dir, e).is_file()}  # fmt: skip
     leader = trainer.is_global_zero  # under DDP only the first rank measures and writes
-    cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size),
-                      latency_batches(ctx.cfg) if leader else [], latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
+    timer = timer or PartTimer()
+    with timer.part("latency"):  # MACs, and latency in each runtime (an ONNX export for ONNX Runtime)
+        cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size),
+                          latency_batches(ctx.cfg) if leader else [], latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
     for runtime in cost["latency"].values():
         if runtime["note"]:
             print(f"[{stage.name}] {runtime['runtime']} latency {runtime['note']}", flush=True)
@@ -452,7 +461,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         test_loss=float(metrics[metric_name(stage.name, "test", "loss")]),
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
         macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
-        recovery=recovery, teacher_store=store, test_reused=test_reused,
+        recovery=recovery, teacher_store=store, test_reused=test_reused, timing=timer.rounded(),
     )  # fmt: skip
     if leader:
         result = replace(result, test_predictions=save_test_predictions(ctx, stage, module.test_predictions))

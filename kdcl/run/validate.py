@@ -132,7 +132,7 @@ def check_view_stores(plan) -> None:
     for stage in stages:
         classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
         n = len(dm.stage_subset(stage.fraction, classes))
-        spec = ViewSpec.of(cfg, dm.num_classes, stage.curriculum)
+        spec = ViewSpec.of(cfg, dm.num_classes, stage.curriculum, stage.epochs)
         problem = store_problem(stage.name, n, dm.num_classes, len(stage.teachers), spec, budget, None)
         if problem:
             raise KdclError(problem)

@@ -61,11 +61,13 @@ class ViewSpec:
     plain: bool  # also the un-augmented view's logits (a teacher-scored curriculum)
 
     @classmethod
-    def of(cls, cfg: DictConfig, classes: int, plain: bool) -> ViewSpec:
+    def of(cls, cfg: DictConfig, classes: int, plain: bool, epochs: int) -> ViewSpec:
+        """data.views views per example, but never more than the stage's epochs: each epoch shows one view of
+        each example, so views beyond the epochs would be passed and stored and never used."""
         topk = cfg.distill.get("store_topk")
         topk = (None if classes <= ALL_LOGITS_UP_TO else AUTO_TOPK) if topk is None else int(topk)
         bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16") and inference_device().type == "cuda"
-        return cls(int(cfg.data.views), int(cfg.seed), crop_padding(cfg.data), bool(cfg.data.get("hflip", False)),
+        return cls(min(int(cfg.data.views), int(epochs)), int(cfg.seed), crop_padding(cfg.data), bool(cfg.data.get("hflip", False)),
                    None if topk is None or topk >= classes else topk, bf16, plain)  # fmt: skip
 
 
@@ -273,10 +275,10 @@ class TeacherViews:
 
 
 def open_teacher_views(teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, data: dict, stage_name: str,
-                       run_dir: Path, plain: bool) -> TeacherViews:  # fmt: skip
+                       run_dir: Path, plain: bool, epochs: int) -> TeacherViews:  # fmt: skip
     """The stage's views of every teacher; a store that cannot fit is one line (exit 2) before any pass.
     `data`: the data's identity (kdcl.config.schema.data_identity; this layer does not read the schema)."""
-    spec = ViewSpec.of(cfg, dm.num_classes, plain)
+    spec = ViewSpec.of(cfg, dm.num_classes, plain, epochs)
     problem = store_problem(stage_name, len(dataset), dm.num_classes, len(teachers), spec,
                             cfg.distill.get("store_max_mb"), None)  # fmt: skip
     if problem:

@@ -39,8 +39,9 @@ def test_a_sweep_preview_names_the_store_one_job_builds_and_the_others_reuse(aug
     """Jobs sharing a given teacher: the first builds its store, the later ones reuse it; after a real
     run, the preview finds the very file that run put in the shared cache."""
     teacher = tiny_run / "stages" / "00-teacher" / "checkpoints" / "best.ckpt"
+    mode = "views" if augment == "true" else "cached"
     args = [*TINY, f"teacher.checkpoint={teacher}", f"data.augment={augment}", "data.views=2",
-            f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+            f"distill.teacher_outputs={mode}", f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     sweep = kdcl_main(["train", "--dry-run", "-m", *args, "distill.temperature=2,4"], tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     first, second = store_names(sweep.stdout)

@@ -31,6 +31,17 @@ def test_summary_lists_every_stage_with_its_numbers(tiny_run):
     assert (tiny_run / "summary.md").read_text().count("|") > 10
 
 
+def test_the_summary_says_where_the_time_went(tiny_run):
+    timing = summary_of(tiny_run)["timing"]
+    assert list(timing["parts"]) == ["start-up", "data", "model check", "stages", "report card", "summary"]
+    assert timing["total"] == sum(timing["parts"].values()) > 0
+    assert list(timing["stages"]) == ["teacher", "student"]
+    for stage in timing["stages"].values():
+        assert list(stage) == ["seconds", "prepare", "train", "test", "latency"]
+        assert stage["train"] > 0 and stage["seconds"] >= stage["train"] + stage["test"]
+    assert sum(s["seconds"] for s in timing["stages"].values()) <= timing["parts"]["stages"]
+
+
 def test_each_stage_has_checkpoints_metrics_and_is_marked_done(tiny_run):
     manifest = json.loads((tiny_run / "run.json").read_text())
     for name in ("00-teacher", "01-student"):

@@ -50,12 +50,19 @@ def teacher_on(teacher, data, rows) -> torch.Tensor:
 
 
 def test_choose_mode():
-    assert choose_mode("auto", augment=False, feature_terms=[]) == "cached"
-    assert choose_mode("auto", augment=True, feature_terms=[]) == "views"  # a stored logit fits one view only
-    assert choose_mode("auto", augment=True, feature_terms=["at"]) == "online"
-    assert choose_mode("views", augment=True, feature_terms=[]) == "views"
-    assert choose_mode("auto", augment=False, feature_terms=["at"]) == "online"
-    assert choose_mode("online", augment=False, feature_terms=[]) == "online"
+    def mode(*args, **kwargs) -> str:
+        return choose_mode(*args, **kwargs)[0]
+
+    assert mode("auto", augment=False, feature_terms=[], epochs=2, views=8) == "cached"
+    # a stored logit fits one view only; views pay off when the stage has more epochs than views
+    assert mode("auto", augment=True, feature_terms=[], epochs=10, views=8) == "views"
+    assert mode("auto", augment=True, feature_terms=[], epochs=2, views=8) == "online"
+    assert mode("auto", augment=True, feature_terms=[], epochs=8, views=8) == "online"
+    assert mode("auto", augment=True, feature_terms=["at"], epochs=10, views=8) == "online"
+    assert mode("views", augment=True, feature_terms=[], epochs=2, views=8) == "views"
+    assert mode("auto", augment=False, feature_terms=["at"]) == "online"
+    assert mode("online", augment=False, feature_terms=[]) == "online"
+    assert "8 teacher passes, not 10" in choose_mode("auto", augment=True, feature_terms=[], epochs=10, views=8)[1]
     with pytest.raises(KdclError, match="new random view"):
         choose_mode("cached", augment=True, feature_terms=[])
     with pytest.raises(KdclError, match="feature terms at"):
