@@ -16,8 +16,9 @@ from kdcl.config.compose import all_keys, compose, config_dir, config_groups
 from kdcl.config.upgrade import check_renamed
 
 MAX_CHECKED_SWEEP_POINTS = 512  # composing one point takes ~0.15 s
-STARTED = time.perf_counter()  # `--dry-run` reports the start-up a real run spends alike (imports, checks)
+STARTED = time.perf_counter()  # when `train` began: a job's start-up (imports, checks) counts from it
 DRY_RUN = "--dry-run"
+NO_DOWNLOAD = "data.download=false"  # what a dry run adds to every point
 JOBS_RUN: list[Path] = []  # this process's jobs: the first one's timing includes the process's start-up
 
 
@@ -166,6 +167,9 @@ def training_process_leader() -> bool:
 
 
 def train(rest: list[str]) -> None:
+    global STARTED
+    STARTED = time.perf_counter()
+    JOBS_RUN.clear()
     from hydra._internal.utils import _run_hydra, get_args_parser
 
     from kdcl.run.launch import shared_run_dir
@@ -221,7 +225,17 @@ def dry_run_preview(args) -> None:
     from kdcl.run.sweep import check_extras
 
     check_extras(args.overrides)
-    points = precheck(args.overrides)
+    try:
+        preview_points(args)
+    except KdclError as err:
+        if "download" not in str(err):
+            raise
+        raise KdclError(f"{err} (a dry run downloads nothing: run once without {DRY_RUN} to fetch the data)") from None
+
+
+def preview_points(args) -> None:
+    """Compose and check every point, then preview them; the data is read to count it, never downloaded."""
+    points = precheck([*args.overrides, NO_DOWNLOAD])
     if len(points) > 1 and not args.multirun:
         raise KdclError(f"these overrides make {len(points)} jobs: add -m to preview the sweep")
     from kdcl.run.preview import preview
@@ -229,7 +243,12 @@ def dry_run_preview(args) -> None:
 
     if any(o.split("=", 1)[0] in ("hparams_search", "hydra/sweeper") for o in args.overrides):
         print("a search sweeper chooses its trials as it goes: each trial is previewed as the job below")
-    labels = [" ".join(o for o in combo if not o.startswith("hydra")) or "(defaults)" for combo, _ in points]
+    if len(points) == MAX_CHECKED_SWEEP_POINTS:
+        print(
+            f"the sweep has {MAX_CHECKED_SWEEP_POINTS} points or more: the first {MAX_CHECKED_SWEEP_POINTS} are previewed"
+        )
+    labels = [" ".join(o for o in combo if not o.startswith("hydra") and o != NO_DOWNLOAD) or "(defaults)"
+              for combo, _ in points]  # fmt: skip
     preview([check_config(cfg) for _, cfg in points], labels, time.perf_counter() - STARTED)
 
 

@@ -22,6 +22,7 @@ EXPORT_FIRST_S = 4.0  # the first ONNX export of a process imports and warms the
 EXPORT_PER_MODULE_S = 0.05  # then each export takes about this per leaf module
 REPORT_S = 3.0  # a job's summary, plots and trackers
 CHECKPOINT_WRITE_BYTES_PER_S = 400e6  # torch.save through the atomic writer
+CHECKPOINT_SAVES_PER_EPOCH = 1.5  # last.ckpt every epoch, best.ckpt in the epochs that improve (about half)
 CHECKPOINT_EXTRA_BYTES = 30_000  # hyper-parameters (the whole config) and Lightning's records
 LOG_BYTES_PER_STAGE = 20_000  # TensorBoard's hparams and epoch scalars, metrics.json
 LOG_BYTES_PER_LOGGED_STEP = 400  # each logged step's scalars
@@ -73,6 +74,7 @@ class StageWork:
     scoring: tuple[tuple[StepTimes, int], ...]  # models that score the curriculum, each with the examples it scores
     test_cached: bool  # a given checkpoint's test (and card) read from the shared cache
     in_summary: bool  # has a report card
+    last_differs: bool  # the card passes the last checkpoint too (select=best: usually another model)
     latency: tuple[tuple[int, ...], tuple[str, ...]]  # latency.batches, latency.runtimes
     first_export: bool  # the job's first ONNX export
     optimizer: str
@@ -131,11 +133,12 @@ def stage_seconds(w: StageWork) -> dict[str, float]:
                "latency": latency_s(w),
                # the card reads the test's own logits; a trained stage's last checkpoint, where it is not the
                # chosen one, passes the test set once more
-               "report card": test_pass if (w.trains and w.in_summary) else 0.0}  # fmt: skip
+               "report card": test_pass if (w.last_differs and w.in_summary) else 0.0}  # fmt: skip
     if w.trains:
         seconds["training"] = w.epochs * c.steps() * m.train_s
         seconds["validation"] = w.epochs * c.val_batches() * m.eval_s
-        seconds["checkpoints"] = w.epochs * 1.5 * checkpoint_bytes(w, resumable=True) / CHECKPOINT_WRITE_BYTES_PER_S
+        seconds["checkpoints"] = (w.epochs * CHECKPOINT_SAVES_PER_EPOCH * checkpoint_bytes(w, resumable=True)
+                                  / CHECKPOINT_WRITE_BYTES_PER_S)  # fmt: skip
     return seconds
 
 

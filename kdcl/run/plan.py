@@ -214,7 +214,8 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
     for index, (name, spec) in enumerate(stage_specs(cfg).items()):
         stages[str(name)] = make_stage(cfg, index, str(name), spec, stages)
     planned = with_curriculum(cfg, list(stages.values()))
-    planned = [replace(s, index=i, **teacher_outputs_fields(cfg, s)) for i, s in enumerate(planned)]
+    by_name = {s.name: s for s in planned}
+    planned = [replace(s, index=i, **teacher_outputs_fields(cfg, s, by_name)) for i, s in enumerate(planned)]
     return with_saved_epochs(planned)
 
 
@@ -237,21 +238,29 @@ def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
 TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputMode)  # declared in kdcl/config/schema.py
 
 
-def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int) -> tuple[str, str]:
+def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, given: bool) -> tuple[str, str]:
     """distill.teacher_outputs=auto: the mode whose teacher work is least, and why. Stored logits cost one
     teacher pass in all (during epoch 1); with augmentation each epoch shows a new view, so stored views cost
-    min(K, epochs) passes before training against `epochs` passes online: views only when K < epochs."""
+    min(K, epochs) passes before training against `epochs` passes online: views when K < epochs, or when
+    the teachers are `given` checkpoints (their store, in the shared cache, serves every job that has them)."""
     if feature_terms:
         return "online", f"the feature terms {', '.join(feature_terms)} need the teachers' activations"
     if not augment:
         return "cached", "no augmentation: one teacher pass (in epoch 1) serves every epoch"
+    if given:
+        return (
+            "views",
+            "the teachers are given checkpoints: one views pass, kept in the shared cache, serves every job with them",
+        )
     if views < epochs:
         return "views", f"{views} stored views per example serve {epochs} epochs: {views} teacher passes, not {epochs}"
     return "online", (f"{epochs} epoch(s) show at most {epochs} of the data.views={views} views, and their pass costs "
-                      "what running the teacher online does (views pay off when data.views < epochs)")  # fmt: skip
+                      "what running the teacher online does (views pay off when data.views < epochs, or for teachers "
+                      "given as checkpoints, whose stores sweep jobs share)")  # fmt: skip
 
 
-def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int = 1, views: int = 1) -> tuple[str, str]:
+def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int, views: int,
+                given: bool = False) -> tuple[str, str]:  # fmt: skip
     """(online | cached | views, why auto chose it) for a stage whose loss needs teachers; errors name the
     setting that forbids storing."""
     if mode not in TEACHER_OUTPUT_MODES:
@@ -260,7 +269,7 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int 
     if mode == "online":
         return "online", ""
     if mode == "auto":
-        return auto_mode(augment, feature_terms, epochs, views)
+        return auto_mode(augment, feature_terms, epochs, views, given)
     if feature_terms:
         raise KdclError(
             f"distill.teacher_outputs={mode}: the feature terms {', '.join(feature_terms)} need the teachers' "
@@ -277,7 +286,7 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int 
     return mode, ""
 
 
-def teacher_outputs_fields(cfg: DictConfig, stage: Stage) -> dict[str, str]:
+def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Stage]) -> dict[str, str]:
     """Stored teacher logits or views where they are exact and save work (distill.teacher_outputs); online
     otherwise: the stage's `teacher_outputs` and, for auto, why."""
     mode = str(cfg.distill.get("teacher_outputs", "online"))
@@ -286,7 +295,8 @@ def teacher_outputs_fields(cfg: DictConfig, stage: Stage) -> dict[str, str]:
         return {"teacher_outputs": "online", "teacher_outputs_why": ""}
     features = [t.name for t in stage.loss_terms
                 if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
-    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views))
+    given = all(split_ref(t)[1] is None and not by_name[split_ref(t)[0]].trains for t in stage.teachers)
+    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views), given)
     return {"teacher_outputs": chosen, "teacher_outputs_why": why}
 
 

@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from kdcl.common.cache import store_path
-from kdcl.common.errors import KdclError
 from kdcl.common.tables import print_table
 from kdcl.config.checks import latency_batches, latency_runtimes
 from kdcl.config.schema import data_identity
@@ -30,11 +28,9 @@ from kdcl.models.cost import StepTimes, measure_steps
 from kdcl.run.estimate import REPORT_BYTES, REPORT_S, Counts, Estimate, StageWork, estimate
 from kdcl.run.plan import Plan, Stage, split_ref
 from kdcl.run.presets import task_classes
-from kdcl.run.stage import StageContext, given_model_key, training_examples
-from kdcl.teachers.outputs import cache_key
-from kdcl.teachers.views import ViewSpec, store_bytes, views_key
-
-DRY_RUN = "--dry-run"
+from kdcl.run.stage import StageContext, given_test_entry, training_examples
+from kdcl.teachers.outputs import cache_key, shared_logits_path
+from kdcl.teachers.views import ViewSpec, store_bytes, views_key, views_store_path
 
 
 @dataclass(frozen=True)
@@ -71,15 +67,16 @@ class SharedStores:
     """Which shared-cache files exist, and which an earlier job of this sweep will have built."""
 
     def __init__(self) -> None:
-        self.built_by: dict[Path, int] = {}
+        self.built_by: dict[Path, tuple[int, str]] = {}  # file -> (job, stage) that builds it
 
-    def status(self, path: Path, job: int) -> str:
-        """Where the entry comes from: reused (cache), reused (job N), or built here (this job builds it)."""
+    def status(self, path: Path, job: int, stage: str) -> str:
+        """Where the entry comes from: reused (cache), reused (job N) (an earlier job, or an earlier stage of
+        this one), or built here (this stage builds it)."""
         if path.is_file():
             return "reused (cache)"
-        if path in self.built_by and self.built_by[path] != job:
-            return f"reused (job {self.built_by[path] + 1})"
-        self.built_by[path] = job
+        if path in self.built_by and self.built_by[path] != (job, stage):
+            return f"reused (job {self.built_by[path][0] + 1})"
+        self.built_by[path] = (job, stage)
         return "built here"
 
 
@@ -123,22 +120,22 @@ def store_files(ctx: StageContext, stage: Stage, files: list[Path]) -> list[Path
     classes = task_classes(stage.task, ctx.data.num_classes)[0] if stage.task else None
     plain, data, src = unaugmented(training_examples(ctx, stage, classes)), data_identity(ctx.cfg.data), ctx.data.load()
     if stage.teacher_outputs == "cached":
-        return [store_path(ctx.cfg, "logits", "teachers", cache_key(teachers, plain, data, ctx.cfg, src.mean, src.std))]
+        return [shared_logits_path(ctx.cfg, cache_key(teachers, plain, data, ctx.cfg, src.mean, src.std))]
     spec = ViewSpec.of(ctx.cfg, ctx.data.num_classes, stage.curriculum, stage.epochs)
-    return [store_path(ctx.cfg, "views", t.pretrained_cfg.get("architecture", "teacher") if hasattr(t, "pretrained_cfg")
-                       else "teacher", views_key(t, plain, data, src.mean, src.std, spec)[0]) for t in teachers]  # fmt: skip
+    return [views_store_path(ctx.cfg, t, views_key(t, plain, data, src.mean, src.std, spec)[0]) for t in teachers]
 
 
 def outputs_of(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) -> TeacherRead:
     mode = stage.teacher_outputs
     if mode == "online":
         return TeacherRead("online" if stage.teachers else "-", "-")
-    what = "stored logits" if mode == "cached" else f"stored views, K={min(int(ctx.cfg.data.views), stage.epochs)}"
+    k = ViewSpec.of(ctx.cfg, ctx.data.num_classes, stage.curriculum, stage.epochs).k
+    what = "stored logits" if mode == "cached" else f"stored views, K={k}"
     files = [given(ctx, t) for t in stage.teachers]
     if any(f is None for f in files):  # a teacher trained in this job: its weights, so the key, come later
         return TeacherRead(what, "built here", builds=True)
     paths = store_files(ctx, stage, files)
-    statuses = [shared.status(p, job) for p in paths]
+    statuses = [shared.status(p, job, stage.name) for p in paths]
     source = statuses[0] if len(set(statuses)) == 1 else "partly built here"
     return TeacherRead(what, source, tuple(p.name for p in paths), "built here" in statuses)
 
@@ -158,14 +155,13 @@ def scoring_of(ctx: StageContext, stage: Stage, mode: str, n: int, speed) -> tup
     return tuple((speed(ctx.plan.stage(s).model, s), share) for s in scorers)
 
 
-def test_cached(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) -> bool:
+def given_test_reused(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) -> bool:
     """A given checkpoint's test comes from the shared cache (found, or built by an earlier job)."""
     if stage.trains:
         return False
     checkpoint = Path(stage.model["checkpoint"]).resolve()
     seen = task_classes(stage.task, ctx.data.num_classes)[1] if stage.task else None
-    key, _ = given_model_key(ctx.cfg, f"test of {stage.name}", checkpoint, seen)
-    return shared.status(store_path(ctx.cfg, "test", stage.model["name"], key), job) != "built here"
+    return shared.status(given_test_entry(ctx.cfg, stage, checkpoint, seen)[2], job, stage.name) != "built here"
 
 
 def before_training(stage: Stage, outputs: TeacherRead, scoring: tuple) -> str:
@@ -198,7 +194,8 @@ def stage_work(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> tuple
         mode=stage.teacher_outputs, builds_store=outputs.builds, fills_first=stage.curriculum,
         views=spec.k + (1 if spec.plain else 0), view_bytes=store_bytes(n, data.num_classes, spec),
         logit_bytes=2 if spec.bf16 else 4, classes=data.num_classes, scoring=scoring,
-        test_cached=test_cached(ctx, stage, p.shared, job), in_summary=stage.in_summary,
+        test_cached=given_test_reused(ctx, stage, p.shared, job), in_summary=stage.in_summary,
+        last_differs=stage.trains and stage.select == "best",
         latency=(tuple(latency_batches(cfg)), runtimes), first_export=not p.exported and "onnxruntime" in runtimes,
         optimizer=str(cfg.optim.name), keep=str(cfg.checkpoint.keep), epoch_checkpoints=len(stage.save_epochs),
         log_every=int(cfg.trainer.get("log_every_n_steps") or 50),
@@ -211,15 +208,9 @@ def stage_work(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> tuple
 
 
 def local_data(cfg: DictConfig) -> KdclDataModule:
-    """The job's data, read to count its examples; a dry run downloads nothing (data.download is ignored)."""
+    """The job's data, read to count its examples (kdcl train --dry-run composes it with data.download=false)."""
     data = KdclDataModule(OmegaConf.merge(cfg.data, {"download": False}), seed=cfg.seed)
-    try:
-        data.setup()
-    except KdclError as err:
-        if not cfg.data.get("download"):
-            raise
-        raise KdclError(f"data={cfg.data.name} is not here yet and a dry run downloads nothing; run once without "
-                        f"{DRY_RUN} to fetch it (data.download=true), then preview ({str(err)[:120]})") from None  # fmt: skip
+    data.setup()
     return data
 
 

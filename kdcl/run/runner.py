@@ -174,17 +174,18 @@ def timing(timer: PartTimer, results: list[StageResult]) -> dict:
     """summary.json's `timing`: the job's parts, each stage's parts (stages done by an earlier process
     keep the time they took then), and the total of this process."""
     parts = timer.rounded()
-    return {"total": round(sum(v for k, v in parts.items()), 2), "parts": parts,
+    return {"total": round(sum(parts.values()), 2), "parts": parts,
             "stages": {r.name: {"seconds": r.seconds, **r.timing} for r in results}}  # fmt: skip
 
 
 def timing_line(t: dict) -> str:
     """One line: where the job's time went."""
-    stages = " · ".join(
-        f"{name} {seconds_text(s['seconds'])}"
-        + (" (" + ", ".join(f"{k} {seconds_text(v)}" for k, v in s.items() if k != "seconds" and v >= 0.5) + ")")
-        for name, s in t["stages"].items()
-    )
+
+    def stage(name: str, s: dict) -> str:
+        parts = ", ".join(f"{k} {seconds_text(v)}" for k, v in s.items() if k != "seconds" and v >= 0.5)
+        return f"{name} {seconds_text(s['seconds'])}" + (f" ({parts})" if parts else "")
+
+    stages = " · ".join(stage(name, s) for name, s in t["stages"].items())
     others = " · ".join(f"{k} {seconds_text(v)}" for k, v in t["parts"].items() if k != "stages")
     return f"time {seconds_text(t['total'])}: {others} · stages {seconds_text(t['parts']['stages'])}: {stages}"
 

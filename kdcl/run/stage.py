@@ -380,14 +380,20 @@ def given_model_key(cfg: DictConfig, kind: str, checkpoint: Path, classes: list[
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 
+def given_test_entry(cfg: DictConfig, stage: Stage, checkpoint: Path, classes) -> tuple[str, dict, Path]:
+    """(key, what it is made of, shared-cache file) of a given checkpoint's test in this stage (the dry run
+    looks for the same file)."""
+    key, what = given_model_key(cfg, f"test of {stage.name}", checkpoint, classes)
+    return key, what, store_path(cfg, "test", stage.model["name"], key)
+
+
 def test_given(ctx: StageContext, stage: Stage, trainer: pl.Trainer, parts: StageParts,
                checkpoint: Path) -> tuple[dict, str | None]:  # fmt: skip
     """A given checkpoint's test (a teacher every job of a sweep loads): run once, then read from the
     shared cache. Returns (metrics, the cache file when it was reused)."""
     if launched_world_size() > 1:  # torchrun: every rank joins the test; none may wait on a lock
         return test(trainer, parts, None), None
-    key, what = given_model_key(ctx.cfg, f"test of {stage.name}", checkpoint, parts.data.part.eval_classes)
-    path = store_path(ctx.cfg, "test", stage.model["name"], key)
+    key, what, path = given_test_entry(ctx.cfg, stage, checkpoint, parts.data.part.eval_classes)
 
     def build() -> dict:
         metrics, predictions = test(trainer, parts, None), parts.module.test_predictions

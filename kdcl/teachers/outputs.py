@@ -63,6 +63,11 @@ def cache_key(teachers: list[nn.Module], dataset: Dataset, data: dict, cfg: Dict
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
+def shared_logits_path(cfg: DictConfig, key: str) -> Path:
+    """The shared cache's file for stored logits under `key` (the dry run names it too)."""
+    return store_path(cfg, "logits", "teachers", key)
+
+
 class TeacherOutputs:
     """Stored logits (teachers, examples, classes) of one stage's training examples, and which are filled.
 
@@ -102,7 +107,7 @@ class TeacherOutputs:
             else:
                 log.warning("[%s] stored teacher outputs are for other teachers, data or settings; starting again",
                             stage_name)  # fmt: skip
-        shared = store_path(cfg, "logits", "teachers", key) if cfg.get("paths") else None
+        shared = shared_logits_path(cfg, key) if cfg.get("paths") else None
         if shared is not None and not outputs.complete:
             found = read_entry(shared, key)
             if found is not None and len(found[0]["filled"]) == len(dataset):

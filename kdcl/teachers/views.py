@@ -62,8 +62,9 @@ class ViewSpec:
 
     @classmethod
     def of(cls, cfg: DictConfig, classes: int, plain: bool, epochs: int) -> ViewSpec:
-        """data.views views per example, but never more than the stage's epochs: each epoch shows one view of
-        each example, so views beyond the epochs would be passed and stored and never used."""
+        """data.views views per example, but never more than the stage's epochs: each epoch shows the next
+        view of each example (TeacherViews.choice), so views beyond the epochs would be passed, stored and
+        never shown."""
         topk = cfg.distill.get("store_topk")
         topk = (None if classes <= ALL_LOGITS_UP_TO else AUTO_TOPK) if topk is None else int(topk)
         bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16") and inference_device().type == "cuda"
@@ -124,6 +125,11 @@ def views_key(teacher: nn.Module, dataset: Dataset, data: dict, mean, std, spec:
         "store": {"topk": spec.topk, "bf16": spec.bf16},
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
+
+
+def views_store_path(cfg: DictConfig, teacher: nn.Module, key: str) -> Path:
+    """The shared cache's file for a teacher's views under `key` (the dry run names it too)."""
+    return store_path(cfg, "views", getattr(teacher, "pretrained_cfg", {}).get("architecture", "teacher"), key)
 
 
 def compress(logits: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
@@ -196,7 +202,7 @@ def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, data: 
     """The teacher's views of the stage's examples: read from the shared cache, else drawn, passed and stored."""
     src = dm.load()
     key, what = views_key(teacher, dataset, data, src.mean, src.std, spec)
-    path = store_path(cfg, "views", getattr(teacher, "pretrained_cfg", {}).get("architecture", "teacher"), key)
+    path = views_store_path(cfg, teacher, key)
     batch = int(cfg.data.eval_batch_size)
 
     def build() -> dict[str, torch.Tensor]:
@@ -234,11 +240,13 @@ class TeacherViews:
         return self
 
     def choice(self, epoch: int) -> torch.Tensor:
-        """Which of its K views each example shows in `epoch`: seeded by (seed, epoch) only, so an
-        epoch that is resumed draws the same views."""
+        """Which of its K views each example shows in `epoch`: example i starts at a seeded view and takes
+        the next one each epoch, so any K epochs in a row show each of its views once (the views themselves
+        are independent random draws). A function of (seed, epoch) only: a resumed epoch shows the same."""
         if epoch not in self.drawn:
-            g = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + epoch + VIEW_SEED)
-            self.drawn = {epoch: torch.randint(0, self.k, (self.n,), generator=g).to(self.device)}
+            g = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + VIEW_SEED)
+            start = torch.randint(0, self.k, (self.n,), generator=g)
+            self.drawn = {epoch: ((start + epoch) % self.k).to(self.device)}
         return self.drawn[epoch]
 
     def replay(self, x: torch.Tensor, positions: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

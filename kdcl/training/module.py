@@ -69,7 +69,8 @@ class DistillationModule(pl.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)  # per-class accuracy (forgetting)
         self.test_per_class: dict[str, list[int]] = {}
         # the test's own logits, kept so that nothing passes this model over the test set again (the report
-        # card reads them); one process only: under DDP each rank holds a share
+        # card reads them); one process in fp32 only: under DDP each rank holds a share, and under bf16 or
+        # fp16 they would not be the fp32 logits the card compares with the other checkpoints'.
         self.test_predictions: Predictions | None = None
         self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.unseen = unseen_mask(num_classes, seen_classes)  # made once: predict_seen runs every step
@@ -185,16 +186,16 @@ class DistillationModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self.evaluate(batch, "test", self.test_acc)
         self.test_confusion.update(logits, batch[1])
-        if self.trainer.world_size == 1:
-            self._test_batches.append((logits.detach().float(), batch[1].detach()))
+        if self.trainer.world_size == 1 and str(self.trainer.precision).startswith(("32", "64")):
+            self._test_batches.append((logits.detach().float().cpu(), batch[1].detach().cpu()))
 
     def on_test_epoch_end(self) -> None:
         confusion = self.test_confusion.compute()
         self.test_per_class = {"correct": confusion.diag().tolist(), "total": confusion.sum(1).tolist()}
         self.test_confusion.reset()
-        if self._test_batches:  # moved to the CPU once, at the end (no sync per batch on a GPU)
+        if self._test_batches:  # on the CPU as they come: a GPU's memory holds one batch of them at most
             logits, labels = zip(*self._test_batches, strict=True)
-            self.test_predictions = Predictions(torch.cat(logits).cpu(), torch.cat(labels).long().cpu())
+            self.test_predictions = Predictions(torch.cat(logits), torch.cat(labels).long())
         self._test_batches = []
 
     def configure_optimizers(self):

@@ -142,8 +142,8 @@ CASES = {
     "dry run of a sweep without -m": (["--dry-run", "distill.temperature=2,4"], "make 2 jobs", "add -m"),
     "dry run of data not downloaded": (
         ["--dry-run", "data=cifar10", "data.download=true", "data.root={tmp}/nothing"],
-        "a dry run downloads nothing",
-        "run once without --dry-run",
+        "does not exist",
+        "a dry run downloads nothing: run once without --dry-run",
     ),
 }
 

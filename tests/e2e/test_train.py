@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -34,12 +35,12 @@ def test_summary_lists_every_stage_with_its_numbers(tiny_run):
 def test_the_summary_says_where_the_time_went(tiny_run):
     timing = summary_of(tiny_run)["timing"]
     assert list(timing["parts"]) == ["start-up", "data", "model check", "stages", "report card", "summary"]
-    assert timing["total"] == sum(timing["parts"].values()) > 0
+    assert timing["total"] == pytest.approx(sum(timing["parts"].values()), abs=0.01) and timing["total"] > 0
     assert list(timing["stages"]) == ["teacher", "student"]
     for stage in timing["stages"].values():
         assert list(stage) == ["seconds", "prepare", "train", "test", "latency"]
-        assert stage["train"] > 0 and stage["seconds"] >= stage["train"] + stage["test"]
-    assert sum(s["seconds"] for s in timing["stages"].values()) <= timing["parts"]["stages"]
+        assert stage["train"] > 0 and stage["seconds"] >= stage["train"] + stage["test"] - 0.02  # rounded to 0.01
+    assert sum(s["seconds"] for s in timing["stages"].values()) <= timing["parts"]["stages"] + 0.02
 
 
 def test_each_stage_has_checkpoints_metrics_and_is_marked_done(tiny_run):

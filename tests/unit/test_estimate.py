@@ -20,7 +20,7 @@ COUNTS = Counts(train=1280, val=256, test=512, batch=64, eval_batch=256, limits=
 DISTILL = StageWork(
     trains=True, epochs=10, counts=COUNTS, model=STUDENT, teachers=(TEACHER,), mode="cached", builds_store=True,
     fills_first=False, views=8, view_bytes=2 * MB, logit_bytes=4, classes=10, scoring=(), test_cached=False,
-    in_summary=True, latency=((1, 64), ("eager",)), first_export=False, optimizer="adamw", keep="weights",
+    in_summary=True, last_differs=True, latency=((1, 64), ("eager",)), first_export=False, optimizer="adamw", keep="weights",
     epoch_checkpoints=0, log_every=10,
 )  # fmt: skip
 

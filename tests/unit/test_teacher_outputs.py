@@ -58,21 +58,23 @@ def test_choose_mode():
     assert mode("auto", augment=True, feature_terms=[], epochs=10, views=8) == "views"
     assert mode("auto", augment=True, feature_terms=[], epochs=2, views=8) == "online"
     assert mode("auto", augment=True, feature_terms=[], epochs=8, views=8) == "online"
+    # a given teacher's views are kept in the shared cache for every job that has it: worth a pass
+    assert mode("auto", augment=True, feature_terms=[], epochs=2, views=8, given=True) == "views"
     assert mode("auto", augment=True, feature_terms=["at"], epochs=10, views=8) == "online"
     assert mode("views", augment=True, feature_terms=[], epochs=2, views=8) == "views"
-    assert mode("auto", augment=False, feature_terms=["at"]) == "online"
-    assert mode("online", augment=False, feature_terms=[]) == "online"
+    assert mode("auto", augment=False, feature_terms=["at"], epochs=2, views=8) == "online"
+    assert mode("online", augment=False, feature_terms=[], epochs=2, views=8) == "online"
     assert "8 teacher passes, not 10" in choose_mode("auto", augment=True, feature_terms=[], epochs=10, views=8)[1]
     with pytest.raises(KdclError, match="new random view"):
-        choose_mode("cached", augment=True, feature_terms=[])
+        choose_mode("cached", augment=True, feature_terms=[], epochs=2, views=8)
     with pytest.raises(KdclError, match="feature terms at"):
-        choose_mode("cached", augment=False, feature_terms=["at"])
+        choose_mode("cached", augment=False, feature_terms=["at"], epochs=2, views=8)
     with pytest.raises(KdclError, match="did you mean cached"):
-        choose_mode("cache", augment=False, feature_terms=[])
+        choose_mode("cache", augment=False, feature_terms=[], epochs=2, views=8)
     with pytest.raises(KdclError, match="views: the feature terms fitnet"):
-        choose_mode("views", augment=True, feature_terms=["fitnet"])
+        choose_mode("views", augment=True, feature_terms=["fitnet"], epochs=2, views=8)
     with pytest.raises(KdclError, match="data.augment=false"):
-        choose_mode("views", augment=False, feature_terms=[])
+        choose_mode("views", augment=False, feature_terms=[], epochs=2, views=8)
 
 
 def test_a_pass_matches_the_teacher_and_leaves_the_random_state_alone(setup):

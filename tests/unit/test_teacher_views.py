@@ -67,6 +67,9 @@ def test_stored_views_are_the_teachers_logits_of_the_replayed_pixels():
     # resumable: a new process (a resumed stage) draws the same views for an epoch; epochs differ
     fresh = TeacherViews([TeacherViewStore(None, stored, 4)], SPEC)
     assert torch.equal(fresh.choice(1), views.choice(1)) and not torch.equal(fresh.choice(2), views.choice(1))
+    # any K epochs in a row show each example every one of its K views once (no view wasted, none repeated)
+    shown = torch.stack([fresh.choice(e) for e in range(4, 4 + SPEC.k)], 1).sort(1).values
+    assert torch.equal(shown, torch.arange(SPEC.k).expand_as(shown))
 
 
 def test_top_k_store_keeps_the_top_probabilities_and_spreads_the_rest_evenly():
