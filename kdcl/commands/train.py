@@ -247,7 +247,7 @@ def preview_points(args) -> None:
         print(
             f"the sweep has {MAX_CHECKED_SWEEP_POINTS} points or more: the first {MAX_CHECKED_SWEEP_POINTS} are previewed"
         )
-    labels = [" ".join(o for o in combo if not o.startswith("hydra") and o != NO_DOWNLOAD) or "(defaults)"
+    labels = [" ".join(o for o in combo if not o.startswith(("hydra", "data.download="))) or "(defaults)"
               for combo, _ in points]  # fmt: skip
     preview([check_config(cfg) for _, cfg in points], labels, time.perf_counter() - STARTED)
 

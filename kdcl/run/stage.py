@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
+import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -417,6 +419,33 @@ def save_test_predictions(ctx: StageContext, stage: Stage, predictions: Predicti
     return relative_to_run(path, ctx.run_dir)
 
 
+def given_cost_entry(ctx: StageContext, stage: Stage) -> tuple[str, dict, Path]:
+    """(key, what it is made of, shared-cache file) of a given model's MACs and latency: its architecture,
+    input, the latency settings and this machine (the weights change neither). The dry run looks for it too."""
+    what = {"kind": "cost", "model": {k: v for k, v in stage.model.items() if k not in ("checkpoint", "weights")},
+            "in_chans": ctx.data.in_chans, "image_size": int(ctx.cfg.data.image_size),
+            "classes": ctx.data.num_classes, "batches": latency_batches(ctx.cfg), "runtimes": latency_runtimes(ctx.cfg),
+            "threads": torch.get_num_threads(), "host": socket.gethostname(), "cpu": platform.processor()}  # fmt: skip
+    key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return key, what, store_path(ctx.cfg, "cost", stage.model["name"], key)
+
+
+def stage_cost(ctx: StageContext, stage: Stage, model: nn.Module, leader: bool) -> dict:
+    """The model's MACs and latency (kdcl.models.cost.model_cost) as JSON. A given checkpoint's (a teacher
+    every job of a sweep loads) is measured once on this machine and read from the shared cache after."""
+    size, batches = int(ctx.cfg.data.image_size), latency_batches(ctx.cfg) if leader else []
+
+    def measure() -> dict:
+        return model_cost(model, ctx.data.in_chans, size, batches, latency_runtimes(ctx.cfg)).to_json()
+
+    if stage.trains or not batches or launched_world_size() > 1:
+        return measure()
+    key, what, path = given_cost_entry(ctx, stage)
+    stored, _ = load_or_build(path, key, what, lambda: {"cost": measure()}, str(ctx.run_dir), stage.name,
+                              cache_bound(ctx.cfg))  # fmt: skip
+    return stored["cost"]
+
+
 def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) -> None:
     """TensorBoard's HPARAMS tab needs the hyper-parameters written together with result metrics."""
     results = {f"hparams/{k.rsplit('/', 2)[-2]}_{k.rsplit('/', 1)[-1]}": float(v) for k, v in metrics.items()}
@@ -452,8 +481,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
     leader = trainer.is_global_zero  # under DDP only the first rank measures and writes
     timer = timer or PartTimer()
     with timer.part("latency"):  # MACs, and latency in each runtime (an ONNX export for ONNX Runtime)
-        cost = model_cost(module.model, ctx.data.in_chans, int(ctx.cfg.data.image_size),
-                          latency_batches(ctx.cfg) if leader else [], latency_runtimes(ctx.cfg)).to_json()  # fmt: skip
+        cost = stage_cost(ctx, stage, module.model, leader)
     for runtime in cost["latency"].values():
         if runtime["note"]:
             print(f"[{stage.name}] {runtime['runtime']} latency {runtime['note']}", flush=True)

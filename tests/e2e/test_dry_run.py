@@ -52,6 +52,7 @@ def test_a_sweep_preview_names_the_store_one_job_builds_and_the_others_reuse(aug
     )
     assert f"reused (job 1): shared cache file {first}" in sweep.stdout
     assert re.search(r"sweep of 2 jobs", sweep.stdout)
+    assert "job " in sweep.stdout and "data.download" not in sweep.stdout  # what the dry run adds is not shown
     assert not (tmp_path / "cache").exists()
 
     train_once(tmp_path, [*args, "distill.temperature=2"])

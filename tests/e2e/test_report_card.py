@@ -62,7 +62,7 @@ def test_each_model_passes_over_the_test_set_once_per_run(tiny_run, tmp_path, kd
 
     monkeypatch.setattr(KdclDataModule, "test_dataloader", counted)
     teacher = tiny_run / "stages/00-teacher/checkpoints/best.ckpt"
-    args = [*TINY, f"teacher.checkpoint={teacher}", "pipeline.stages.student.select=last", "latency.batches=[]",
+    args = [*TINY, f"teacher.checkpoint={teacher}", "pipeline.stages.student.select=last", "latency.batches=[1]",
             "logger=none", f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     first = kdcl_main(["train", *args, "distill.temperature=2"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -74,6 +74,11 @@ def test_each_model_passes_over_the_test_set_once_per_run(tiny_run, tmp_path, kd
         summary = summary_of(run_dir_of(proc))
         cards = {c["stage"]: c for c in summary["report_card"]}
         assert [cards[s["name"]]["test_acc"] for s in summary["stages"]] == [s["test_acc"] for s in summary["stages"]]
+    # the shared teacher's latency, too, is measured once on this machine and read by the later job
+    cost = f"shared store {tmp_path / 'cache'}/cost-test_resnet-"
+    assert f"built the {cost}" in first.stdout and f"reused the {cost}" in second.stdout
+    teachers = [summary_of(run_dir_of(p))["stages"][0] for p in (first, second)]
+    assert teachers[0]["latency"] == teachers[1]["latency"] and teachers[0]["macs"] == teachers[1]["macs"]
 
 
 @pytest.fixture(scope="module")
