@@ -1,6 +1,6 @@
 """The cache shared by runs (`paths.cache_dir`, default <paths.output_dir>/cache): teachers' stored logits
-and views, a given teacher's test results and its MACs and latency, each a file named by the key of what
-made it (content-addressed).
+and views, a given teacher's test results, and each architecture's MACs and latency on this machine, each a
+file named by the key of what made it (content-addressed).
 
 Every job of a sweep with the same teacher and data asks for the same name, so one pass serves them
 all; a changed setting is a different name, so a stale entry is never read. Entries are written

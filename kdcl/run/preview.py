@@ -28,7 +28,7 @@ from kdcl.models.cost import StepTimes, measure_steps
 from kdcl.run.estimate import REPORT_BYTES, REPORT_S, Counts, Estimate, StageWork, estimate
 from kdcl.run.plan import Plan, Stage, split_ref
 from kdcl.run.presets import task_classes
-from kdcl.run.stage import StageContext, given_cost_entry, given_test_entry, training_examples
+from kdcl.run.stage import StageContext, cost_entry, given_test_entry, training_examples
 from kdcl.teachers.outputs import cache_key, shared_logits_path
 from kdcl.teachers.views import ViewSpec, store_bytes, views_key, views_store_path
 
@@ -164,11 +164,11 @@ def given_test_reused(ctx: StageContext, stage: Stage, shared: SharedStores, job
     return shared.status(given_test_entry(ctx.cfg, stage, checkpoint, seen)[2], job, stage.name) != "built here"
 
 
-def given_cost_reused(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) -> bool:
-    """A given checkpoint's MACs and latency come from the shared cache (found, or measured by an earlier job)."""
-    if stage.trains or not latency_batches(ctx.cfg):
+def cost_reused(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) -> bool:
+    """The model's MACs and latency come from the shared cache (found, or measured by an earlier job or stage)."""
+    if not latency_batches(ctx.cfg):
         return False
-    return shared.status(given_cost_entry(ctx, stage)[2], job, stage.name) != "built here"
+    return shared.status(cost_entry(ctx, stage)[2], job, stage.name) != "built here"
 
 
 def before_training(stage: Stage, outputs: TeacherRead, scoring: tuple) -> str:
@@ -203,7 +203,7 @@ def stage_work(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> tuple
         logit_bytes=2 if spec.bf16 else 4, classes=data.num_classes, scoring=scoring,
         test_cached=given_test_reused(ctx, stage, p.shared, job), in_summary=stage.in_summary,
         last_differs=stage.trains and stage.select == "best",
-        latency=(tuple(latency_batches(cfg)) if not given_cost_reused(ctx, stage, p.shared, job) else (), runtimes),
+        latency=(tuple(latency_batches(cfg)) if not cost_reused(ctx, stage, p.shared, job) else (), runtimes),
         first_export=not p.exported and "onnxruntime" in runtimes,
         optimizer=str(cfg.optim.name), keep=str(cfg.checkpoint.keep), epoch_checkpoints=len(stage.save_epochs),
         log_every=int(cfg.trainer.get("log_every_n_steps") or 50),

@@ -419,9 +419,10 @@ def save_test_predictions(ctx: StageContext, stage: Stage, predictions: Predicti
     return relative_to_run(path, ctx.run_dir)
 
 
-def given_cost_entry(ctx: StageContext, stage: Stage) -> tuple[str, dict, Path]:
-    """(key, what it is made of, shared-cache file) of a given model's MACs and latency: its architecture,
-    input, the latency settings and this machine (the weights change neither). The dry run looks for it too."""
+def cost_entry(ctx: StageContext, stage: Stage) -> tuple[str, dict, Path]:
+    """(key, what it is made of, shared-cache file) of a model's MACs and latency: its architecture, input,
+    the latency settings and this machine; not its weights, which change neither (a dense network's
+    arithmetic does not depend on the values). The dry run looks for it too."""
     what = {"kind": "cost", "model": {k: v for k, v in stage.model.items() if k not in ("checkpoint", "weights")},
             "in_chans": ctx.data.in_chans, "image_size": int(ctx.cfg.data.image_size),
             "classes": ctx.data.num_classes, "batches": latency_batches(ctx.cfg), "runtimes": latency_runtimes(ctx.cfg),
@@ -431,16 +432,17 @@ def given_cost_entry(ctx: StageContext, stage: Stage) -> tuple[str, dict, Path]:
 
 
 def stage_cost(ctx: StageContext, stage: Stage, model: nn.Module, leader: bool) -> dict:
-    """The model's MACs and latency (kdcl.models.cost.model_cost) as JSON. A given checkpoint's (a teacher
-    every job of a sweep loads) is measured once on this machine and read from the shared cache after."""
+    """The model's MACs and latency (kdcl.models.cost.model_cost) as JSON, measured once per architecture
+    and input on this machine and read from the shared cache after: by every later job of a sweep, and by
+    later stages with the same model (out-of-fold copies, generations)."""
     size, batches = int(ctx.cfg.data.image_size), latency_batches(ctx.cfg) if leader else []
 
     def measure() -> dict:
         return model_cost(model, ctx.data.in_chans, size, batches, latency_runtimes(ctx.cfg)).to_json()
 
-    if stage.trains or not batches or launched_world_size() > 1:
+    if not batches or launched_world_size() > 1:
         return measure()
-    key, what, path = given_cost_entry(ctx, stage)
+    key, what, path = cost_entry(ctx, stage)
     stored, _ = load_or_build(path, key, what, lambda: {"cost": measure()}, str(ctx.run_dir), stage.name,
                               cache_bound(ctx.cfg))  # fmt: skip
     return stored["cost"]
