@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from kdcl.common.tables import print_table
 from kdcl.config.checks import latency_batches, latency_runtimes
@@ -86,6 +87,8 @@ class Previewer:
 
     shared: SharedStores
     speeds: dict[str, StepTimes]
+    # given teachers, loaded once for every job of a sweep (their weights are part of every store's key)
+    loaded: dict[str, nn.Module] = field(default_factory=dict)
     exported: bool = False  # an ONNX export already ran in this process (its first warms the exporter)
 
     def speed(self, ctx: StageContext, model: dict, key: str) -> StepTimes:
@@ -113,10 +116,19 @@ def given(ctx: StageContext, ref: str) -> Path | None:
     return Path(stage.model["checkpoint"]).resolve() if not stage.trains and epoch is None else None
 
 
-def store_files(ctx: StageContext, stage: Stage, files: list[Path]) -> list[Path]:
+def given_teacher(ctx: StageContext, ref: str, file: Path, loaded: dict[str, nn.Module]) -> nn.Module:
+    """A teacher given as a checkpoint, built and loaded once per model, file and data shape."""
+    model = ctx.plan.stage(split_ref(ref)[0]).model
+    shape = (ctx.data.num_classes, ctx.data.in_chans, int(ctx.cfg.data.image_size))
+    name = json.dumps([model, str(file), shape], sort_keys=True, default=str)
+    if name not in loaded:
+        loaded[name] = ctx.build_model(model, f"pipeline.stages.{ref}", file)
+    return loaded[name]
+
+
+def store_files(ctx: StageContext, stage: Stage, files: list[Path], loaded: dict[str, nn.Module]) -> list[Path]:
     """The shared-cache files of the stage's stored outputs (teachers given as checkpoints: keys known)."""
-    teachers = [ctx.build_model(ctx.plan.stage(split_ref(t)[0]).model, f"pipeline.stages.{t}", f)
-                for t, f in zip(stage.teachers, files, strict=True)]  # fmt: skip
+    teachers = [given_teacher(ctx, t, f, loaded) for t, f in zip(stage.teachers, files, strict=True)]
     classes = task_classes(stage.task, ctx.data.num_classes)[0] if stage.task else None
     plain, data, src = unaugmented(training_examples(ctx, stage, classes)), data_identity(ctx.cfg.data), ctx.data.load()
     if stage.teacher_outputs == "cached":
@@ -125,7 +137,7 @@ def store_files(ctx: StageContext, stage: Stage, files: list[Path]) -> list[Path
     return [views_store_path(ctx.cfg, t, views_key(t, plain, data, src.mean, src.std, spec)[0]) for t in teachers]
 
 
-def outputs_of(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) -> TeacherRead:
+def outputs_of(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> TeacherRead:
     mode = stage.teacher_outputs
     if mode == "online":
         return TeacherRead("online" if stage.teachers else "-", "-")
@@ -134,8 +146,8 @@ def outputs_of(ctx: StageContext, stage: Stage, shared: SharedStores, job: int) 
     files = [given(ctx, t) for t in stage.teachers]
     if any(f is None for f in files):  # a teacher trained in this job: its weights, so the key, come later
         return TeacherRead(what, "built here", builds=True)
-    paths = store_files(ctx, stage, files)
-    statuses = [shared.status(p, job, stage.name) for p in paths]
+    paths = store_files(ctx, stage, files, p.loaded)
+    statuses = [p.shared.status(path, job, stage.name) for path in paths]
     source = statuses[0] if len(set(statuses)) == 1 else "partly built here"
     return TeacherRead(what, source, tuple(p.name for p in paths), "built here" in statuses)
 
@@ -191,7 +203,7 @@ def stage_work(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> tuple
                     int(cfg.data.batch_size), int(cfg.data.eval_batch_size),
                     tuple(cfg.trainer.get(f"limit_{s}_batches") for s in ("train", "val", "test")))  # fmt: skip
     speed = lambda model, key: p.speed(ctx, model, key)  # noqa: E731
-    outputs = outputs_of(ctx, stage, p.shared, job)
+    outputs = outputs_of(ctx, stage, p, job)
     scoring = scoring_of(ctx, stage, stage.teacher_outputs, n, speed)
     spec = ViewSpec.of(cfg, data.num_classes, stage.curriculum, stage.epochs)
     runtimes = tuple(latency_runtimes(cfg))
