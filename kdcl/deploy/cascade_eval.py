@@ -27,7 +27,7 @@ from kdcl.data.datamodule import StagePart
 from kdcl.deploy.cascade import Point, confidence, curve, operating_point, thresholds
 from kdcl.deploy.locate import apply_overrides, finished_stage, locate
 from kdcl.models import model_from_checkpoint
-from kdcl.models.predictions import predict
+from kdcl.models.predictions import Predictions, predict
 from kdcl.run.manifest import Manifest
 
 LATENCY_BATCH = "1"  # the cascade serves one image at a time: per-image latency at batch 1
@@ -90,29 +90,52 @@ def measured_ms(model: torch.nn.Module, runtime: str, dm: KdclDataModule, cfg: D
     return None if timing is None else timing.median_ms
 
 
-def latencies(pair: Pair, models: list, dm: KdclDataModule, cfg: DictConfig) -> tuple[str, tuple[float, float]]:
+def latencies(pair: Pair, model, dm: KdclDataModule, cfg: DictConfig) -> tuple[str, tuple[float, float]]:
     """(runtime, per-image latency at batch 1 of student and teacher) in the run's speed-up runtime (ONNX
-    Runtime by default): as the run measured them, else measured now; eager PyTorch when that runtime
-    cannot time both (not installed, a model it cannot export)."""
+    Runtime by default): as the run measured them, else measured now on `model(i)` (0: student, 1: teacher);
+    eager PyTorch when that runtime cannot time both (not installed, a model it cannot export)."""
     wanted = str((cfg.get("latency") or {}).get("speedup_runtime") or "onnxruntime")
     for runtime in dict.fromkeys([wanted, "eager"]):
-        ms = [recorded_ms(r, runtime) or measured_ms(m, runtime, dm, cfg)
-              for r, m in zip((pair.student, pair.teacher), models, strict=True)]  # fmt: skip
+        ms = [recorded_ms(r, runtime) or measured_ms(model(i), runtime, dm, cfg)
+              for i, r in enumerate((pair.student, pair.teacher))]  # fmt: skip
         if None not in ms:
             return runtime, (float(ms[0]), float(ms[1]))
     raise KdclError("cascade=true: the models' latency could not be measured in any runtime")
 
 
+def stored_predictions(pair: Pair, result: dict, split: str, examples: int) -> Predictions | None:
+    """The logits the stage kept of its handed-on checkpoint on `split` (its test; its validation epoch), when
+    they cover the whole split: then the cascade passes that model over it no more."""
+    kept = result.get(f"{split}_predictions")
+    path = pair.run_dir / kept if kept else None
+    if path is None or not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return Predictions(saved["logits"], saved["labels"]) if len(saved["labels"]) == examples else None
+
+
 def both_predictions(pair: Pair, cfg: DictConfig) -> tuple[dict, tuple[str, tuple[float, float]]]:
-    """{split: (student, teacher) Predictions} for val and test, and their per-image latencies (runtime, ms)."""
+    """{split: (student, teacher) Predictions} for val and test (the stages' own where kept, else one pass
+    each), and their per-image latencies (runtime, ms)."""
     check_data(cfg.data)
     dm = KdclDataModule(cfg.data, seed=cfg.seed)
     dm.setup()
     view = dm.for_stage(StagePart())
-    models = [model_of(pair, r, dm, cfg) for r in (pair.student, pair.teacher)]
+    results = (pair.student, pair.teacher)
+    built: dict[int, torch.nn.Module] = {}
+
+    def model(i: int) -> torch.nn.Module:  # built only when a pass or a latency needs it
+        if i not in built:
+            built[i] = model_of(pair, results[i], dm, cfg)
+        return built[i]
+
+    def of(i: int, split: str, loader) -> Predictions:
+        stored = stored_predictions(pair, results[i], split, len(loader.dataset))
+        return stored if stored is not None else predict(model(i), loader, dm.normalize)
+
     loaders = {"val": view.val_dataloader(), "test": view.test_dataloader()}
-    preds = {split: tuple(predict(m, loader, dm.normalize) for m in models) for split, loader in loaders.items()}
-    return preds, latencies(pair, models, dm, cfg)
+    preds = {split: (of(0, split, loader), of(1, split, loader)) for split, loader in loaders.items()}
+    return preds, latencies(pair, model, dm, cfg)
 
 
 def run_cascade(target: str, stage: str | None, cfg: DictConfig) -> dict:

@@ -45,7 +45,7 @@ from kdcl.run.presets import task_classes
 from kdcl.teachers.outputs import TeacherOutputs
 from kdcl.teachers.views import TeacherViews, open_teacher_views
 from kdcl.training.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
-from kdcl.training.checkpoints import StageCheckpoint, resume_point
+from kdcl.training.checkpoints import BestCheckpoint, StageCheckpoint, resume_point, val_predictions_for
 from kdcl.training.module import DistillationModule
 from kdcl.training.trainer import build_trainer
 
@@ -80,6 +80,7 @@ class StageResult:
     teacher_store: dict | None = None  # stored teacher views: files, size on disk, pass time (kdcl/teachers/views.py)
     test_reused: str | None = None  # a given checkpoint's test read from the shared cache: the entry's file
     test_predictions: str | None = None  # the chosen checkpoint's test logits and labels (the report card reads them)
+    val_predictions: str | None = None  # its validation logits and labels, when kept (the cascade reads them)
     timing: dict[str, float] = field(default_factory=dict)  # wall seconds: prepare, train, test, latency
 
     def to_json(self) -> dict:
@@ -159,6 +160,7 @@ def relative_to_run(path: Path, run_dir: Path) -> str:
 
 
 LAST = "last"  # last.ckpt: the model after the latest epoch
+VAL_PREDICTIONS = "val_predictions.pt"  # the handed-on epoch's validation logits (the cascade reads them)
 
 
 def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
@@ -307,8 +309,9 @@ def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, l
     """The checkpoints (best.ckpt by val acc; last.ckpt after every epoch, where a stopped stage
     continues), the random state, the epochs kept for later stages, and the non-finite-loss guard."""
     ckpt_dir = ctx.stage_dir(stage) / "checkpoints"
-    best = StageCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
-                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)  # fmt: skip
+    best = BestCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric_name(stage.name, "val", "acc"), mode="max",
+                          save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+                          predictions=ctx.stage_dir(stage) / VAL_PREDICTIONS, select=stage.select)  # fmt: skip
     if not stage.trains:
         return best, []
     # a second callback for last.ckpt: one with save_last writes it only in epochs that improved best
@@ -419,6 +422,14 @@ def save_test_predictions(ctx: StageContext, stage: Stage, predictions: Predicti
     return relative_to_run(path, ctx.run_dir)
 
 
+def kept_val_predictions(ctx: StageContext, stage: Stage, best_val_acc: float | None) -> str | None:
+    """The stage's saved validation logits (relative to the run) when they are the handed-on checkpoint's."""
+    path = ctx.stage_dir(stage) / VAL_PREDICTIONS
+    if not stage.trains or val_predictions_for(path, stage.select, best_val_acc, stage.epochs - 1) is None:
+        return None
+    return relative_to_run(path, ctx.run_dir)
+
+
 def cost_entry(ctx: StageContext, stage: Stage) -> tuple[str, dict, Path]:
     """(key, what it is made of, shared-cache file) of a model's MACs and latency: its architecture, input,
     the latency settings and this machine; not its weights, which change neither (a dense network's
@@ -500,6 +511,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         recovery=recovery, teacher_store=store, test_reused=test_reused, timing=timer.rounded(),
     )  # fmt: skip
     if leader:
-        result = replace(result, test_predictions=save_test_predictions(ctx, stage, module.test_predictions))
+        result = replace(result, test_predictions=save_test_predictions(ctx, stage, module.test_predictions),
+                         val_predictions=kept_val_predictions(ctx, stage, result.best_val_acc))  # fmt: skip
         atomic_write_json(ctx.stage_dir(stage) / "metrics.json", result.to_json())
     return result

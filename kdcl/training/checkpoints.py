@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -108,3 +109,45 @@ def relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     moved = {k: move(state.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path") if k in state}
     best_k = {move(k): v for k, v in (state.get("best_k_models") or {}).items()}
     return {**state, **moved, "dirpath": new, "best_k_models": best_k}
+
+
+class BestCheckpoint(StageCheckpoint):
+    """best.ckpt, and next to it the validation logits of the epoch a stage hands on (the epoch best.ckpt
+    holds, or with `select: last` the latest), so that `kdcl eval RUN cascade=true` reads them instead of
+    passing the model over the validation set again. Tagged with the best score and the epoch: after a kill
+    between the checkpoint and this file the tag no longer matches, and the cascade recomputes them. Done
+    here, around Lightning's own saving (at the end of the epoch or of validation, whichever it saves on)."""
+
+    def __init__(self, *args, predictions: Path | None = None, select: str = "best", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.predictions, self.select = predictions, select
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.keeping(trainer, pl_module, super().on_train_epoch_end)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.keeping(trainer, pl_module, super().on_validation_end)
+
+    def keeping(self, trainer: pl.Trainer, pl_module: pl.LightningModule, save) -> None:
+        before = best_score(self)
+        save(trainer, pl_module)
+        score, kept = best_score(self), getattr(pl_module, "val_predictions", None)
+        if self.predictions is None or kept is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (score is not None and score != before) or self.select == "last":
+            atomic_torch_save({"score": score, "epoch": pl_module.val_epoch, "logits": kept.logits,
+                               "labels": kept.labels}, self.predictions)  # fmt: skip
+
+
+def best_score(checkpoint: ModelCheckpoint) -> float | None:
+    score = checkpoint.best_model_score
+    return None if score is None else float(score)
+
+
+def val_predictions_for(path: Path, select: str, best_val_acc: float | None, last_epoch: int) -> dict | None:
+    """The saved validation logits when they belong to the checkpoint the stage handed on, else None."""
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    matches = saved["epoch"] == last_epoch if select == "last" else saved["score"] == best_val_acc
+    return saved if matches else None

@@ -72,7 +72,10 @@ class DistillationModule(pl.LightningModule):
         # card reads them); one process in fp32 only: under DDP each rank holds a share, and under bf16 or
         # fp16 they would not be the fp32 logits the card compares with the other checkpoints'.
         self.test_predictions: Predictions | None = None
-        self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # the same for the last validation pass (KeepValPredictions saves the handed-on epoch's for the cascade)
+        self.val_predictions: Predictions | None = None
+        self.val_epoch = -1  # the epoch they are of
+        self._batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self.unseen = unseen_mask(num_classes, seen_classes)  # made once: predict_seen runs every step
         self.distill_classes = None if distill_classes is None else torch.as_tensor(distill_classes)
         self.num_classes = num_classes
@@ -180,23 +183,35 @@ class DistillationModule(pl.LightningModule):
         self.log(metric_name(self.stage, split, "acc"), metric, on_epoch=True, prog_bar=split == "val")
         return logits
 
+    def keep(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch of the pass's fp32 logits, on the CPU as they come (a GPU holds one batch of them at most)."""
+        if self.trainer.world_size == 1 and str(self.trainer.precision).startswith(("32", "64")):
+            self._batches[split].append((logits.detach().float().cpu(), labels.detach().cpu()))
+
+    def kept(self, split: str) -> Predictions | None:
+        """The pass's logits and labels, gathered; None when none were kept (DDP, half precision)."""
+        batches, self._batches[split] = self._batches[split], []
+        if not batches:
+            return None
+        logits, labels = zip(*batches, strict=True)
+        return Predictions(torch.cat(logits), torch.cat(labels).long())
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "val", self.val_acc)
+        self.keep("val", self.evaluate(batch, "val", self.val_acc), batch[1])
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_predictions, self.val_epoch = self.kept("val"), self.current_epoch
 
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self.evaluate(batch, "test", self.test_acc)
         self.test_confusion.update(logits, batch[1])
-        if self.trainer.world_size == 1 and str(self.trainer.precision).startswith(("32", "64")):
-            self._test_batches.append((logits.detach().float().cpu(), batch[1].detach().cpu()))
+        self.keep("test", logits, batch[1])
 
     def on_test_epoch_end(self) -> None:
         confusion = self.test_confusion.compute()
         self.test_per_class = {"correct": confusion.diag().tolist(), "total": confusion.sum(1).tolist()}
         self.test_confusion.reset()
-        if self._test_batches:  # on the CPU as they come: a GPU's memory holds one batch of them at most
-            logits, labels = zip(*self._test_batches, strict=True)
-            self.test_predictions = Predictions(torch.cat(logits), torch.cat(labels).long())
-        self._test_batches = []
+        self.test_predictions = self.kept("test") or self.test_predictions
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

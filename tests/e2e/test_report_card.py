@@ -81,20 +81,70 @@ def test_each_model_passes_over_the_test_set_once_per_run(tiny_run, tmp_path, kd
         assert f"built the {cost}" in first.stdout and f"reused the {cost}" in second.stdout
     teachers = [summary_of(run_dir_of(p))["stages"][0] for p in (first, second)]
     assert teachers[0]["latency"] == teachers[1]["latency"] and teachers[0]["macs"] == teachers[1]["macs"]
+    # select: last hands on the last epoch: its validation logits are the ones kept for the cascade
+    run = run_dir_of(second)
+    student = json.loads((run / "run.json").read_text())["stages"]["student"]["result"]
+    assert torch.load(run / student["val_predictions"], weights_only=True)["epoch"] == student["epochs"] - 1
+
+
+def cascade_of(run, passes: list[str]):
+    """kdcl eval's process on `run` with cascade=true, each model pass over a split counted into `passes`."""
+    from kdcl.deploy import cascade_eval
+
+    original = cascade_eval.predict
+
+    def counted(model, loader, *args, **kwargs):
+        passes.append(type(model).__name__)
+        return original(model, loader, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cascade_eval, "predict", counted)
+        proc = in_process(["eval", str(run), "cascade=true"], run)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
 
 
 @pytest.fixture(scope="module")
 def cascade_run(tiny_run, tmp_path_factory):
-    """(a copy of tiny_run, kdcl eval's process, cascade.json) for `cascade=true`: the copy keeps tiny_run as it is."""
-    run = tmp_path_factory.mktemp("cascade") / "run"
+    """(a copy of tiny_run, kdcl eval's process, cascade.json, the model passes it made) for `cascade=true`:
+    the copy keeps tiny_run as it is."""
+    run, passes = tmp_path_factory.mktemp("cascade") / "run", []
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("tensorboard"))
-    proc = in_process(["eval", str(run), "cascade=true"], run)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return run, proc, json.loads((run / "cascade.json").read_text())
+    proc = cascade_of(run, passes)
+    return run, proc, json.loads((run / "cascade.json").read_text()), passes
+
+
+def test_the_cascade_reads_the_logits_the_stages_kept_and_passes_no_model_again(cascade_run, tmp_path):
+    run, _, result, passes = cascade_run
+    manifest = json.loads((run / "run.json").read_text())["stages"]
+    kept = [
+        run / manifest[stage]["result"][f"{split}_predictions"]
+        for stage in ("student", "teacher")
+        for split in ("val", "test")
+    ]
+    assert all(path.is_file() for path in kept)
+    assert passes == [], "the stages' test and validation logits serve the cascade: no model runs again"
+    # a run without them (made before kdcl kept them): one pass per model and split, and the same cascade
+    older, again = tmp_path / "older", []
+    shutil.copytree(run, older)
+    for path in kept:
+        (older / path.relative_to(run)).unlink()
+    cascade_of(older, again)
+    assert len(again) == 4
+    recomputed = json.loads((older / "cascade.json").read_text())
+    assert recomputed["tau"] == result["tau"]
+    for split in ("val", "test"):
+        ours, theirs = result["splits"][split], recomputed["splits"][split]
+        assert theirs["examples"] == ours["examples"]
+        assert [theirs["student_acc"], theirs["teacher_acc"]] == pytest.approx(
+            [ours["student_acc"], ours["teacher_acc"]]
+        )
+        points = [[v for p in s["curve"] for v in (p["accuracy"], p["deferred"])] for s in (ours, theirs)]
+        assert points[1] == pytest.approx(points[0])
 
 
 def test_cascade_at_tau_zero_is_the_student_and_above_one_the_teacher(cascade_run):
-    run, proc, result = cascade_run
+    run, proc, result, _ = cascade_run
     teacher, student = summary_of(run)["stages"]
     test = result["splits"]["test"]
     first, last = test["curve"][0], test["curve"][-1]
@@ -110,7 +160,7 @@ def test_cascade_at_tau_zero_is_the_student_and_above_one_the_teacher(cascade_ru
 
 
 def test_cascade_operating_point_recomputed_from_the_saved_predictions(cascade_run):
-    run, _, result = cascade_run
+    run, _, result, _ = cascade_run
     saved = torch.load(run / "cascade_predictions.pt", weights_only=True)
     tau = result["tau"]
     for split in ("val", "test"):
