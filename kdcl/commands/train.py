@@ -249,7 +249,8 @@ def preview_points(args) -> None:
         )
     labels = [" ".join(o for o in combo if not o.startswith(("hydra", "data.download="))) or "(defaults)"
               for combo, _ in points]  # fmt: skip
-    preview([check_config(cfg) for _, cfg in points], labels, time.perf_counter() - STARTED)
+    sweep = len(points) > 1  # the jobs then run as a Hydra multirun, which their plans see (auto's choice)
+    preview([check_config(cfg, sweep) for _, cfg in points], labels, time.perf_counter() - STARTED)
 
 
 def train_task(cfg) -> float | None:
