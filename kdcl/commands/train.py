@@ -249,8 +249,7 @@ def preview_points(args) -> None:
         )
     labels = [" ".join(o for o in combo if not o.startswith(("hydra", "data.download="))) or "(defaults)"
               for combo, _ in points]  # fmt: skip
-    sweep = len(points) > 1  # the jobs then run as a Hydra multirun, which their plans see (auto's choice)
-    preview([check_config(cfg, sweep) for _, cfg in points], labels, time.perf_counter() - STARTED)
+    preview([check_config(cfg) for _, cfg in points], labels, time.perf_counter() - STARTED)
 
 
 def train_task(cfg) -> float | None:

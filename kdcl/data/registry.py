@@ -30,27 +30,14 @@ class ImageSplits:
 
 DatasetLoader = Callable[[DictConfig], ImageSplits]
 DATASETS: dict[str, DatasetLoader] = {}
-READ_FROM_FILES: set[str] = set()  # datasets whose images are decoded from files at every read
 
 
-def register_dataset(name: str, in_memory: bool = True) -> Callable[[DatasetLoader], DatasetLoader]:
-    """`in_memory=False` for a source whose images are decoded from files at every read (a folder of
-    JPEGs): there, each extra pass over the data costs its decoding too (`distill.teacher_outputs=auto`
-    weighs it)."""
-
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
     def add(fn: DatasetLoader) -> DatasetLoader:
         DATASETS[name] = fn
-        if not in_memory:
-            READ_FROM_FILES.add(name)
         return fn
 
     return add
-
-
-def held_in_memory(name: str) -> bool:
-    """Whether a dataset's images are held decoded in memory (a pass over them costs no decoding)."""
-    get_loader(name)  # registers the built-in datasets; an unknown name is one clear error
-    return name not in READ_FROM_FILES
 
 
 def get_loader(name: str) -> DatasetLoader:

@@ -168,7 +168,7 @@ class FolderImages(Dataset):
         return self.folder[i]
 
 
-@register_dataset("image_folder", in_memory=False)
+@register_dataset("image_folder")
 def image_folder(cfg: DictConfig) -> ImageSplits:
     root = Path(cfg.root)
     if not root.is_dir():

@@ -12,11 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.config.schema import TeacherOutputMode
-from kdcl.data.registry import held_in_memory
 from kdcl.losses.ensemble import COMBINATIONS
 from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
 from kdcl.run.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
-from kdcl.run.sweep import in_sweep_job
 
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
@@ -210,21 +208,19 @@ def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict
                  None if task is None else tuple(task), loss_terms=parsed, ensemble=ensemble)  # fmt: skip
 
 
-def plan_stages(cfg: DictConfig, sweep: bool | None = None) -> list[Stage]:
-    """The stages of the configured pipeline, checked, with their curriculum and teacher-output settings
-    (`sweep`: whether this is one job of several; None: a Hydra multirun job is)."""
-    sweep = in_sweep_job() if sweep is None else sweep
+def plan_stages(cfg: DictConfig) -> list[Stage]:
+    """The stages of the configured pipeline, checked, with their curriculum and teacher-output settings."""
     stages: dict[str, Stage] = {}
     for index, (name, spec) in enumerate(stage_specs(cfg).items()):
         stages[str(name)] = make_stage(cfg, index, str(name), spec, stages)
     planned = with_curriculum(cfg, list(stages.values()))
     by_name = {s.name: s for s in planned}
-    planned = [replace(s, index=i, **teacher_outputs_fields(cfg, s, by_name, sweep)) for i, s in enumerate(planned)]
+    planned = [replace(s, index=i, **teacher_outputs_fields(cfg, s, by_name)) for i, s in enumerate(planned)]
     return with_saved_epochs(planned)
 
 
-def build_plan(cfg: DictConfig, sweep: bool | None = None) -> Plan:
-    return Plan(cfg, tuple(plan_stages(cfg, sweep)))
+def build_plan(cfg: DictConfig) -> Plan:
+    return Plan(cfg, tuple(plan_stages(cfg)))
 
 
 def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
@@ -242,35 +238,29 @@ def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
 TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputMode)  # declared in kdcl/config/schema.py
 
 
-def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, given: bool, in_memory: bool = True,
-              sweep: bool = False) -> tuple[str, str]:  # fmt: skip
+def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, given: bool) -> tuple[str, str]:
     """distill.teacher_outputs=auto: the mode whose teacher work is least, and why. Stored logits cost one
-    teacher pass in all (during epoch 1). With augmentation each epoch shows a new view: online costs
-    `epochs` teacher passes, stored views K = min(data.views, epochs) passes before training, plus reading
-    the images K more times (decoding them, for a folder of files). So views when K < epochs; when K =
-    epochs only for teachers `given` as checkpoints, whose store the shared cache keeps for other jobs, and
-    only where that costs nothing more now (images in memory) or other jobs are sure to read it (a sweep)."""
+    teacher pass in all (during epoch 1); with augmentation each epoch shows a new view, so stored views cost
+    min(K, epochs) passes before training against `epochs` passes online: views when K < epochs, or when
+    the teachers are `given` checkpoints (their store, in the shared cache, serves every job that has them)."""
     if feature_terms:
         return "online", f"the feature terms {', '.join(feature_terms)} need the teachers' activations"
     if not augment:
         return "cached", "no augmentation: one teacher pass (in epoch 1) serves every epoch"
+    if given:
+        return (
+            "views",
+            "the teachers are given checkpoints: one views pass, kept in the shared cache, serves every job with them",
+        )
     if views < epochs:
         return "views", f"{views} stored views per example serve {epochs} epochs: {views} teacher passes, not {epochs}"
-    if given and sweep:
-        return "views", ("the teachers are given checkpoints: one views pass, kept in the shared cache, serves "
-                         "every job of this sweep")  # fmt: skip
-    if given and in_memory:
-        return "views", (f"the teachers are given checkpoints and the images are in memory: the pass over {epochs} "
-                         "views costs what running them online does, and its store in the shared cache serves "
-                         "later jobs with these teachers")  # fmt: skip
-    decoding = "" if in_memory else ", and decoding every image once more per view"
-    return "online", (f"{epochs} epoch(s) show at most {epochs} of the data.views={views} views: their pass would "
-                      f"cost the teacher passes online does{decoding} (views pay off when data.views < epochs, or "
-                      "for teachers given as checkpoints in a sweep or on images held in memory)")  # fmt: skip
+    return "online", (f"{epochs} epoch(s) show at most {epochs} of the data.views={views} views, and their pass costs "
+                      "what running the teacher online does (views pay off when data.views < epochs, or for teachers "
+                      "given as checkpoints, whose stores sweep jobs share)")  # fmt: skip
 
 
-def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int, views: int, given: bool = False,
-                in_memory: bool = True, sweep: bool = False) -> tuple[str, str]:  # fmt: skip
+def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int, views: int,
+                given: bool = False) -> tuple[str, str]:  # fmt: skip
     """(online | cached | views, why auto chose it) for a stage whose loss needs teachers; errors name the
     setting that forbids storing."""
     if mode not in TEACHER_OUTPUT_MODES:
@@ -279,7 +269,7 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int,
     if mode == "online":
         return "online", ""
     if mode == "auto":
-        return auto_mode(augment, feature_terms, epochs, views, given, in_memory, sweep)
+        return auto_mode(augment, feature_terms, epochs, views, given)
     if feature_terms:
         raise KdclError(
             f"distill.teacher_outputs={mode}: the feature terms {', '.join(feature_terms)} need the teachers' "
@@ -296,9 +286,9 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int,
     return mode, ""
 
 
-def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Stage], sweep: bool) -> dict[str, str]:
+def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Stage]) -> dict[str, str]:
     """Stored teacher logits or views where they are exact and save work (distill.teacher_outputs); online
-    otherwise: the stage's `teacher_outputs` and, for auto, why (`sweep`: other jobs of a sweep share stores)."""
+    otherwise: the stage's `teacher_outputs` and, for auto, why."""
     mode = str(cfg.distill.get("teacher_outputs", "online"))
     needs_teacher = any(t.spec.needs_teacher for t in stage.loss_terms if t.weight > 0 or "weight" in t.schedule)
     if not (stage.trains and stage.teachers and needs_teacher):
@@ -306,9 +296,7 @@ def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Sta
     features = [t.name for t in stage.loss_terms
                 if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
     given = all(split_ref(t)[1] is None and not by_name[split_ref(t)[0]].trains for t in stage.teachers)
-    in_memory = held_in_memory(str(cfg.data.name))
-    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views), given,
-                              in_memory, sweep)  # fmt: skip
+    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views), given)
     return {"teacher_outputs": chosen, "teacher_outputs_why": why}
 
 

@@ -34,27 +34,23 @@ def check_values_only(cfg: DictConfig) -> None:
         check_values(cfg)
 
 
-def check_config(cfg: DictConfig, sweep: bool | None = None):
-    """Validate `cfg` and return its Plan (kdcl.run.plan.Plan), whose config holds plain values (`sweep`: one
-    job of several, as kdcl.run.plan.plan_stages takes it)."""
-    from kdcl.run.sweep import in_sweep_job
-
-    sweep = in_sweep_job() if sweep is None else sweep  # resolved first: the memo must not mix the two
+def check_config(cfg: DictConfig):
+    """Validate `cfg` and return its Plan (kdcl.run.plan.Plan), whose config holds plain values."""
     with one_line_errors():
-        text = f"{os.getcwd()}\n{sweep}\n" + OmegaConf.to_yaml(cfg, resolve=False)  # relative paths: per directory
+        text = os.getcwd() + "\n" + OmegaConf.to_yaml(cfg, resolve=False)  # relative paths: per directory
         if text not in _PLANS:
             check_values(cfg)
-            _PLANS[text] = plan_checked(plain(cfg), sweep)
+            _PLANS[text] = plan_checked(plain(cfg))
         return _PLANS[text]
 
 
-def plan_checked(cfg: DictConfig, sweep: bool | None = None):
+def plan_checked(cfg: DictConfig):
     """The Plan, and the checks that need torch, timm, Lightning or the data."""
     from kdcl.data.registry import get_loader
     from kdcl.run.plan import build_plan
     from kdcl.training.trainer import check_trainer_values
 
-    plan = build_plan(cfg, sweep)
+    plan = build_plan(cfg)
     checked = set()
     for stage in plan.stages:
         if stage.model_key not in checked:

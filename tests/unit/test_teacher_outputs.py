@@ -58,16 +58,8 @@ def test_choose_mode():
     assert mode("auto", augment=True, feature_terms=[], epochs=10, views=8) == "views"
     assert mode("auto", augment=True, feature_terms=[], epochs=2, views=8) == "online"
     assert mode("auto", augment=True, feature_terms=[], epochs=8, views=8) == "online"
-    # a given teacher's views are kept in the shared cache for every job that has it: worth a pass where it
-    # costs no more than running it online (images in memory) or where other jobs read it (a sweep); on a
-    # folder of files a single job would decode every image once more per view for nothing
+    # a given teacher's views are kept in the shared cache for every job that has it: worth a pass
     assert mode("auto", augment=True, feature_terms=[], epochs=2, views=8, given=True) == "views"
-    folder = dict(augment=True, feature_terms=[], epochs=2, views=8, given=True, in_memory=False)
-    assert mode("auto", **folder) == "online"
-    assert "decoding every image once more per view" in choose_mode("auto", **folder)[1]
-    assert mode("auto", **folder, sweep=True) == "views"
-    assert mode("auto", **{**folder, "given": False}, sweep=True) == "online"  # a job's own teacher: its store alone
-    assert mode("auto", **{**folder, "epochs": 10}) == "views"  # 8 passes, not 10, whatever the decoding
     assert mode("auto", augment=True, feature_terms=["at"], epochs=10, views=8) == "online"
     assert mode("views", augment=True, feature_terms=[], epochs=2, views=8) == "views"
     assert mode("auto", augment=False, feature_terms=["at"], epochs=2, views=8) == "online"
@@ -177,11 +169,3 @@ def test_a_complete_store_is_shared_with_later_jobs_through_the_cache(setup, tmp
     assert (tmp_path / "job1/stages/01-student" / CACHE_FILE).is_file() and shared[0].is_file()
     other = OmegaConf.merge(cfg, {"seed": 1})  # other settings: not this store
     assert not TeacherOutputs.open([teacher], data, dm, other, DATA, tmp_path / "job2", "student").filled.any()
-
-
-def test_auto_knows_which_datasets_are_decoded_from_files_at_every_read():
-    from kdcl.data.registry import held_in_memory
-
-    assert held_in_memory("digits") and held_in_memory("fashion_mnist") and not held_in_memory("image_folder")
-    with pytest.raises(KdclError, match="data.name 'imagefolder' is not a known dataset"):
-        held_in_memory("imagefolder")
