@@ -72,7 +72,7 @@ class DistillationModule(pl.LightningModule):
         # card reads them); one process in fp32 only: under DDP each rank holds a share, and under bf16 or
         # fp16 they would not be the fp32 logits the card compares with the other checkpoints'.
         self.test_predictions: Predictions | None = None
-        # the same for the last validation pass (KeepValPredictions saves the handed-on epoch's for the cascade)
+        # the same for the last validation pass (BestCheckpoint saves the handed-on epoch's for the cascade)
         self.val_predictions: Predictions | None = None
         self.val_epoch = -1  # the epoch they are of
         self._batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
