@@ -229,7 +229,6 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--peer-python", default="python", help="a Python that has torchdistill installed")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     if args.what == "peer":
         result = peer(args.out, args.out / f"teacher_{TEACHER}.pth")
     elif args.what == "floor":

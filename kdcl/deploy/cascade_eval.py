@@ -11,6 +11,7 @@ every number of cascade.json can be recomputed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def measured_ms(model: torch.nn.Module, runtime: str, dm: KdclDataModule, cfg: D
     return None if timing is None else timing.median_ms
 
 
-def latencies(pair: Pair, model, dm: KdclDataModule, cfg: DictConfig) -> tuple[str, tuple[float, float]]:
+def latencies(
+    pair: Pair, model: Callable[[int], torch.nn.Module], dm: KdclDataModule, cfg: DictConfig
+) -> tuple[str, tuple[float, float]]:
     """(runtime, per-image latency at batch 1 of student and teacher) in the run's speed-up runtime (ONNX
     Runtime by default): as the run measured them, else measured now on `model(i)` (0: student, 1: teacher);
     eager PyTorch when that runtime cannot time both (not installed, a model it cannot export)."""

@@ -45,7 +45,7 @@ from kdcl.run.presets import task_classes
 from kdcl.teachers.outputs import TeacherOutputs
 from kdcl.teachers.views import TeacherViews, open_teacher_views
 from kdcl.training.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
-from kdcl.training.checkpoints import BestCheckpoint, StageCheckpoint, resume_point, val_predictions_for
+from kdcl.training.checkpoints import BestCheckpoint, StageCheckpoint, resume_point, val_predictions_match
 from kdcl.training.module import DistillationModule
 from kdcl.training.trainer import build_trainer
 
@@ -425,7 +425,7 @@ def save_test_predictions(ctx: StageContext, stage: Stage, predictions: Predicti
 def kept_val_predictions(ctx: StageContext, stage: Stage, best_val_acc: float | None) -> str | None:
     """The stage's saved validation logits (relative to the run) when they are the handed-on checkpoint's."""
     path = ctx.stage_dir(stage) / VAL_PREDICTIONS
-    if not stage.trains or val_predictions_for(path, stage.select, best_val_acc, stage.epochs - 1) is None:
+    if not stage.trains or not val_predictions_match(path, stage.select, best_val_acc, stage.epochs - 1):
         return None
     return relative_to_run(path, ctx.run_dir)
 

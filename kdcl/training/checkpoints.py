@@ -121,6 +121,7 @@ class BestCheckpoint(StageCheckpoint):
     def __init__(self, *args, predictions: Path | None = None, select: str = "best", **kwargs):
         super().__init__(*args, **kwargs)
         self.predictions, self.select = predictions, select
+        self.written: tuple[float | None, int] | None = None  # (score, epoch) last written: each is written once
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.keeping(trainer, pl_module, super().on_train_epoch_end)
@@ -134,9 +135,11 @@ class BestCheckpoint(StageCheckpoint):
         score, kept = best_score(self), getattr(pl_module, "val_predictions", None)
         if self.predictions is None or kept is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if (score is not None and score != before) or self.select == "last":
+        tag = (score, pl_module.val_epoch)
+        if tag != self.written and ((score is not None and score != before) or self.select == "last"):
             atomic_torch_save({"score": score, "epoch": pl_module.val_epoch, "logits": kept.logits,
                                "labels": kept.labels}, self.predictions)  # fmt: skip
+            self.written = tag
 
 
 def best_score(checkpoint: ModelCheckpoint) -> float | None:
@@ -144,10 +147,9 @@ def best_score(checkpoint: ModelCheckpoint) -> float | None:
     return None if score is None else float(score)
 
 
-def val_predictions_for(path: Path, select: str, best_val_acc: float | None, last_epoch: int) -> dict | None:
-    """The saved validation logits when they belong to the checkpoint the stage handed on, else None."""
+def val_predictions_match(path: Path, select: str, best_val_acc: float | None, last_epoch: int) -> bool:
+    """Whether the saved validation logits belong to the checkpoint the stage handed on."""
     if not path.is_file():
-        return None
+        return False
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    matches = saved["epoch"] == last_epoch if select == "last" else saved["score"] == best_val_acc
-    return saved if matches else None
+    return saved["epoch"] == last_epoch if select == "last" else saved["score"] == best_val_acc
