@@ -304,7 +304,7 @@ def measure_views(run_dir: Path, out: Path) -> None:
     model = stage.model
     if stage.located.cfg.speed.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)  # as the run held it
-    result = views_agreement(model, stage.data.train_set, stage.data.normalize)
+    result = views_agreement(model, stage.data.train_set, stage.data.scale)
     out.write_text(json.dumps(result, indent=2))
     print(views_text(result))
 

@@ -116,7 +116,10 @@ def data_identity(data: DictConfig | Mapping[str, Any], for_test: bool = False) 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: str = MISSING  # a timm name, with a pretrained tag (resnet50.a1_in1k) or as a hub id (hf-hub:timm/...)
+    pretrained: bool = (
+        False  # timm's pretrained weights for the name, through timm's loader (hub cache; HF_HUB_OFFLINE)
+    )
     weights: str | None = None  # local timm-compatible weights: transfer learning
     checkpoint: str | None = None  # a kdcl checkpoint: used as-is, not trained again
     drop_rate: float = 0.0

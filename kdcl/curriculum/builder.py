@@ -55,19 +55,19 @@ class CurriculumInputs:
     batch_size: int
     seed: int  # the stage's seed: orders and random scores
     train_set: Dataset
-    normalize: Callable[[torch.Tensor], torch.Tensor]
+    to_input: Callable[[torch.Tensor], torch.Tensor]
     student: nn.Module
     scoring_models: Callable[[], list[ScoringModel]]  # built only when scores are computed (not on resume)
     outputs: TeacherOutputs | None = None  # the stage's stored teacher outputs, when complete
 
 
-def model_logits(scoring: list[ScoringModel], base: Dataset, normalize) -> torch.Tensor:
+def model_logits(scoring: list[ScoringModel], base: Dataset, to_input) -> torch.Tensor:
     """Every example's logits averaged over the models that score it."""
     device = inference_device()
     total, count = None, torch.zeros(len(base))
     for s in scoring:
         idx = torch.arange(len(base)) if s.positions is None else s.positions
-        logits = dataset_logits(s.model.to(device), Subset(base, idx.tolist()), normalize)
+        logits = dataset_logits(s.model.to(device), Subset(base, idx.tolist()), to_input)
         total = torch.zeros(len(base), logits.shape[1]) if total is None else total
         total[idx] += logits
         count[idx] += 1
@@ -82,11 +82,11 @@ def compute_scores(c: DictConfig, inp: CurriculumInputs, base: Dataset, labels: 
     if c.scorer == "file":
         return file_scores(c.scores_file, len(base))
     if c.scorer == "student_loss":
-        return loss_scores(dataset_logits(inp.student, base, inp.normalize), labels)
+        return loss_scores(dataset_logits(inp.student, base, inp.to_input), labels)
     if c.source == "final" and inp.outputs is not None and inp.outputs.complete:  # one pass serves both
         logits = inp.outputs.logits.float().mean(0).cpu()
     else:
-        logits = model_logits(inp.scoring_models(), base, inp.normalize)
+        logits = model_logits(inp.scoring_models(), base, inp.to_input)
     return SCORERS[c.scorer](logits, labels)
 
 
@@ -123,7 +123,7 @@ def build_curriculum(c: DictConfig, inp: CurriculumInputs, stage_dir: Path):
     sampler = CurriculumBatchSampler(ordering(scores), inp.batch_size, inp.epochs, pacing, ordering.seed)
     plot_pacing(sampler, stage_dir / "pacing.png", f"{inp.stage}: {c.pacing} pacing, {c.order}")
     callback = CurriculumCallback(
-        sampler, scores, ordering, inp.stage, base, inp.normalize, advance=c.advance, threshold=float(c.threshold),
+        sampler, scores, ordering, inp.stage, base, inp.to_input, advance=c.advance, threshold=float(c.threshold),
         jump=float(c.jump), self_paced=c.scorer == "student_loss", rescore_every=int(c.rescore_every),
         noisy=noisy_mask(base),
     )  # fmt: skip

@@ -60,7 +60,7 @@ class CurriculumCallback(pl.Callback):
         ordering: OrderSettings,
         stage: str,
         images: Dataset,  # the stage's un-augmented training images, for grids and self-paced re-scoring
-        normalize: Callable[[torch.Tensor], torch.Tensor],
+        to_input: Callable[[torch.Tensor], torch.Tensor],
         advance: str = "schedule",
         threshold: float = 0.9,
         jump: float = 0.1,
@@ -70,7 +70,7 @@ class CurriculumCallback(pl.Callback):
     ):
         self.noisy = noisy
         self.sampler, self.scores, self.ordering, self.stage = sampler, scores, ordering, stage
-        self.images, self.normalize = images, normalize
+        self.images, self.to_input = images, to_input
         self.advance, self.threshold, self.jump = advance, threshold, jump
         self.self_paced, self.rescore_every = self_paced, rescore_every
         self.clock = 0
@@ -106,7 +106,7 @@ class CurriculumCallback(pl.Callback):
         if self.self_paced and epoch > 0 and epoch % self.rescore_every == 0:
             # self-paced: the current student judges difficulty (every rank computes the same scores)
             # where the student trains: the Trainer's device, not kdcl's inference device (trainer=cpu on a GPU host)
-            logits = dataset_logits(pl_module.model, self.images, self.normalize, device=pl_module.device)
+            logits = dataset_logits(pl_module.model, self.images, self.to_input, device=pl_module.device)
             self.scores = loss_scores(logits, self.ordering.labels)
             self.sampler.order = self.ordering(self.scores)
         # Lightning's own set_epoch does not reach a batch sampler without .sampler: set it here

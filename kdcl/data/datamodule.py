@@ -1,4 +1,4 @@
-"""The LightningDataModule: train/val/test splits, loaders, augmentation and normalisation.
+"""The LightningDataModule: train/val/test splits, loaders, augmentation, images scaled to [0, 1].
 
 Splits: the official test split where one exists (else a fixed carve, see each source); the val split
 is carved from the training part with `seed`, so it is deterministic given the seed and never overlaps
@@ -352,12 +352,12 @@ class KdclDataModule(pl.LightningDataModule):
         return DataLoader(ds, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
                           persistent_workers=loader.persistent_workers, pin_memory=loader.pin_memory)  # fmt: skip
 
-    # batches arrive as uint8 on the device; convert and normalise there, once per batch --------
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        src = self.load()
-        mean = torch.tensor(src.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(src.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float().div_(255) - mean) / std
+    # batches arrive as uint8 on the device; scaled to [0, 1] there, once per batch -------------
+    @staticmethod
+    def scale(x: torch.Tensor) -> torch.Tensor:
+        """uint8 images → float in [0, 1]: what every model takes (each normalises with its own mean and
+        std, kdcl/models/input_norm.py)."""
+        return x.float().div_(255)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, *rest = batch
@@ -367,7 +367,7 @@ class KdclDataModule(pl.LightningDataModule):
             rest = [rest[0], rows]
         elif training and self.augment_on_device:
             x = random_crop_flip(x, crop_padding(self.cfg), bool(self.cfg.get("hflip", False)))
-        x = self.normalize(x)
+        x = self.scale(x)
         if self.part.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, *rest

@@ -28,6 +28,7 @@ from kdcl.data.datamodule import StagePart
 from kdcl.deploy.cascade import Point, confidence, curve, operating_point, thresholds
 from kdcl.deploy.locate import apply_overrides, finished_stage, locate
 from kdcl.models import model_from_checkpoint
+from kdcl.models.input_norm import ModelInput
 from kdcl.models.predictions import Predictions, predict
 from kdcl.run.manifest import Manifest
 
@@ -72,8 +73,8 @@ def cascade_settings(cfg: DictConfig) -> DictConfig:
 
 
 def model_of(pair: Pair, result: dict, dm: KdclDataModule, cfg: DictConfig) -> torch.nn.Module:
-    return model_from_checkpoint(result["model_cfg"], pair.run_dir / result["checkpoint"], dm.num_classes, dm.in_chans,
-                                 int(cfg.data.image_size), result["model_key"])  # fmt: skip
+    return model_from_checkpoint(result["model_cfg"], pair.run_dir / result["checkpoint"], ModelInput.of(dm.load(), cfg.data.image_size),
+                                 result["model_key"])  # fmt: skip
 
 
 def recorded_ms(result: dict, runtime: str) -> float | None:
@@ -134,7 +135,7 @@ def both_predictions(pair: Pair, cfg: DictConfig) -> tuple[dict, tuple[str, tupl
 
     def of(i: int, split: str, loader) -> Predictions:
         stored = stored_predictions(pair, results[i], split, len(loader.dataset))
-        return stored if stored is not None else predict(model(i), loader, dm.normalize)
+        return stored if stored is not None else predict(model(i), loader, dm.scale)
 
     loaders = {"val": view.val_dataloader(), "test": view.test_dataloader()}
     preds = {split: (of(0, split, loader), of(1, split, loader)) for split, loader in loaders.items()}

@@ -25,6 +25,7 @@ from kdcl import __version__
 from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_json
 from kdcl.deploy.locate import Located, StageModel, load_stage, locate
+from kdcl.models.input_norm import InputNorm, input_norm_of, normalised_input
 from kdcl.models.predictions import evaluating
 
 FORMATS = ("safetensors", "onnx")
@@ -97,11 +98,18 @@ def staging(out: Path) -> Iterator[Path]:
     tmp.rename(out)
 
 
+def model_norm(loaded: StageModel) -> InputNorm:
+    """How the model normalises its input: what an exported file expects to be done before it."""
+    norm = input_norm_of(loaded.model)
+    assert norm is not None, "kdcl builds every model with its normalisation"
+    return norm
+
+
 def labelled_test_images(loaded: StageModel) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The stage's test images, normalised as in training, with their labels."""
+    """The stage's test images, normalised as the model normalises them, with their labels."""
     loader = DataLoader(loaded.test_set, batch_size=int(loaded.located.cfg.data.eval_batch_size), shuffle=False)
     for x, y in loader:
-        yield loaded.data.normalize(x), y
+        yield model_norm(loaded).apply(loaded.data.scale(x)), y
 
 
 def predictions(logits: np.ndarray, seen: list[int] | None) -> np.ndarray:
@@ -139,7 +147,7 @@ def calibration_images(loaded: StageModel, count: int = CALIBRATION_IMAGES) -> t
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(loaded.located.cfg.seed)))
     subset = Subset(train, order[:count].tolist())
     x = torch.cat([x for x, _ in DataLoader(subset, batch_size=count, shuffle=False)])
-    return loaded.data.normalize(x)
+    return model_norm(loaded).apply(loaded.data.scale(x))
 
 
 def timm_recipe(loaded: StageModel) -> dict:
@@ -149,11 +157,11 @@ def timm_recipe(loaded: StageModel) -> dict:
     interpolation make `timm.data.resolve_data_config` give the preprocessing kdcl trained with."""
     from kdcl.models.factory import timm_kwargs
 
-    hp, source = loaded.located.hparams, loaded.data.load()
+    hp, norm = loaded.located.hparams, model_norm(loaded)
     size = int(loaded.located.cfg.data.image_size)
     kwargs = timm_kwargs(hp["model"]["name"], hp["num_classes"], hp["in_chans"], size)
     overlay = {"num_classes": hp["num_classes"], "input_size": [hp["in_chans"], size, size],
-               "mean": list(source.mean), "std": list(source.std), "crop_pct": 1.0, "interpolation": "bilinear"}  # fmt: skip
+               "mean": list(norm.mean), "std": list(norm.std), "crop_pct": 1.0, "interpolation": "bilinear"}  # fmt: skip
     return {"name": hp["model"]["name"], "kwargs": kwargs, "pretrained_cfg_overlay": overlay}
 
 
@@ -287,8 +295,9 @@ def base_sidecar(loaded: StageModel, fmt: str) -> dict:
         "seen_classes": loaded.seen_classes,
         "in_chans": hp["in_chans"],
         "image_size": size,
-        "mean": list(source.mean),
-        "std": list(source.std),
+        "mean": list(model_norm(loaded).mean),
+        "std": list(model_norm(loaded).std),
+        "normalisation": model_norm(loaded).source,  # data: the training images' statistics | pretrained: the weights'
         "preprocess": f"resize to {size}×{size} (bilinear), scale to [0, 1], subtract mean, divide by std; NCHW float32",
         "run": str(located.run_dir) if located.run_dir else None,
         "stage": located.stage,
@@ -311,7 +320,8 @@ def export_model(req: ExportRequest) -> tuple[dict, Path]:
     check_output(out, req.overwrite)
     loaded = load_stage(located)
     sidecar = base_sidecar(loaded, req.format)
-    with staging(out) as tmp:
+    # the exported file takes normalised input, as timm models do (the sidecar's mean and std)
+    with staging(out) as tmp, normalised_input(loaded.model):
         if req.format == "safetensors":
             sidecar["safetensors"] = write_safetensors(loaded, tmp)
         else:

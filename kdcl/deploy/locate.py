@@ -20,6 +20,7 @@ from kdcl.config.upgrade import check_renamed, upgrade_saved
 from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import of_classes
 from kdcl.models import load_kdcl_checkpoint, model_from_checkpoint
+from kdcl.models.input_norm import ModelInput
 from kdcl.run.manifest import Manifest
 
 
@@ -100,8 +101,9 @@ def load_stage(located: Located, overrides: list[str] | None = None) -> StageMod
             f"data={cfg.data.name} has {dm.num_classes} classes × {dm.in_chans} channels but the model was trained "
             f"for {hp['num_classes']} × {hp['in_chans']}; evaluate on data with the same classes"
         )
-    model = model_from_checkpoint(hp["model"], located.checkpoint, dm.num_classes, dm.in_chans, int(cfg.data.image_size),
-                                  "checkpoint")  # fmt: skip
+    model = model_from_checkpoint(
+        hp["model"], located.checkpoint, ModelInput.of(dm.load(), cfg.data.image_size), "checkpoint"
+    )
     return StageModel(Located(located.checkpoint, cfg, hp, located.run_dir, located.run_test_acc), dm, model.eval())
 
 

@@ -1,4 +1,5 @@
-"""Create timm models for a dataset, load local weights and kdcl checkpoints, freeze teachers."""
+"""Create timm models for a dataset, load pretrained weights (hub or local file) and kdcl checkpoints, freeze
+teachers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torch import nn
 
 from kdcl.common.errors import KdclError
 from kdcl.common.io import check_weights_file, load_state_dict_file
+from kdcl.models.hub import hub_failure
+from kdcl.models.input_norm import InputNorm, ModelInput, attach_input_norm, pretrained_norm
 from kdcl.models.names import check_model_name
 
 
@@ -36,47 +39,71 @@ def timm_kwargs(name: str, num_classes: int, in_chans: int, image_size: int) -> 
     return kwargs
 
 
-def create_model(cfg: DictConfig, num_classes: int, in_chans: int, image_size: int, key: str) -> nn.Module:
-    """A timm model with the dataset's class count and input channels.
-
-    `cfg.weights` (a local timm-compatible file) goes through timm's own pretrained loader, which adapts
-    the first conv to `in_chans` and re-initialises the head when the class count differs: the
-    transfer-learning case. Nothing is fetched from a hub unless the user names no file and asks for it.
-    """
-    check_model_cfg(cfg, key)
-    kwargs = timm_kwargs(cfg.name, num_classes, in_chans, image_size) | {"drop_rate": float(cfg.get("drop_rate", 0.0))}
+def pretrained_source(cfg) -> str | None:
+    """Where the model's pretrained weights come from: a local file (`weights`), timm's hub (`pretrained`),
+    or None (random initialisation)."""
     if cfg.get("weights"):
+        return "file"
+    return "hub" if cfg.get("pretrained") else None
+
+
+def timm_model(cfg, inputs: ModelInput, key: str, load_pretrained: bool) -> nn.Module:
+    """`timm.create_model` with the data's class count and input channels; pretrained weights through timm's
+    own loader, which adapts the first conv to `in_chans` and re-initialises the head when the class count
+    differs (the transfer-learning case). A local file goes through the same loader as the hub's weights."""
+    kwargs = timm_kwargs(cfg.name, inputs.num_classes, inputs.in_chans, inputs.image_size)
+    kwargs["drop_rate"] = float(cfg.get("drop_rate", 0.0))
+    source = pretrained_source(cfg) if load_pretrained else None
+    if source == "file":
         check_weights_file(cfg.weights, f"{key}.weights")  # one clear error if corrupt, before timm reads it
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(cfg.weights).resolve())))
+    elif source == "hub":
+        kwargs["pretrained"] = True
     try:
-        model = timm.create_model(cfg.name, **kwargs)
+        return timm.create_model(cfg.name, **kwargs)
     except KdclError:
         raise
     except Exception as exc:
-        what = f"{key}.weights '{cfg.weights}'" if cfg.get("weights") else f"{key}.name '{cfg.name}'"
+        if source == "hub":
+            raise KdclError(hub_failure(cfg.name, key, exc)) from None
+        what = f"{key}.weights '{cfg.weights}'" if source == "file" else f"{key}.name '{cfg.name}'"
         raise KdclError(
             f"{what} could not be loaded into {cfg.name} ({str(exc)[:200]}); check model and file"
         ) from None
-    if cfg.get("checkpoint"):
-        state, _ = load_kdcl_checkpoint(cfg.checkpoint, f"{key}.checkpoint")
+
+
+def create_model(cfg: DictConfig, inputs: ModelInput, key: str) -> nn.Module:
+    """A timm model for the data (`inputs`) that normalises its own input (kdcl/models/input_norm.py).
+
+    Its weights: `cfg.checkpoint` (a kdcl checkpoint, used as-is), else its pretrained weights (`cfg.weights`
+    or `cfg.pretrained`), else random. Its normalisation: the one the checkpoint recorded, else the
+    pretrained weights' own (timm's pretrained_cfg) when it has any, else the data's.
+    """
+    check_model_cfg(cfg, key)
+    checkpoint = cfg.get("checkpoint")
+    model = timm_model(cfg, inputs, key, load_pretrained=not checkpoint)
+    norm = pretrained_norm(model, inputs.in_chans) if pretrained_source(cfg) else inputs.data_norm
+    if checkpoint:
+        state, hparams = load_kdcl_checkpoint(checkpoint, f"{key}.checkpoint")
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:160]
             raise KdclError(
-                f"{key}.checkpoint '{cfg.checkpoint}' does not fit {key}.name={cfg.name} with "
-                f"{num_classes} classes ({first}); set {key}.name to the checkpoint's model"
+                f"{key}.checkpoint '{checkpoint}' does not fit {key}.name={cfg.name} with "
+                f"{inputs.num_classes} classes ({first}); set {key}.name to the checkpoint's model"
             ) from None
-    return model
+        if hparams:  # a kdcl checkpoint: the normalisation it was trained with (the data's before kdcl recorded it)
+            norm = InputNorm.from_json(hparams["input_norm"]) if "input_norm" in hparams else inputs.data_norm
+    return attach_input_norm(model, norm)
 
 
-def model_from_checkpoint(model_cfg: dict, checkpoint: Path | str, num_classes: int, in_chans: int, image_size: int,
-                          key: str) -> nn.Module:  # fmt: skip
+def model_from_checkpoint(model_cfg: dict, checkpoint: Path | str, inputs: ModelInput, key: str) -> nn.Module:
     """The model a stage trained, rebuilt from its kdcl checkpoint: the stage's model settings with the weights
-    read from `checkpoint` (not from a pretrained file). The one way kdcl rebuilds a finished stage's model
-    (later stages' teachers, kdcl eval, the cascade)."""
-    cfg = OmegaConf.create({**model_cfg, "checkpoint": str(checkpoint), "weights": None})
-    return create_model(cfg, num_classes, in_chans, image_size, key)
+    read from `checkpoint` (no pretrained weights are loaded). The one way kdcl rebuilds a finished stage's
+    model (later stages' teachers, kdcl eval, the cascade)."""
+    cfg = OmegaConf.create({**model_cfg, "checkpoint": str(checkpoint)})
+    return create_model(cfg, inputs, key)
 
 
 def create_skeleton(name: str, image_size: int) -> nn.Module | None:

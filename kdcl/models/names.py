@@ -7,6 +7,7 @@ timm offers no import-free registry.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -46,8 +47,23 @@ def timm_model_names() -> frozenset[str]:
     return frozenset(names)
 
 
+HUB_PREFIX = "hf-hub:"
+HUB_ID = re.compile(r"hf-hub:[\w.-]+/[\w.-]+(@[\w./-]+)?")
+
+
+def is_hub_id(name) -> bool:
+    """A Hugging Face hub id (`hf-hub:timm/resnet50.a1_in1k`): its architecture is read from the hub's config."""
+    return isinstance(name, str) and name.startswith(HUB_PREFIX)
+
+
 def check_model_name(name, key: str) -> None:
-    """`name` (optionally with a pretrained tag, `resnet50.a1_in1k`) is a timm architecture."""
+    """`name` is a timm architecture, optionally with a pretrained tag (`resnet50.a1_in1k`), or a hub id."""
+    if is_hub_id(name):
+        if not HUB_ID.fullmatch(name):
+            raise KdclError(
+                f"{key} '{name}' is not a hub id; write it as hf-hub:OWNER/REPO (e.g. hf-hub:timm/resnet18.a1_in1k)"
+            )
+        return
     names = timm_model_names()
     if not isinstance(name, str) or name.split(".", 1)[0] not in names:
         raise KdclError(

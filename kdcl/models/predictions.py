@@ -81,9 +81,9 @@ def evaluating(model: nn.Module, device: torch.device | None = None) -> Iterator
         model.train(was_training).to(home)
 
 
-def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | None = None, limit=None,
+def predict(model: nn.Module, loader: DataLoader, to_input, seen: list[int] | None = None, limit=None,
             device: torch.device | None = None) -> Predictions:  # fmt: skip
-    """`model`'s logits on `loader`'s batches (x, y, ...) normalised like the stage's data, classes not in
+    """`model`'s logits on `loader`'s batches (x, y, ...), made its input by `to_input` (the data's `scale`), classes not in
     `seen` masked out as the stage's own predictions are (kdcl.training.module.DistillationModule.predict_seen).
     kdcl's one inference loop: report cards, the cascade, curriculum scores and stored teacher outputs."""
     logits, labels = [], []
@@ -91,7 +91,7 @@ def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | N
         for i, (x, y, *_) in enumerate(loader):
             if i >= batch_limit(limit, len(loader)):
                 break
-            logits.append(mask_unseen(model(normalize(x.to(device))).float(), seen).cpu())
+            logits.append(mask_unseen(model(to_input(x.to(device))).float(), seen).cpu())
             labels.append(torch.as_tensor(y).long())
     if not logits:
         return Predictions(torch.empty(0, 0), torch.empty(0, dtype=torch.long))
@@ -99,8 +99,8 @@ def predict(model: nn.Module, loader: DataLoader, normalize, seen: list[int] | N
     return Predictions(torch.cat(logits).clone(), torch.cat(labels).clone())
 
 
-def dataset_logits(model: nn.Module, dataset, normalize, batch_size: int = 256,
+def dataset_logits(model: nn.Module, dataset, to_input, batch_size: int = 256,
                    device: torch.device | None = None) -> torch.Tensor:  # fmt: skip
     """`model`'s logits (float32, CPU) of every example of `dataset`, in order (on `device`, default the
     inference device)."""
-    return predict(model, DataLoader(dataset, batch_size), normalize, device=device).logits
+    return predict(model, DataLoader(dataset, batch_size), to_input, device=device).logits

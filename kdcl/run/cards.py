@@ -44,12 +44,12 @@ def test_predictions(ctx: StageContext, stage: Stage, result: StageResult, check
     def run() -> Predictions:
         model = ctx.build_model(result.model_cfg, result.model_key, checkpoint)
         loader = ctx.data.for_stage(StagePart(eval_classes=seen)).test_dataloader()
-        return predict(model, loader, ctx.data.normalize, seen, ctx.cfg.trainer.get("limit_test_batches"))
+        return predict(model, loader, ctx.data.scale, seen, ctx.cfg.trainer.get("limit_test_batches"))
 
     if stage.trains:
         return run()
     # a given model (a sweep's shared teacher): its test predictions are the same in every job
-    key, what = given_model_key(ctx.cfg, "predictions", checkpoint, seen)
+    key, what = given_model_key(ctx.cfg, "predictions", checkpoint, seen, result.model_cfg)
     path = store_path(ctx.cfg, "predictions", result.model, key)
     stored, _ = load_or_build(
         path, key, what, lambda: asdict(run()), str(ctx.run_dir), stage.name, cache_bound(ctx.cfg)

@@ -127,7 +127,7 @@ def model_of(cfg: DictConfig, spec: dict, key: str) -> tuple[str, dict]:
     if isinstance(model, dict):
         if "name" not in model:
             raise KdclError(f"{key}.model needs a name (a timm model), got {model}")
-        return f"{key}.model", {"weights": None, "checkpoint": None, "drop_rate": 0.0, **model}
+        return f"{key}.model", {"pretrained": False, "weights": None, "checkpoint": None, "drop_rate": 0.0, **model}
     if model not in cfg or not isinstance(cfg[model], DictConfig) or "name" not in cfg[model]:
         models = [k for k in cfg if isinstance(cfg[k], DictConfig) and "name" in cfg[k] and "weights" in cfg[k]]
         raise KdclError(

@@ -99,7 +99,13 @@ class Previewer:
         if name not in self.speeds:
             device = trainer_device(cfg)
             bf16 = device.type == "cuda" and str(cfg.trainer.get("precision", "")).startswith("bf16")
-            build = lambda: ctx.build_model({**model, "checkpoint": None}, key)  # noqa: E731 — weights do not change the time
+            random_init = {
+                **model,
+                "checkpoint": None,
+                "weights": None,
+                "pretrained": False,
+            }  # weights do not change the time
+            build = lambda: ctx.build_model(random_init, key)  # noqa: E731
             self.speeds[name] = measure_steps(build, shape, data.num_classes, *batches, device, bf16)
         return self.speeds[name]
 

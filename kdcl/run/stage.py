@@ -37,7 +37,8 @@ from kdcl.data.datamodule import StagePart, unaugmented
 from kdcl.losses import DistillLoss
 from kdcl.models import count_params, create_model, model_from_checkpoint
 from kdcl.models.cost import model_cost
-from kdcl.models.factory import load_kdcl_checkpoint
+from kdcl.models.factory import load_kdcl_checkpoint, pretrained_source
+from kdcl.models.input_norm import ModelInput, input_norm_of
 from kdcl.models.predictions import Predictions
 from kdcl.reporting.trackers import stage_loggers
 from kdcl.run.plan import FOLD_SEED, Plan, Stage, split_ref
@@ -126,12 +127,11 @@ class StageContext:
         return self.run_dir / result.epoch_checkpoints[str(epoch)]
 
     def build_model(self, model_cfg: dict, key: str, checkpoint: Path | None = None) -> nn.Module:
-        image_size = int(self.cfg.data.image_size)
-        if checkpoint is not None:  # the weights come from the checkpoint, not from a pretrained file
+        if checkpoint is not None:  # the weights come from the checkpoint, not from pretrained ones
             return model_from_checkpoint(
-                model_cfg, checkpoint, self.data.num_classes, self.data.in_chans, image_size, key
+                model_cfg, checkpoint, ModelInput.of(self.data.load(), self.cfg.data.image_size), key
             )
-        return create_model(OmegaConf.create(model_cfg), self.data.num_classes, self.data.in_chans, image_size, key)
+        return create_model(OmegaConf.create(model_cfg), ModelInput.of(self.data.load(), self.cfg.data.image_size), key)
 
     def load_stage_model(self, ref: str) -> nn.Module:
         name = split_ref(ref)[0]
@@ -202,14 +202,14 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
     views = outputs if isinstance(outputs, TeacherViews) else None
     loss = DistillLoss(stage.loss_terms, stage.terms_key)
     module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
-                                stage_hparams(ctx, stage, classes, seen, outputs), seen_classes=seen,
+                                stage_hparams(ctx, stage, model, classes, seen, outputs), seen_classes=seen,
                                 distill_classes=old, teacher_outputs=outputs, ensemble=stage.ensemble)  # fmt: skip
     speed_up(module, cfg.get("speed") or {})
     checkpoint, callbacks = stage_callbacks(ctx, stage)
     sampler = None
     if stage.curriculum:
         inputs = CurriculumInputs(stage.name, stage.epochs, int(cfg.data.batch_size), int(cfg.seed) + stage.index,
-                                  train_set, ctx.data.normalize, model,
+                                  train_set, ctx.data.scale, model,
                                   lambda: scoring_models(ctx, stage, teachers, len(train_set)),
                                   views.plain_outputs() if views else outputs)  # fmt: skip
         sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
@@ -259,7 +259,7 @@ def teacher_store(ctx: StageContext, stage: Stage, teachers: list,
         return None
     outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, data, ctx.stage_dir(stage), stage.name)
     if stage.curriculum:  # paced epochs meet the data piecemeal: store it all in one pass
-        outputs.fill(teachers, plain, ctx.data.normalize, int(ctx.cfg.data.eval_batch_size), stage.name)
+        outputs.fill(teachers, plain, ctx.data.scale, int(ctx.cfg.data.eval_batch_size), stage.name)
     return outputs
 
 
@@ -269,7 +269,7 @@ def stage_optim(cfg: DictConfig, stage: Stage) -> DictConfig:
     return OmegaConf.merge(cfg.optim, {"lr": float(cfg.optim.lr) * stage.lr_scale})
 
 
-def stage_hparams(ctx: StageContext, stage: Stage, classes, seen, outputs) -> dict:
+def stage_hparams(ctx: StageContext, stage: Stage, model: nn.Module, classes, seen, outputs) -> dict:
     """Saved in every checkpoint as plain containers: what `kdcl eval` needs to rebuild and test the model."""
     cfg = ctx.cfg
     return {
@@ -279,6 +279,7 @@ def stage_hparams(ctx: StageContext, stage: Stage, classes, seen, outputs) -> di
         "num_classes": ctx.data.num_classes,
         "in_chans": ctx.data.in_chans,
         "image_size": int(cfg.data.image_size),
+        "input_norm": input_norm_of(model).to_json(),  # how the model normalises its input (kdcl eval, export)
         "teachers": list(stage.teachers),
         "ensemble": stage.ensemble,
         "terms": stage.terms,
@@ -376,19 +377,24 @@ def test(trainer: pl.Trainer, parts: StageParts, checkpoint: Path | None) -> dic
     return tested[0] if tested else {}
 
 
-def given_model_key(cfg: DictConfig, kind: str, checkpoint: Path, classes: list[int] | None) -> tuple[str, dict]:
+def given_model_key(cfg: DictConfig, kind: str, checkpoint: Path, classes: list[int] | None,
+                    model_cfg: dict) -> tuple[str, dict]:  # fmt: skip
     """(key, what it is made of) of a given checkpoint's test results in the shared cache: the file's
-    bytes, the test data's identity (kdcl.config.schema.data_identity), the classes tested, the precision."""
+    bytes, the test data's identity (kdcl.config.schema.data_identity), the classes tested, the precision,
+    and for a model with pretrained statistics that it normalises with them (a plain weights file does not
+    say so; a kdcl checkpoint records it, kdcl/models/input_norm.py)."""
     what = {"kind": kind, "checkpoint": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "classes": classes,
             "data": data_identity(cfg.data, for_test=True), "precision": str(cfg.trainer.get("precision")),
             "limit_test_batches": cfg.trainer.get("limit_test_batches")}  # fmt: skip
+    if pretrained_source(model_cfg):
+        what["normalisation"] = "pretrained"
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 
 def given_test_entry(cfg: DictConfig, stage: Stage, checkpoint: Path, classes) -> tuple[str, dict, Path]:
     """(key, what it is made of, shared-cache file) of a given checkpoint's test in this stage (the dry run
     looks for the same file)."""
-    key, what = given_model_key(cfg, f"test of {stage.name}", checkpoint, classes)
+    key, what = given_model_key(cfg, f"test of {stage.name}", checkpoint, classes, stage.model)
     return key, what, store_path(cfg, "test", stage.model["name"], key)
 
 

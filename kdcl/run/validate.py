@@ -73,9 +73,19 @@ def check_model_node(node: dict, key: str) -> None:
     drop_rate = node.get("drop_rate", 0.0)
     if not isinstance(drop_rate, (int, float)) or isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
         raise KdclError(f"{key}.drop_rate={show(drop_rate)} must be a number in [0, 1)")
+    pretrained = node.get("pretrained", False)
+    if not isinstance(pretrained, bool):
+        raise KdclError(f"{key}.pretrained={show(pretrained)} must be true or false")
+    if pretrained and node.get("weights"):
+        raise KdclError(f"{key}.pretrained=true and {key}.weights are both set; keep one (weights: a local file, "
+                        "pretrained: timm's own)")  # fmt: skip
     for field in ("weights", "checkpoint"):
         if node.get(field):
             check_weights_file(node[field], f"{key}.{field}")
+    if pretrained and not node.get("checkpoint"):
+        from kdcl.models.hub import check_pretrained_available
+
+        check_pretrained_available(node["name"], key)
 
 
 def check_feature_taps(stages, image_size: int) -> None:

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, Subset
 from kdcl.common.cache import cache_bound, publish, read_entry, store_path
 from kdcl.common.io import atomic_torch_save
 from kdcl.data.datamodule import source_indices
+from kdcl.models.input_norm import input_norm_of
 from kdcl.models.predictions import dataset_logits, inference_device
 
 log = logging.getLogger("kdcl")
@@ -40,11 +41,15 @@ CACHE_FILE = "teacher_logits.pt"
 
 
 def weights_digest(model: nn.Module) -> str:
+    """The model's weights, and its own normalisation where it is not the data's (which every key holds)."""
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    norm = input_norm_of(model)
+    if norm is not None and norm.source != "data":
+        h.update(json.dumps(norm.to_json(), sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -160,14 +165,14 @@ class TeacherOutputs:
                 self.store(positions[missing], run_teachers(missing))
         return list(self.logits[:, positions])
 
-    def fill(self, teachers: list[nn.Module], dataset: Dataset, normalize, batch_size: int, stage_name: str) -> None:
+    def fill(self, teachers: list[nn.Module], dataset: Dataset, to_input, batch_size: int, stage_name: str) -> None:
         """One pass of the teachers over the examples not stored yet, before training."""
         rows = (~self.filled).nonzero().squeeze(1)
         if not len(rows):
             return
         print(f"[{stage_name}] teacher outputs: one pass over {len(rows)} examples", flush=True)
         subset = Subset(dataset, rows.tolist())
-        self.store(rows, [dataset_logits(t.to(inference_device()), subset, normalize, batch_size) for t in teachers])
+        self.store(rows, [dataset_logits(t.to(inference_device()), subset, to_input, batch_size) for t in teachers])
         self.full, self.new = bool(self.filled.all()), []  # every DDP rank runs this pass: nothing to share
         self.save()
 

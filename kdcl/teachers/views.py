@@ -150,7 +150,7 @@ def expand(stored: dict[str, torch.Tensor], rows: torch.Tensor, classes: int) ->
     return full.scatter_(1, stored["indices"][rows].long(), stored["values"][rows].float())
 
 
-def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, normalize, batch_size: int,
+def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, to_input, batch_size: int,
               spec: ViewSpec) -> dict[str, torch.Tensor]:  # fmt: skip
     """The teacher's logits of every stored view (and of the plain view with spec.plain), in eval and
     inference mode. Examples are read once; each batch of them is run at each of its K views."""
@@ -161,10 +161,10 @@ def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, normal
     with evaluating(teacher) as device, autocast:
         for (x, *_), idx in zip(DataLoader(dataset, batch_size), positions, strict=True):
             x = x.to(device)
-            views = [teacher(normalize(rebuild(x, params[idx, v], spec.pad))) for v in range(spec.k)]
+            views = [teacher(to_input(rebuild(x, params[idx, v], spec.pad))) for v in range(spec.k)]
             by_view.append(torch.stack(views, 1).cpu())  # (batch, K, classes)
             if spec.plain:
-                plain.append(teacher(normalize(x)).cpu())
+                plain.append(teacher(to_input(x)).cpu())
     logits = torch.cat(by_view)
     stored = {"params": params, **compress(logits, spec.topk)}
     if spec.plain:
@@ -210,7 +210,7 @@ def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, data: 
         if problem:  # checked only where a store is to be written: reading one needs no space
             raise KdclError(problem)
         print(f"[{stage_name}] teacher views: one pass over {len(dataset)} examples × {spec.k} views", flush=True)
-        return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.normalize, batch, spec)
+        return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.scale, batch, spec)
 
     tensors, entry = load_or_build(path, key, what, build, str(run_dir), stage_name, cache_bound(cfg))
     return TeacherViewStore(entry, tensors, src.num_classes)

@@ -37,12 +37,15 @@ print(json.dumps({"config": {k: list(v) if isinstance(v, tuple) else v for k, v 
 
 @pytest.fixture(scope="module")
 def student(tiny_run):
-    """The model `kdcl eval` tests (its own loader), the run's test images normalised, their labels."""
+    """The model `kdcl eval` tests (its own loader), the run's test images normalised as the sidecar says, their
+    labels."""
     loaded = load_stage(locate(str(tiny_run), None))
     batches = list(torch.utils.data.DataLoader(loaded.test_set, batch_size=512))
-    x, y = torch.cat([loaded.data.normalize(xb) for xb, _ in batches]), torch.cat([yb for _, yb in batches])
+    images, y = torch.cat([loaded.data.scale(xb) for xb, _ in batches]), torch.cat([yb for _, yb in batches])
     with torch.inference_mode():
-        logits = loaded.model(x).numpy()
+        logits = loaded.model(images).numpy()  # kdcl's model takes images in [0, 1] and normalises them itself
+    source = loaded.data.load()  # the exports take input normalised by the sidecar's mean and std (the data's)
+    x = (images - torch.tensor(source.mean).view(1, -1, 1, 1)) / torch.tensor(source.std).view(1, -1, 1, 1)
     return {"loaded": loaded, "x": x.numpy(), "y": y.numpy(), "logits": logits}
 
 

@@ -63,7 +63,7 @@ def test_the_views_pass_in_bf16_stores_the_fp32_logits_within_the_tolerance(cuda
     check = gpu_check()
     stage = load_stage(locate(str(cuda_run), "teacher"))  # the trained teacher, on the data it was trained on
     teacher = stage.model.to(memory_format=torch.channels_last)  # as the run held it (speed.channels_last)
-    measured = check.views_agreement(teacher, stage.data.train_set, stage.data.normalize)
+    measured = check.views_agreement(teacher, stage.data.train_set, stage.data.scale)
     assert measured["bf16_store_dtype"] == "bfloat16", measured  # autocast took effect: not fp32 against itself
     assert measured["max_abs_diff"] > 0, measured  # ... and changed the numbers
     assert measured["argmax_agreement"] >= check.AGREEMENT_MIN, check.views_text(measured)

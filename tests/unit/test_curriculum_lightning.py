@@ -38,7 +38,7 @@ def fit(epochs: int, ckpt_dir, resume: str | None = None) -> list[list[int]]:
     ordering = OrderSettings(torch.arange(N) % 2, "easy_first", False, seed=3)
     pacing = {"name": "linear", "start": 0.25, "full_at": 0.5}
     sampler = CurriculumBatchSampler(ordering(SCORES), B, epochs=4, pacing=pacing, seed=3)
-    callback = CurriculumCallback(sampler, SCORES, ordering, "s", DATA, normalize=lambda x: x)
+    callback = CurriculumCallback(sampler, SCORES, ordering, "s", DATA, to_input=lambda x: x)
     module = Recorder()
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, use_distributed_sampler=False,

@@ -11,10 +11,17 @@ from kdcl.common.errors import KdclError
 from kdcl.data.sources import resize_uint8
 from kdcl.models import FrozenTeacher, create_model
 from kdcl.models.cost import count_macs
+from kdcl.models.input_norm import InputNorm, ModelInput
 
 
 def model_cfg(name: str, **kw):
-    return OmegaConf.create({"name": name, "weights": None, "checkpoint": None, "drop_rate": 0.0, **kw})
+    return OmegaConf.create({"name": name, "pretrained": False, "weights": None, "checkpoint": None, "drop_rate": 0.0,
+                             **kw})  # fmt: skip
+
+
+def inputs(num_classes: int, in_chans: int, image_size: int) -> ModelInput:
+    """A dataset's shape with its own normalisation (grey: one channel)."""
+    return ModelInput(num_classes, in_chans, image_size, InputNorm((0.3,) * in_chans, (0.2,) * in_chans))
 
 
 def test_grey_28_pixel_images_keep_a_spatial_map_in_resnet50():
@@ -25,19 +32,19 @@ def test_grey_28_pixel_images_keep_a_spatial_map_in_resnet50():
     flat = torch.full((1, 1, 28, 28), 77, dtype=torch.uint8)
     assert torch.equal(resize_uint8(flat, 32), torch.full((1, 1, 32, 32), 77, dtype=torch.uint8))  # values kept
     x = resized.float() / 255
-    model = create_model(model_cfg("resnet50"), num_classes=10, in_chans=1, image_size=32, key="teacher").eval()
+    model = create_model(model_cfg("resnet50"), inputs(10, 1, 32), key="teacher").eval()
     assert model.forward_features(x).shape == (2, 2048, 1, 1)  # stride 32: a 1×1 map, not an empty one
     assert model(x).shape == (2, 10)
 
 
 def test_vit_models_are_built_for_the_data_resolution():
-    model = create_model(model_cfg("test_vit"), num_classes=4, in_chans=1, image_size=32, key="student").eval()
+    model = create_model(model_cfg("test_vit"), inputs(4, 1, 32), key="student").eval()
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
 
 
 def test_unknown_model_suggests_close_names():
     with pytest.raises(KdclError, match=r"teacher.name 'resnet500' is not a timm model; did you mean resnet50"):
-        create_model(model_cfg("resnet500"), 10, 1, 32, "teacher")
+        create_model(model_cfg("resnet500"), inputs(10, 1, 32), "teacher")
 
 
 def test_local_weights_transfer_backbone_and_reinitialise_the_head(tmp_path):
@@ -45,7 +52,7 @@ def test_local_weights_transfer_backbone_and_reinitialise_the_head(tmp_path):
     path = tmp_path / "test_resnet.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     torch.manual_seed(3)
-    model = create_model(model_cfg("test_resnet", weights=str(path)), 10, 3, 32, "teacher")
+    model = create_model(model_cfg("test_resnet", weights=str(path)), inputs(10, 3, 32), "teacher")
     torch.manual_seed(3)
     fresh = timm.create_model("test_resnet", num_classes=10).state_dict()  # what timm initialises at that seed
     src, dst = source.state_dict(), model.state_dict()
@@ -60,7 +67,7 @@ def test_local_weights_adapt_the_first_conv_to_grey_input(tmp_path):
     source = timm.create_model("test_resnet", num_classes=1000)
     path = tmp_path / "w.pth"
     torch.save(source.state_dict(), path)
-    model = create_model(model_cfg("test_resnet", weights=str(path)), 10, 1, 32, "teacher")
+    model = create_model(model_cfg("test_resnet", weights=str(path)), inputs(10, 1, 32), "teacher")
     first = source.pretrained_cfg["first_conv"] + ".weight"
     assert torch.allclose(model.state_dict()[first], source.state_dict()[first].sum(1, keepdim=True))
 
@@ -69,12 +76,12 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.pth"
     path.write_bytes(b"this is not a checkpoint")
     with pytest.raises(KdclError, match=r"teacher.weights '.*broken.pth' is not a readable weights/checkpoint file"):
-        create_model(model_cfg("test_resnet", weights=str(path)), 10, 1, 32, "teacher")
+        create_model(model_cfg("test_resnet", weights=str(path)), inputs(10, 1, 32), "teacher")
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(KdclError, match=r"teacher.weights '.*' does not exist"):
-        create_model(model_cfg("test_resnet", weights=str(tmp_path / "nope.pth")), 10, 1, 32, "teacher")
+        create_model(model_cfg("test_resnet", weights=str(tmp_path / "nope.pth")), inputs(10, 1, 32), "teacher")
 
 
 def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
@@ -85,7 +92,7 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
     with pytest.raises(KdclError, match="not a readable weights/checkpoint file"):
-        create_model(model_cfg("test_resnet", checkpoint=str(path)), 10, 1, 32, "teacher")
+        create_model(model_cfg("test_resnet", checkpoint=str(path)), inputs(10, 1, 32), "teacher")
 
 
 def test_frozen_teacher_stays_in_eval_mode_when_the_stage_trains():
