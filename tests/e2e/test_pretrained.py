@@ -148,3 +148,15 @@ def test_a_pretrained_models_statistics_are_part_of_its_stored_outputs_key():
     plain = weights_digest(model)
     assert weights_digest(attach_input_norm(model, DATA.data_norm)) == plain
     assert weights_digest(attach_input_norm(model, IMAGENET)) != plain
+
+
+def test_a_given_file_tested_with_pretrained_statistics_has_its_own_shared_test_key(tmp_path):
+    """A plain weights file says nothing of its normalisation: the same bytes as `pretrained` are another model."""
+    from kdcl.run.stage import given_model_key
+
+    checkpoint = tmp_path / "teacher.safetensors"
+    checkpoint.write_bytes(b"the same bytes")
+    cfg = OmegaConf.create({"data": {"name": "digits"}, "trainer": {"precision": "32-true"}})
+    keys = {flag: given_model_key(cfg, "test of teacher", checkpoint, None, {"name": HUB_MODEL, "pretrained": flag})[0]
+            for flag in (False, True)}  # fmt: skip
+    assert keys[False] != keys[True]

@@ -57,7 +57,7 @@ def keys(tmp_path_factory):
         return {
             "logits": cache_key([teacher], examples, identity, cfg, (0.5,), (0.25,)),
             "views": views_key(teacher, examples, identity, (0.5,), (0.25,), SPEC)[0],
-            "given model": given_model_key(cfg, "test of teacher", checkpoint, None)[0],
+            "given model": given_model_key(cfg, "test of teacher", checkpoint, None, {"name": "test_resnet"})[0],
         }
 
     return all_three
