@@ -199,12 +199,49 @@ def check_cascade(c: DictConfig) -> None:
     positive_int(c.steps, "cascade.steps")
 
 
+def range_pair(value, key: str, low: float, high: float | None) -> None:
+    """[a, b] with low ≤ a ≤ b (≤ high)."""
+    ok = len(value) == 2 and low <= value[0] <= value[1] and (high is None or value[1] <= high)
+    limit = f"{low} ≤ a ≤ b" + (f" ≤ {high}" if high is not None else "")
+    if not ok:
+        raise KdclError(f"{key}={show(list(value))} must be a pair [a, b] with {limit}")
+
+
+def check_augment(a: DictConfig, data: DictConfig) -> None:
+    """timm's augmentation (augment=rrc|randaug, mixup/cutmix): ranges, and one crop at a time."""
+    range_pair(a.scale, "augment.scale", 0.0, 1.0)
+    if a.scale[1] <= 0:
+        raise KdclError(f"augment.scale={show(list(a.scale))} must end above 0 (a share of the image's area)")
+    range_pair(a.ratio, "augment.ratio", 1e-3, None)
+    for key in ("hflip", "re_prob", "mix_prob", "switch_prob"):
+        fraction_in(a[key], f"augment.{key}", low_open=False)
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if a[key] < 0:
+            raise KdclError(f"augment.{key}={show(a[key])} must be ≥ 0 (0: off; timm's recipes use 0.2–1.0)")
+    if a.color_jitter is not None and a.color_jitter < 0:
+        raise KdclError(f"augment.color_jitter={show(a.color_jitter)} must be ≥ 0, or null for none")
+    if a.interpolation not in ("bilinear", "bicubic", "random"):
+        raise KdclError(f"augment.interpolation '{a.interpolation}' must be bilinear, bicubic or random")
+    if str(a.crop) == "rrc" and data.augment:
+        raise KdclError("augment.crop=rrc and data.augment=true are two crops; keep one (augment=rrc switches "
+                        "data.augment off, augment=padcrop is the pad-crop alone)")  # fmt: skip
+    if str(a.crop) == "rrc" and data.get("on_device") is True:
+        raise KdclError("data.on_device=true cannot hold augment.crop=rrc's images: timm's transform runs per image "
+                        "on the CPU; set data.on_device=auto")  # fmt: skip
+    timm_only = [k for k in ("auto_augment", "color_jitter") if a[k]] + (["re_prob"] if a.re_prob > 0 else [])
+    if timm_only and str(a.crop) != "rrc":
+        raise KdclError(f"augment.{timm_only[0]} is part of timm's training transform, which starts with "
+                        "RandomResizedCrop; set augment.crop=rrc (or choose augment=rrc|randaug)")  # fmt: skip
+
+
 def check_values(cfg: DictConfig) -> None:
     """Everything that needs no torch, Lightning, models or data (a few milliseconds)."""
     from kdcl.training.trainer import check_trainer_keys
 
     resolve_all(cfg)
     check_data(cfg.data)
+    if cfg.get("augment") is not None:
+        check_augment(cfg.augment, cfg.data)
     check_optim(cfg.optim)
     positive_int(cfg.trainer.get("max_epochs"), "trainer.max_epochs")
     clip = cfg.trainer.get("gradient_clip_val")

@@ -46,6 +46,7 @@ Confidence = choice("Confidence", "max_prob margin")
 NoiseKind = choice("NoiseKind", "symmetric pair")
 Ensemble = choice("Ensemble", "none mean confidence")
 Keep = choice("Keep", "weights resumable")
+Crop = choice("Crop", "none rrc")
 
 
 def unseen(default: Any) -> Any:
@@ -112,6 +113,26 @@ def data_identity(data: DictConfig | Mapping[str, Any], for_test: bool = False) 
     defaults = {n: None if f.default in (MISSING, dataclasses.MISSING) else f.default for n, f in schema.items()}
     return {k: v.value if isinstance(v, Enum) else v for k, v in {**defaults, **data}.items()
             if not (k in schema and any(schema[k].metadata.get(mark) for mark in left_out))}  # fmt: skip
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation built by timm (kdcl/data/augment.py); validation and test images are never
+    augmented. `augment=preset` (the default) leaves the data preset's own (data.augment: pad-crop and flip)."""
+
+    name: str = "preset"
+    crop: Crop = Crop.none  # rrc: timm's training transform (RandomResizedCrop, flip, the policies below) per image
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop's area range
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])  # ...and aspect-ratio range
+    hflip: float = 0.5  # probability of a horizontal flip
+    interpolation: str = "bilinear"  # of the crop's resize: bilinear | bicubic | random
+    auto_augment: str | None = None  # timm's policy string: rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, ...
+    color_jitter: float | None = None  # brightness/contrast/saturation strength (timm skips it with a policy)
+    re_prob: float = 0.0  # random erasing: probability per image (erased with the data's mean colour)
+    mixup_alpha: float = 0.0  # timm's Mixup: Beta(α, α) mixing of image pairs; 0: off
+    cutmix_alpha: float = 0.0  # ...and cutmix; both > 0: one of the two per batch
+    mix_prob: float = 1.0  # share of batches mixed
+    switch_prob: float = 0.5  # with both: the chance of cutmix rather than mixup
 
 
 @dataclass
@@ -242,6 +263,7 @@ class CascadeConfig:
 @dataclass
 class TrainConfig:
     data: DataConfig = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     teacher: ModelConfig | None = None
     student: ModelConfig | None = None
     distill: DistillConfig = MISSING

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from kdcl.data.augment import Augmentation, BatchMixer, per_image_transform
 from kdcl.data.label_noise import NoisyLabels, flip_labels, with_noisy_labels
 from kdcl.data.registry import ImageSplits, get_loader
 
@@ -191,10 +192,13 @@ class KdclDataModule(pl.LightningDataModule):
     """The loaded splits (once per job) served as one stage's part of them: `for_stage` gives each stage
     its own view over the same loaded data, so no stage changes what another one sees."""
 
-    def __init__(self, cfg: DictConfig, seed: int, part: StagePart | None = None):
+    def __init__(self, cfg: DictConfig, seed: int, part: StagePart | None = None, augment: DictConfig | None = None):
+        """`augment`: the run's `augment` node (timm's augmentation, kdcl/data/augment.py); None: none of it."""
         super().__init__()
         self.cfg, self.seed = cfg, int(seed)
         self.part = part or StagePart()
+        self.augment, self.augmentation = augment, Augmentation.of(augment)
+        self.mixer: BatchMixer | None = None
         self.source: ImageSplits | None = None
         self.train_set = self.val_set = self.test_set = None
         self.augment_on_device = False  # decided by train_dataloader: batches are augmented after transfer
@@ -203,13 +207,14 @@ class KdclDataModule(pl.LightningDataModule):
     def for_stage(self, part: StagePart) -> KdclDataModule:
         """A view of the same loaded splits for one stage."""
         self.setup()
-        view = KdclDataModule(self.cfg, self.seed, part)
-        view.source, view.train_set, view.val_set, view.test_set, view.noise = (
+        view = KdclDataModule(self.cfg, self.seed, part, self.augment)
+        view.source, view.train_set, view.val_set, view.test_set, view.noise, view.mixer = (
             self.source,
             self.train_set,
             self.val_set,
             self.test_set,
             self.noise,
+            self.mixer,
         )
         return view
 
@@ -233,20 +238,33 @@ class KdclDataModule(pl.LightningDataModule):
         src = self.load()
         train_idx, val_idx, test_base = self.split_indices(src)
         train_base = Subset(self.training_source(src, train_idx), train_idx)
-        self.train_set = Augmented(train_base, train_transform(self.cfg)) if self.cfg.augment else train_base
+        self.train_set = self.augmented(train_base, src)
         self.val_set = Subset(src.train, val_idx)
         self.test_set = test_base
+        if self.augmentation.mixing:
+            self.mixer = BatchMixer(self.augment, src.num_classes)
+
+    def augmented(self, train_base: Dataset, src: ImageSplits) -> Dataset:
+        """The training part with its per-image augmentation: timm's transform (augment=rrc|randaug), else
+        data.augment's pad-crop, else none."""
+        if self.augmentation.per_image:
+            return Augmented(train_base, per_image_transform(self.augment, int(self.cfg.image_size), src.mean))
+        return Augmented(train_base, train_transform(self.cfg)) if self.cfg.augment else train_base
 
     def training_source(self, src: ImageSplits, train_idx: list[int]) -> Dataset:
-        """The source the training part reads: with data.label_noise, a copy whose labels at `train_idx`
-        are flipped (validation and test keep reading the clean source)."""
+        """The source the training part reads: a folder's original images when timm crops them (not the copies
+        decoded at data.image_size); with data.label_noise, a copy whose labels at `train_idx` are flipped
+        (validation and test keep reading the clean source at data.image_size)."""
+        source = src.train
+        if self.augmentation.per_image and hasattr(source, "originals"):
+            source = source.originals()
         rate = float(self.cfg.get("label_noise") or 0.0)
         if rate <= 0:
-            return src.train
+            return source
         clean = dataset_labels(src.train)
         kind, seed = str(self.cfg.get("label_noise_kind", "symmetric")), int(self.cfg.get("label_noise_seed", 0))
         self.noise = flip_labels(clean, train_idx, rate, kind, src.num_classes, seed)
-        return with_noisy_labels(src.train, clean, self.noise)
+        return with_noisy_labels(source, clean, self.noise)
 
     def noise_record(self) -> dict | None:
         """What data.label_noise did, for the run directory (label_noise.json); None without noise."""
@@ -291,7 +309,7 @@ class KdclDataModule(pl.LightningDataModule):
             ds,
             batch_size=int(self.cfg.batch_size if train else self.cfg.eval_batch_size),
             shuffle=train,
-            drop_last=False,
+            drop_last=train and self.augmentation.mixing,  # timm mixes a batch with its reverse: a full one
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -301,8 +319,8 @@ class KdclDataModule(pl.LightningDataModule):
         """data.on_device: true | false | auto (an in-memory dataset that takes under a quarter of the
         accelerator's free memory; on a CPU it is in memory already)."""
         mode = self.cfg.get("on_device", "auto")
-        if mode is False or mode == "false" or in_memory_tensors(ds) is None:
-            return False
+        if mode is False or mode == "false" or in_memory_tensors(ds) is None or self.augmentation.per_image:
+            return False  # timm's transforms run per image on the CPU
         if mode is True or mode == "true":
             return True
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -318,7 +336,8 @@ class KdclDataModule(pl.LightningDataModule):
         self.augment_on_device = bool(self.cfg.augment)
         if self.part.batch_sampler is not None:
             return DataLoader(data, batch_sampler=self.part.batch_sampler, collate_fn=whole_batch)
-        return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch)
+        return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch,
+                          drop_last=self.augmentation.mixing)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         ds = self.part.train_set if self.part.train_set is not None else self.train_set
@@ -368,6 +387,9 @@ class KdclDataModule(pl.LightningDataModule):
         elif training and self.augment_on_device:
             x = random_crop_flip(x, crop_padding(self.cfg), bool(self.cfg.get("hflip", False)))
         x = self.scale(x)
+        if training and self.mixer is not None:  # the labels become class probabilities
+            x, mixed = self.mixer(x, rest[0])
+            rest = [mixed, *rest[1:]]
         if self.part.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, *rest

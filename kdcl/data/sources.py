@@ -167,6 +167,15 @@ class FolderImages(Dataset):
     def __getitem__(self, i):
         return self.folder[i]
 
+    def originals(self) -> Dataset:
+        """The same examples as decoded PIL images at their own size, for a training transform that crops
+        them itself (augment=rrc: RandomResizedCrop of the original, not of the copy at data.image_size)."""
+        from torchvision.datasets import ImageFolder
+
+        originals = ImageFolder(self.folder.root)
+        assert originals.samples == self.folder.samples, "the folder changed while it was read"
+        return originals
+
 
 @register_dataset("image_folder")
 def image_folder(cfg: DictConfig) -> ImageSplits:

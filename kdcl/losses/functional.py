@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy with the hard labels (optionally label-smoothed)."""
+    """Cross-entropy with class indices, or class probabilities (a mixed batch), optionally label-smoothed."""
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 

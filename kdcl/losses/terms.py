@@ -39,6 +39,9 @@ class TermInputs:
     # the student's logits the teachers' are compared with, when that is not all of them (a
     # class-incremental stage distils only the old classes' outputs); None: student_logits
     distill_logits: torch.Tensor | None = None
+    # class probabilities of a mixed batch (mixup/cutmix: kdcl/data/augment.py); `target` then holds each
+    # example's dominant class, for the terms that need one class (dkd)
+    soft_target: torch.Tensor | None = None
 
     @property
     def student_for_teacher(self) -> torch.Tensor:
@@ -89,7 +92,8 @@ def over_feature_pairs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
 @register_term("ce", needs_teacher=False)
 def ce(inp: TermInputs, label_smoothing: float = 0.0) -> torch.Tensor:
-    return LF.ce_loss(inp.student_logits, inp.target, label_smoothing)
+    target = inp.target if inp.soft_target is None else inp.soft_target
+    return LF.ce_loss(inp.student_logits, target, label_smoothing)
 
 
 @register_term("kd")

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.config.schema import TeacherOutputMode
+from kdcl.data.augment import Augmentation
 from kdcl.losses.ensemble import COMBINATIONS
 from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
 from kdcl.run.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
@@ -238,13 +239,16 @@ def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
 TEACHER_OUTPUT_MODES = tuple(mode.value for mode in TeacherOutputMode)  # declared in kdcl/config/schema.py
 
 
-def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, given: bool) -> tuple[str, str]:
+def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, given: bool,
+              unreplayable: str = "") -> tuple[str, str]:  # fmt: skip
     """distill.teacher_outputs=auto: the mode whose teacher work is least, and why. Stored logits cost one
     teacher pass in all (during epoch 1); with augmentation each epoch shows a new view, so stored views cost
     min(K, epochs) passes before training against `epochs` passes online: views when K < epochs, or when
     the teachers are `given` checkpoints (their store, in the shared cache, serves every job that has them)."""
     if feature_terms:
         return "online", f"the feature terms {', '.join(feature_terms)} need the teachers' activations"
+    if unreplayable:
+        return "online", f"{unreplayable} draws new images every epoch, which stored outputs cannot replay"
     if not augment:
         return "cached", "no augmentation: one teacher pass (in epoch 1) serves every epoch"
     if given:
@@ -260,16 +264,21 @@ def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, 
 
 
 def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int, views: int,
-                given: bool = False) -> tuple[str, str]:  # fmt: skip
+                given: bool = False, unreplayable: str = "") -> tuple[str, str]:  # fmt: skip
     """(online | cached | views, why auto chose it) for a stage whose loss needs teachers; errors name the
-    setting that forbids storing."""
+    setting that forbids storing. `unreplayable`: the augmentation stored outputs cannot replay (timm's
+    crops, policies, mixup/cutmix: kdcl/data/augment.py), or ""."""
     if mode not in TEACHER_OUTPUT_MODES:
         raise KdclError(f"distill.teacher_outputs '{mode}' must be one of {'|'.join(TEACHER_OUTPUT_MODES)}"
                         f"{did_you_mean(str(mode), TEACHER_OUTPUT_MODES)}")  # fmt: skip
     if mode == "online":
         return "online", ""
     if mode == "auto":
-        return auto_mode(augment, feature_terms, epochs, views, given)
+        return auto_mode(augment, feature_terms, epochs, views, given, unreplayable)
+    if unreplayable:
+        raise KdclError(f"distill.teacher_outputs={mode} cannot replay {unreplayable}: its images are drawn anew "
+                        "every epoch (stored views replay data.augment's pad-crop and flip only); use "
+                        "distill.teacher_outputs=auto or online")  # fmt: skip
     if feature_terms:
         raise KdclError(
             f"distill.teacher_outputs={mode}: the feature terms {', '.join(feature_terms)} need the teachers' "
@@ -296,7 +305,9 @@ def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Sta
     features = [t.name for t in stage.loss_terms
                 if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
     given = all(split_ref(t)[1] is None and not by_name[split_ref(t)[0]].trains for t in stage.teachers)
-    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views), given)
+    unreplayable = Augmentation.of(cfg.get("augment")).describe
+    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views), given,
+                              unreplayable)  # fmt: skip
     return {"teacher_outputs": chosen, "teacher_outputs_why": why}
 
 

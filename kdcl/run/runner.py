@@ -147,7 +147,7 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None, start_u
     if start_up_s is not None:
         timer.seconds["start-up"] = start_up_s
     with timer.part("data"):
-        data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
+        data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed, augment=plan.cfg.get("augment"))
         data.setup()
     if data.noise_record() is not None:  # data.label_noise: which training labels are wrong
         atomic_write_json(run_dir / "label_noise.json", data.noise_record())

@@ -61,7 +61,24 @@ def plan_checked(cfg: DictConfig):
     check_scores_file(plan)
     check_view_stores(plan)
     check_trainer_values(cfg.trainer)
+    check_augment_policy(cfg)
     return plan
+
+
+def check_augment_policy(cfg) -> None:
+    """timm reads augment.auto_augment's policy string when it builds the transform: build it once here."""
+    aug = cfg.get("augment")
+    if aug is None or str(aug.crop) != "rrc":
+        return
+    from kdcl.data.augment import per_image_transform
+
+    try:
+        per_image_transform(aug, int(cfg.data.image_size), (0.5,) * 3)
+    except Exception as exc:  # timm asserts or raises on a policy it cannot parse
+        raise KdclError(
+            f"augment.auto_augment '{aug.auto_augment}' is not a timm policy ({type(exc).__name__}: "
+            f"{str(exc)[:120]}); e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original"
+        ) from None
 
 
 def check_model_node(node: dict, key: str) -> None:

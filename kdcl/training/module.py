@@ -154,6 +154,8 @@ class DistillationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, *positions = batch  # positions: only when teacher outputs are stored
+        soft = y if y.is_floating_point() else None  # a mixed batch's class probabilities (mixup/cutmix)
+        y = y if soft is None else soft.argmax(1)  # its dominant class: accuracy and single-class terms
         logits = self.predict_seen(x)
         teacher_logits, distill_logits = self.teacher_logits(x, positions[0] if positions else None), None
         if self.ensemble != "none" and len(teacher_logits) > 1:  # several teachers, one combined target
@@ -162,7 +164,7 @@ class DistillationModule(pl.LightningModule):
             cols = self.distill_classes.to(logits.device)
             distill_logits, teacher_logits = logits[:, cols], [t[:, cols] for t in teacher_logits]
         progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)  # for scheduled terms
-        inputs = TermInputs(logits, teacher_logits, y, distill_logits=distill_logits)
+        inputs = TermInputs(logits, teacher_logits, y, distill_logits=distill_logits, soft_target=soft)
         total, parts = self.loss(inputs, progress)
         name = partial(metric_name, self.stage, "train")
         self.log(name("loss"), total, on_step=True, on_epoch=True, prog_bar=True)

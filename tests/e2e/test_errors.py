@@ -145,6 +145,25 @@ CASES = {
         "does not exist",
         "a dry run downloads nothing: run once without --dry-run",
     ),
+    "two crops": (["augment=rrc", "data.augment=true"], "augment.crop=rrc and data.augment=true", "keep one"),
+    "crop scale reversed": (["augment=rrc", "augment.scale=[0.9,0.1]"], "augment.scale=[0.9, 0.1]", "a ≤ b"),
+    "erasing without timm's crop": (["augment.re_prob=0.25"], "augment.re_prob", "augment.crop=rrc"),
+    "unknown augment policy": (
+        ["augment=randaug", "augment.auto_augment=bogus"],
+        "augment.auto_augment 'bogus'",
+        "rand-m9-mstd0.5-inc1",
+    ),
+    "negative mixup": (["augment.mixup_alpha=-0.2"], "augment.mixup_alpha=-0.2", "≥ 0"),
+    "views of randaug": (
+        ["augment=randaug", "distill.teacher_outputs=views"],
+        "cannot replay augment=randaug",
+        "distill.teacher_outputs=auto or online",
+    ),
+    "pretrained and weights": (
+        ["teacher.pretrained=true", "teacher.weights={corrupt}"],
+        "teacher.pretrained=true",
+        "keep one",
+    ),
 }
 
 
