@@ -62,7 +62,32 @@ def timm_train_transform(aug: DictConfig, image_size: int, mean: tuple[float, ..
     ]
     if float(aug.re_prob) > 0:
         steps.append(v2.RandomErasing(p=float(aug.re_prob), value=[round(255 * m) for m in mean]))
+    for op in policy_ops(steps[0]):
+        if "Posterize" in op.name:
+            op.aug_fn = posterize_at_least_one_bit
     return v2.Compose(steps)
+
+
+def policy_ops(transform) -> list:
+    """The AugmentOps of timm's policies (RandAugment, AutoAugment, AugMix) inside a transform."""
+    if hasattr(transform, "aug_fn"):
+        return [transform]
+    found = []
+    for attr in ("transforms", "ops", "policy"):
+        for part in getattr(transform, attr, None) or []:
+            found += (
+                policy_ops(part) if not isinstance(part, (list, tuple)) else [o for p in part for o in policy_ops(p)]
+            )
+    return found
+
+
+def posterize_at_least_one_bit(img, bits_to_keep, **kwargs):
+    """timm's posterize with at least 1 bit kept. Written by hand: timm 1.0.x asks for 0 bits at the top
+    magnitude (RandAugment's inc1 posterize, m ≥ 10 with noise), which Pillow 13 refuses with a ValueError
+    mid-epoch; 1 bit, two levels per channel, is the coarsest posterize Pillow allows."""
+    from timm.data.auto_augment import posterize
+
+    return posterize(img, max(1, int(bits_to_keep)), **kwargs)
 
 
 class TensorToPIL:

@@ -86,3 +86,15 @@ def test_stored_outputs_refuse_timms_augmentation_and_auto_runs_online(mode):
     with pytest.raises(Exception, match=f"distill.teacher_outputs={mode} cannot replay augment=rrc"):
         choose_mode(mode, False, [], epochs=20, views=8, unreplayable=what)
     assert Augmentation.of(OmegaConf.structured(AugmentConfig)).active is False  # augment=preset: none of it
+
+
+def test_randaugment_at_the_top_magnitude_runs_with_this_pillow():
+    """timm asks Pillow to keep 0 bits when posterizing at magnitude 10; Pillow 13 refuses that mid-epoch."""
+    import random
+
+    random.seed(0)
+    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    top = per_image_transform(augment(scale=[1.0, 1.0], ratio=[1.0, 1.0], auto_augment="rand-n3-m10-mstd0-inc1"), 8,
+                              (0.5, 0.5, 0.5))  # fmt: skip
+    outs = [top(image) for _ in range(100)]  # 300 ops drawn from 15: posterize among them about 20 times
+    assert all(o.shape == (3, 8, 8) and o.dtype == torch.uint8 for o in outs)
