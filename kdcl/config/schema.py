@@ -283,8 +283,21 @@ class TrainConfig:
     resume: str | None = None
 
 
+def teacher_input_size(default: Any, *, _root_: DictConfig) -> int:
+    """`${kdcl.teacher_input_size:64}` (data=image_folder's data.image_size): a pretrained teacher's own input
+    size (224 for resnet50.a1_in1k), else `default`. Reads timm's registry only for a pretrained teacher."""
+    teacher = _root_.get("teacher")
+    if not teacher or not teacher.get("pretrained") or not isinstance(teacher.get("name"), str):
+        return int(default)
+    from kdcl.models.hub import pretrained_input_size
+
+    return pretrained_input_size(teacher.name) or int(default)
+
+
 def register() -> None:
-    """Make `train_schema` known to Hydra (idempotent; called before any composition)."""
+    """Make `train_schema` and kdcl's resolvers known to Hydra (idempotent; called before any composition)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("kdcl.teacher_input_size"):
+        OmegaConf.register_new_resolver("kdcl.teacher_input_size", teacher_input_size)

@@ -25,6 +25,27 @@ def hub_repo(name: str) -> tuple[str, str | None] | None:
     return (cfg.hf_hub_id, None) if cfg is not None and cfg.hf_hub_id else None
 
 
+def pretrained_input_size(name: str) -> int | None:
+    """The image side `name`'s pretrained weights were trained at (timm's pretrained_cfg; a hub id's cached
+    config.json), or None when it is not known here."""
+    if is_hub_id(name):
+        import json
+
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, revision = hub_repo(name)
+        path = try_to_load_from_cache(repo, "config.json", revision=revision)
+        if not isinstance(path, str):
+            return None
+        with open(path) as f:
+            size = json.load(f).get("pretrained_cfg", {}).get("input_size")
+        return int(size[-1]) if size else None
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+
+
 def hub_offline() -> bool:
     from huggingface_hub import constants
 

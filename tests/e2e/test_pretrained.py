@@ -160,3 +160,29 @@ def test_a_given_file_tested_with_pretrained_statistics_has_its_own_shared_test_
     keys = {flag: given_model_key(cfg, "test of teacher", checkpoint, None, {"name": HUB_MODEL, "pretrained": flag})[0]
             for flag in (False, True)}  # fmt: skip
     assert keys[False] != keys[True]
+
+
+def test_a_folder_run_takes_a_pretrained_teachers_input_size_unless_told_otherwise():
+    from kdcl.config.compose import compose
+
+    def size(*overrides: str) -> int:
+        return int(compose(["data=image_folder", "data.root=/photos", *overrides]).data.image_size)
+
+    pretrained = (f"teacher.name={HUB_MODEL}", "teacher.pretrained=true")  # timm's registry: 160 px, no download
+    assert size(*pretrained) == 160 and size() == 64 and size(*pretrained, "data.image_size=96") == 96
+
+
+def test_the_folder_preset_composes_a_pretrained_teacher_and_student_at_the_teachers_size():
+    from kdcl.config.compose import compose
+
+    cfg = compose(["experiment=folder_pretrained_to_mobile", "data.root=/photos"])
+    assert (cfg.teacher.name, cfg.teacher.pretrained, cfg.student.pretrained) == ("resnet50.a1_in1k", True, True)
+    assert cfg.data.image_size == 224 and cfg.augment.crop == "rrc" and not cfg.data.augment
+    assert cfg.augment.mixup_alpha > 0 and cfg.augment.cutmix_alpha > 0
+
+
+def test_a_hub_ids_input_size_comes_from_its_cached_config(offline_hub):
+    from kdcl.models.hub import pretrained_input_size
+
+    assert pretrained_input_size(f"hf-hub:timm/{HUB_MODEL}") == 160 == pretrained_input_size(HUB_MODEL)
+    assert pretrained_input_size("hf-hub:timm/not_cached") is None
