@@ -30,7 +30,8 @@ class Augmentation:
             return cls(False, False, "")
         per_image = str(aug.get("crop", "none")) == "rrc"
         mixing = float(aug.get("mixup_alpha", 0) or 0) > 0 or float(aug.get("cutmix_alpha", 0) or 0) > 0
-        parts = [f"augment={aug.get('name')}"] if per_image else []
+        crop = f"augment={aug.get('name')}" if aug.get("name") in ("rrc", "randaug") else "augment.crop=rrc"
+        parts = [crop] if per_image else []
         parts += [f"augment.{k}={aug.get(k)}" for k in ("mixup_alpha", "cutmix_alpha") if float(aug.get(k) or 0) > 0]
         return cls(per_image, mixing, ", ".join(parts))
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from kdcl.data.augment import Augmentation, BatchMixer, per_image_transform
-from kdcl.data.label_noise import NoisyLabels, flip_labels, with_noisy_labels
+from kdcl.data.label_noise import NoisyLabels, Relabelled, flip_labels, with_noisy_labels
 from kdcl.data.registry import ImageSplits, get_loader
 
 
@@ -100,9 +100,18 @@ def noisy_mask(ds: Dataset) -> torch.Tensor | None:
 
 
 def unaugmented(ds: Dataset) -> Dataset:
-    """The same examples, in the same order, as plain (image, label) pairs: no augmentation, no positions."""
+    """The same examples, in the same order, as plain (image, label) pairs: no augmentation, no positions,
+    images decoded at data.image_size (not a folder's originals, which timm's crops read)."""
     base, indices = unwrap(ds)
-    return Subset(base, indices)
+    return Subset(decoded(base), indices)
+
+
+def decoded(base: Dataset) -> Dataset:
+    """A training source as tensors at data.image_size: a folder's originals give way to the folder itself,
+    under flipped labels too."""
+    if isinstance(base, Relabelled) and hasattr(base.base, "decoded"):
+        return Relabelled(base.base.decoded, base.targets, base.clean_labels)
+    return getattr(base, "decoded", base)
 
 
 def in_memory_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -309,7 +318,7 @@ class KdclDataModule(pl.LightningDataModule):
             ds,
             batch_size=int(self.cfg.batch_size if train else self.cfg.eval_batch_size),
             shuffle=train,
-            drop_last=train and self.augmentation.mixing,  # timm mixes a batch with its reverse: a full one
+            drop_last=False,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -336,8 +345,7 @@ class KdclDataModule(pl.LightningDataModule):
         self.augment_on_device = bool(self.cfg.augment)
         if self.part.batch_sampler is not None:
             return DataLoader(data, batch_sampler=self.part.batch_sampler, collate_fn=whole_batch)
-        return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch,
-                          drop_last=self.augmentation.mixing)  # fmt: skip
+        return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.part.train_set if self.part.train_set is not None else self.train_set

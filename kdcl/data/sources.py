@@ -167,14 +167,24 @@ class FolderImages(Dataset):
     def __getitem__(self, i):
         return self.folder[i]
 
-    def originals(self) -> Dataset:
-        """The same examples as decoded PIL images at their own size, for a training transform that crops
-        them itself (augment=rrc: RandomResizedCrop of the original, not of the copy at data.image_size)."""
-        from torchvision.datasets import ImageFolder
+    def originals(self) -> FolderOriginals:
+        """The same examples as PIL images at their own size, for a training transform that crops them itself
+        (augment=rrc: RandomResizedCrop of the original, not of the copy at data.image_size)."""
+        return FolderOriginals(self)
 
-        originals = ImageFolder(self.folder.root)
-        assert originals.samples == self.folder.samples, "the folder changed while it was read"
-        return originals
+
+class FolderOriginals(Dataset):
+    """A folder's images as decoded PIL images at their own size; `decoded` reads them at data.image_size."""
+
+    def __init__(self, decoded: FolderImages):
+        self.decoded, self.targets, self.classes = decoded, decoded.targets, decoded.classes
+
+    def __len__(self) -> int:
+        return len(self.decoded)
+
+    def __getitem__(self, i):
+        path, label = self.decoded.folder.samples[i]
+        return self.decoded.folder.loader(path), label
 
 
 @register_dataset("image_folder")

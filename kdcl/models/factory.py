@@ -8,12 +8,13 @@ from typing import Any
 
 import timm
 import torch
+from huggingface_hub.errors import HfHubHTTPError
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdcl.common.errors import KdclError
 from kdcl.common.io import check_weights_file, load_state_dict_file
-from kdcl.models.hub import hub_failure
+from kdcl.models.hub import architecture_of, hub_failure
 from kdcl.models.input_norm import InputNorm, ModelInput, attach_input_norm, pretrained_norm
 from kdcl.models.names import check_model_name
 
@@ -33,10 +34,16 @@ def timm_kwargs(name: str, num_classes: int, in_chans: int, image_size: int) -> 
     """The arguments kdcl gives `timm.create_model` besides the name: everything that shapes the model
     (`kdcl export` writes them into its sidecar, so plain timm rebuilds the same architecture)."""
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
-    pretrained_cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
-    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+    if fixed_input_size(name):
         kwargs["img_size"] = image_size  # ViT-style models build position embeddings for one input size
     return kwargs
+
+
+def fixed_input_size(name: str) -> bool:
+    """Whether the architecture is built for one input size (a hub id's architecture read from its config)."""
+    architecture = architecture_of(name)
+    pretrained_cfg = timm.models.get_pretrained_cfg(architecture) if architecture else None
+    return bool(pretrained_cfg is not None and pretrained_cfg.fixed_input_size)
 
 
 def pretrained_source(cfg) -> str | None:
@@ -64,7 +71,7 @@ def timm_model(cfg, inputs: ModelInput, key: str, load_pretrained: bool) -> nn.M
     except KdclError:
         raise
     except Exception as exc:
-        if source == "hub":
+        if source == "hub" and isinstance(exc, (OSError, HfHubHTTPError)):  # not cached, no network, no repository
             raise KdclError(hub_failure(cfg.name, key, exc)) from None
         what = f"{key}.weights '{cfg.weights}'" if source == "file" else f"{key}.name '{cfg.name}'"
         raise KdclError(
@@ -108,10 +115,7 @@ def model_from_checkpoint(model_cfg: dict, checkpoint: Path | str, inputs: Model
 
 def create_skeleton(name: str, image_size: int) -> nn.Module | None:
     """The architecture on the meta device (shapes only, no memory, no weights), or None if it cannot be."""
-    kwargs: dict[str, Any] = {}
-    pretrained_cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
-    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
-        kwargs["img_size"] = image_size
+    kwargs: dict[str, Any] = {"img_size": image_size} if fixed_input_size(name) else {}
     try:
         with torch.device("meta"):
             return timm.create_model(name, **kwargs).eval()

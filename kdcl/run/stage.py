@@ -38,7 +38,7 @@ from kdcl.losses import DistillLoss
 from kdcl.models import count_params, create_model, model_from_checkpoint
 from kdcl.models.cost import model_cost
 from kdcl.models.factory import load_kdcl_checkpoint, pretrained_source
-from kdcl.models.input_norm import ModelInput, input_norm_of
+from kdcl.models.input_norm import InputNorm, ModelInput, attach_input_norm, input_norm_of
 from kdcl.models.predictions import Predictions
 from kdcl.reporting.trackers import stage_loggers
 from kdcl.run.plan import FOLD_SEED, Plan, Stage, split_ref
@@ -193,8 +193,10 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
     pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
     model = ctx.build_model(stage.model, stage.model_key)
     if stage.init:  # carry an earlier stage's weights on (fine-tune, anchors, class-incremental tasks)
-        state, _ = load_kdcl_checkpoint(ctx.checkpoint_of(stage.init), f"pipeline.stages.{stage.name}.init")
+        state, hparams = load_kdcl_checkpoint(ctx.checkpoint_of(stage.init), f"pipeline.stages.{stage.name}.init")
         model.load_state_dict(state)
+        if "input_norm" in hparams:  # the weights go on with the normalisation they were trained with
+            attach_input_norm(model, InputNorm.from_json(hparams["input_norm"]))
     teachers = [ctx.load_stage_model(t) for t in stage.teachers]
     classes, seen, old = task_classes(stage.task, ctx.data.num_classes) if stage.task else (None, None, None)
     train_set = training_examples(ctx, stage, classes)
@@ -440,7 +442,7 @@ def cost_entry(ctx: StageContext, stage: Stage) -> tuple[str, dict, Path]:
     """(key, what it is made of, shared-cache file) of a model's MACs and latency: its architecture, input,
     the latency settings and this machine; not its weights, which change neither (a dense network's
     arithmetic does not depend on the values). The dry run looks for it too."""
-    what = {"kind": "cost", "model": {k: v for k, v in stage.model.items() if k not in ("checkpoint", "weights")},
+    what = {"kind": "cost", "model": {k: v for k, v in stage.model.items() if k not in ("checkpoint", "weights", "pretrained")},
             "in_chans": ctx.data.in_chans, "image_size": int(ctx.cfg.data.image_size),
             "classes": ctx.data.num_classes, "batches": latency_batches(ctx.cfg), "runtimes": latency_runtimes(ctx.cfg),
             "threads": torch.get_num_threads(), "host": socket.gethostname(), "cpu": platform.processor()}  # fmt: skip

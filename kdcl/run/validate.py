@@ -75,10 +75,11 @@ def check_augment_policy(cfg) -> None:
     try:
         per_image_transform(aug, int(cfg.data.image_size), (0.5,) * 3)
     except Exception as exc:  # timm asserts or raises on a policy it cannot parse
-        raise KdclError(
-            f"augment.auto_augment '{aug.auto_augment}' is not a timm policy ({type(exc).__name__}: "
-            f"{str(exc)[:120]}); e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original"
-        ) from None
+        reason = f"{type(exc).__name__}: {str(exc)[:120]}"
+        if aug.auto_augment:
+            raise KdclError(f"augment.auto_augment '{aug.auto_augment}' is not a timm policy ({reason}); e.g. "
+                            "rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original") from None  # fmt: skip
+        raise KdclError(f"augment: timm could not build the training transform ({reason}); check augment.*") from None
 
 
 def check_model_node(node: dict, key: str) -> None:

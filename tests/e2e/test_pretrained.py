@@ -186,3 +186,14 @@ def test_a_hub_ids_input_size_comes_from_its_cached_config(offline_hub):
 
     assert pretrained_input_size(f"hf-hub:timm/{HUB_MODEL}") == 160 == pretrained_input_size(HUB_MODEL)
     assert pretrained_input_size("hf-hub:timm/not_cached") is None
+
+
+def test_a_wrong_tag_or_an_architecture_without_weights_is_one_line_before_any_work():
+    from kdcl.run.validate import check_model_node
+
+    with pytest.raises(KdclError, match=r"teacher.name 'resnet18.bogus': timm has no such pretrained tag; its tags: "
+                                        r"resnet18\.a1_in1k"):  # fmt: skip
+        check_model_node({"name": "resnet18.bogus", "pretrained": True}, "teacher")
+    with pytest.raises(KdclError, match=r"student.name 'botnet50ts_256' has no pretrained weights in timm; set "
+                                        r"student.pretrained=false"):  # fmt: skip
+        check_model_node({"name": "botnet50ts_256", "pretrained": True}, "student")
