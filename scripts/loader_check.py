@@ -50,11 +50,9 @@ def timm_loader(root: Path, size: int, batch: int, workers: int, policy: str | N
                            use_prefetcher=False, no_aug=False, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
                            color_jitter=None, auto_augment=policy, interpolation="bilinear", num_workers=workers,
                            persistent_workers=True, pin_memory=False)  # fmt: skip
-    from kdcl.data.augment import policy_ops, posterize_at_least_one_bit
+    from kdcl.data.augment import keep_a_posterize_bit
 
-    for op in policy_ops(loader.dataset.transform):  # the same Pillow 13 fix as kdcl's (kdcl/data/augment.py)
-        if "Posterize" in op.name:
-            op.aug_fn = posterize_at_least_one_bit
+    keep_a_posterize_bit(loader.dataset.transform)  # the same Pillow 13 fix as kdcl's
     return loader, lambda b: b
 
 

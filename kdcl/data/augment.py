@@ -63,10 +63,15 @@ def timm_train_transform(aug: DictConfig, image_size: int, mean: tuple[float, ..
     ]
     if float(aug.re_prob) > 0:
         steps.append(v2.RandomErasing(p=float(aug.re_prob), value=[round(255 * m) for m in mean]))
-    for op in policy_ops(steps[0]):
+    keep_a_posterize_bit(steps[0])
+    return v2.Compose(steps)
+
+
+def keep_a_posterize_bit(transform) -> None:
+    """Every posterize op of the timm policies in `transform` keeps at least 1 bit (posterize_at_least_one_bit)."""
+    for op in policy_ops(transform):
         if "Posterize" in op.name:
             op.aug_fn = posterize_at_least_one_bit
-    return v2.Compose(steps)
 
 
 def policy_ops(transform) -> list:

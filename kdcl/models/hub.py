@@ -9,6 +9,7 @@ weights are not there fails in one line at the start, not when its stage begins.
 from __future__ import annotations
 
 import json
+from functools import cache
 
 from kdcl.common.errors import KdclError
 from kdcl.models.names import HUB_PREFIX, is_hub_id
@@ -37,9 +38,10 @@ def hub_repo(name: str) -> tuple[str, str | None, tuple[str, ...]] | None:
     return repo, revision or None, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else WEIGHT_FILES
 
 
+@cache
 def hub_config(name: str) -> dict | None:
     """A hub id's config.json (its architecture and pretrained_cfg), as timm reads it: from the cache, fetched
-    when online; None when it cannot be had."""
+    when online; None when it cannot be had. Read once per process: every model build asks (read-only)."""
     from huggingface_hub import hf_hub_download
 
     repo, revision, _ = hub_repo(name)
