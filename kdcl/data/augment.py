@@ -23,6 +23,7 @@ class Augmentation:
     per_image: bool  # timm's training transform on every training image
     mixing: bool  # mixup and/or cutmix on every training batch
     describe: str  # for messages: augment=rrc, augment.mixup_alpha=0.2, ...
+    unreplayable: str = ""  # what stored views cannot replay (timm's policies, colour jitter, ...), for messages
 
     @classmethod
     def of(cls, aug: DictConfig | None) -> Augmentation:
@@ -33,11 +34,20 @@ class Augmentation:
         crop = f"augment={aug.get('name')}" if aug.get("name") in ("rrc", "randaug") else "augment.crop=rrc"
         parts = [crop] if per_image else []
         parts += [f"augment.{k}={aug.get(k)}" for k in ("mixup_alpha", "cutmix_alpha") if float(aug.get(k) or 0) > 0]
-        return cls(per_image, mixing, ", ".join(parts))
+        return cls(per_image, mixing, ", ".join(parts), unreplayable(aug) if per_image else "")
 
     @property
     def active(self) -> bool:
         return self.per_image or self.mixing
+
+
+def unreplayable(aug: DictConfig) -> str:
+    """The parts of timm's transform that draw pixels rather than a few numbers (stored views replay crops,
+    flips, mixup and cutmix: kdcl/data/replay.py), as the settings that ask for them; "" when none."""
+    parts = [f"augment.{k}={aug.get(k)}" for k in ("auto_augment", "color_jitter") if aug.get(k)]
+    parts += ["augment.re_prob=" + str(aug.re_prob)] if float(aug.get("re_prob") or 0) > 0 else []
+    parts += ["augment.interpolation=random"] if str(aug.get("interpolation")) == "random" else []
+    return ", ".join(parts)
 
 
 def timm_train_transform(aug: DictConfig, image_size: int, mean: tuple[float, ...]):

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from kdcl.data.augment import Augmentation, BatchMixer, per_image_transform
 from kdcl.data.label_noise import NoisyLabels, Relabelled, flip_labels, with_noisy_labels
 from kdcl.data.registry import ImageSplits, get_loader
+from kdcl.data.replay import ViewRows, crop_flip
 
 
 class Augmented(Dataset):
@@ -121,22 +122,6 @@ def in_memory_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
     idx = torch.as_tensor(indices, dtype=torch.long)
     return base.tensors[0][idx], base.tensors[1][idx].long()
-
-
-def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor | None, pad: int) -> torch.Tensor:
-    """Each image's crop at (dy, dx) of its zero-padded copy (and mirrored where `flip`), on x's device:
-    one batched gather. The same function draws random views and rebuilds stored ones
-    (kdcl/teachers/views.py), so a replayed view is the same pixels."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (dy.reshape(n, 1) + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
-    cols = (dx.reshape(n, 1) + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    out = padded[batch, chans, rows, cols]
-    if flip is not None:
-        out = torch.where(flip.reshape(n, 1, 1, 1).bool(), out.flip(-1), out)
-    return out
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, hflip: bool) -> torch.Tensor:
@@ -347,10 +332,23 @@ class KdclDataModule(pl.LightningDataModule):
             return DataLoader(data, batch_sampler=self.part.batch_sampler, collate_fn=whole_batch)
         return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch)
 
+    def views_loader(self, views) -> DataLoader:
+        """Stored views rebuilt per image (timm's crops, mixup/cutmix: kdcl/data/replay.py): batches of view
+        rows, each example at its view of this epoch."""
+        workers = int(self.cfg.num_workers)
+        rows = ViewRows(views.n, views.k, int(self.cfg.batch_size), views.choice,
+                        lambda: self.trainer.current_epoch if self.trainer is not None else 0, self.seed,
+                        self.part.batch_sampler)  # fmt: skip
+        return DataLoader(views.replayed, batch_sampler=rows, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available())  # fmt: skip
+
     def train_dataloader(self) -> DataLoader:
+        views = self.part.views
+        self.augment_on_device = False
+        if views is not None and views.replayed is not None:
+            return self.views_loader(views)
         ds = self.part.train_set if self.part.train_set is not None else self.train_set
         ds = Indexed(ds) if self.part.with_index else ds
-        self.augment_on_device = False
         if self.on_device(ds):
             return self.device_loader(ds)
         if self.part.batch_sampler is None:
@@ -387,9 +385,12 @@ class KdclDataModule(pl.LightningDataModule):
         return x.float().div_(255)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, *rest = batch
         training = self.trainer is not None and self.trainer.training
-        if training and self.part.views is not None:  # each example's stored view; rest: label, position
+        views = self.part.views if training else None
+        if views is not None and views.replayed is not None:  # rebuilt per image, mixed here as stored
+            return self.mixed_views(views, *batch)
+        x, *rest = batch
+        if views is not None:  # each example's stored view; rest: label, position
             x, rows = self.part.views.replay(x, rest[1], self.trainer.current_epoch)
             rest = [rest[0], rows]
         elif training and self.augment_on_device:
@@ -398,6 +399,14 @@ class KdclDataModule(pl.LightningDataModule):
         if training and self.mixer is not None:  # the labels become class probabilities
             x, mixed = self.mixer(x, rest[0])
             rest = [mixed, *rest[1:]]
-        if self.part.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, *rest
+        return self.in_format(x), *rest
+
+    def mixed_views(self, views, x, other, y, y_other, rows):
+        """A batch of stored views rebuilt per image: mixed with their partners as stored (the labels become
+        class probabilities where the stage mixes), with the rows whose teacher logits they are."""
+        x = views.mix(self.scale(x), self.scale(other), rows)
+        target = views.targets(y, y_other, rows) if views.mixing else y
+        return self.in_format(x), target, rows
+
+    def in_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.part.channels_last else x

@@ -186,6 +186,16 @@ class FolderOriginals(Dataset):
         path, label = self.decoded.folder.samples[i]
         return self.decoded.folder.loader(path), label
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, from its file's header (not decoded)."""
+        from PIL import Image
+
+        def size(path: str) -> tuple[int, int]:
+            with Image.open(path) as image:
+                return image.height, image.width
+
+        return [size(path) for path, _ in self.decoded.folder.samples]
+
 
 @register_dataset("image_folder")
 def image_folder(cfg: DictConfig) -> ImageSplits:
@@ -200,11 +210,27 @@ def image_folder(cfg: DictConfig) -> ImageSplits:
         raise KdclError(f"data.root '{root}': {exc}; it needs one sub-folder of images per class") from None
     if test is not None and test.classes != train.classes:
         raise KdclError(f"data.root '{root}': train/ and test/ have different class folders; make them match")
+    return decoded_splits(root, train, test)
+
+
+def decoded_splits(root: Path, train: Dataset, test: Dataset | None) -> ImageSplits:
+    """ImageSplits of datasets decoded lazily (a folder, a prepared copy): mean and std from ~256 training images."""
     sample = torch.stack([train[i][0] for i in range(0, len(train), max(1, len(train) // 256))])
     if sample.shape[1] not in (1, 3):
         raise KdclError(f"data.root '{root}': images have {sample.shape[1]} channels; use grey or RGB images")
     mean, std = channel_stats(sample)
     return ImageSplits(train, test, len(train.classes), sample.shape[1], mean, std, tuple(train.classes))
+
+
+@register_dataset("prepared")
+def prepared(cfg: DictConfig) -> ImageSplits:
+    """A prepared, streamable copy of a folder (`kdcl data prepare FOLDER OUT`; kdcl/data/prepared.py), read as
+    data=image_folder reads the folder: the same classes, labels, order, crops and originals for augment=rrc."""
+    from kdcl.data.prepared import open_prepared
+
+    root = Path(cfg.root)
+    train, test, _ = open_prepared(root, int(cfg.image_size))
+    return decoded_splits(root, train, test)
 
 
 @register_dataset("synthetic")

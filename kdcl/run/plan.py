@@ -248,7 +248,7 @@ def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, 
     if feature_terms:
         return "online", f"the feature terms {', '.join(feature_terms)} need the teachers' activations"
     if unreplayable:
-        return "online", f"{unreplayable} draws new images every epoch, which stored outputs cannot replay"
+        return "online", f"{unreplayable} draws new pixels every epoch, which stored views cannot replay"
     if not augment:
         return "cached", "no augmentation: one teacher pass (in epoch 1) serves every epoch"
     if given:
@@ -266,8 +266,8 @@ def auto_mode(augment: bool, feature_terms: list[str], epochs: int, views: int, 
 def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int, views: int,
                 given: bool = False, unreplayable: str = "") -> tuple[str, str]:  # fmt: skip
     """(online | cached | views, why auto chose it) for a stage whose loss needs teachers; errors name the
-    setting that forbids storing. `unreplayable`: the augmentation stored outputs cannot replay (timm's
-    crops, policies, mixup/cutmix: kdcl/data/augment.py), or ""."""
+    setting that forbids storing. `augment`: any training augmentation; `unreplayable`: the part stored views
+    cannot replay (timm's policies, colour jitter, random erasing: kdcl/data/augment.py), or ""."""
     if mode not in TEACHER_OUTPUT_MODES:
         raise KdclError(f"distill.teacher_outputs '{mode}' must be one of {'|'.join(TEACHER_OUTPUT_MODES)}"
                         f"{did_you_mean(str(mode), TEACHER_OUTPUT_MODES)}")  # fmt: skip
@@ -276,8 +276,8 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int,
     if mode == "auto":
         return auto_mode(augment, feature_terms, epochs, views, given, unreplayable)
     if unreplayable:
-        raise KdclError(f"distill.teacher_outputs={mode} cannot replay {unreplayable}: its images are drawn anew "
-                        "every epoch (stored views replay data.augment's pad-crop and flip only); use "
+        raise KdclError(f"distill.teacher_outputs={mode} cannot replay {unreplayable}: its pixels are drawn anew "
+                        "every epoch (stored views replay crops, flips, mixup and cutmix); drop it, or use "
                         "distill.teacher_outputs=auto or online")  # fmt: skip
     if feature_terms:
         raise KdclError(
@@ -286,12 +286,13 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int,
         )
     if mode == "cached" and augment:
         raise KdclError(
-            "distill.teacher_outputs=cached with data.augment=true would pair a stored logit with a new random "
-            "view of each image; use distill.teacher_outputs=views (stored augmented views), auto or online"
+            "distill.teacher_outputs=cached with training augmentation (data.augment, augment=...) would pair a "
+            "stored logit with a new random view of each image; use distill.teacher_outputs=views (stored "
+            "augmented views), auto or online"
         )
     if mode == "views" and not augment:
-        raise KdclError("distill.teacher_outputs=views stores augmented views, but data.augment=false; set "
-                        "data.augment=true, or use distill.teacher_outputs=cached (or auto)")  # fmt: skip
+        raise KdclError("distill.teacher_outputs=views stores augmented views, but training has no augmentation; "
+                        "set data.augment=true or augment=rrc, or use distill.teacher_outputs=cached (or auto)")  # fmt: skip
     return mode, ""
 
 
@@ -305,9 +306,10 @@ def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Sta
     features = [t.name for t in stage.loss_terms
                 if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
     given = all(split_ref(t)[1] is None and not by_name[split_ref(t)[0]].trains for t in stage.teachers)
-    unreplayable = Augmentation.of(cfg.get("augment")).describe
-    chosen, why = choose_mode(mode, bool(cfg.data.augment), features, stage.epochs, int(cfg.data.views), given,
-                              unreplayable)  # fmt: skip
+    timm_aug = Augmentation.of(cfg.get("augment"))
+    augment = bool(cfg.data.augment) or timm_aug.active
+    chosen, why = choose_mode(mode, augment, features, stage.epochs, int(cfg.data.views), given,
+                              timm_aug.unreplayable)  # fmt: skip
     return {"teacher_outputs": chosen, "teacher_outputs_why": why}
 
 

@@ -31,7 +31,7 @@ from kdcl.run.plan import Plan, Stage, split_ref
 from kdcl.run.presets import task_classes
 from kdcl.run.stage import StageContext, cost_entry, given_test_entry, training_examples
 from kdcl.teachers.outputs import cache_key, shared_logits_path
-from kdcl.teachers.views import ViewSpec, store_bytes, views_key, views_store_path
+from kdcl.teachers.views import StageExamples, ViewSpec, store_bytes, views_key, views_store_path
 
 
 @dataclass(frozen=True)
@@ -136,11 +136,14 @@ def store_files(ctx: StageContext, stage: Stage, files: list[Path], loaded: dict
     """The shared-cache files of the stage's stored outputs (teachers given as checkpoints: keys known)."""
     teachers = [given_teacher(ctx, t, f, loaded) for t, f in zip(stage.teachers, files, strict=True)]
     classes = task_classes(stage.task, ctx.data.num_classes)[0] if stage.task else None
-    plain, data, src = unaugmented(training_examples(ctx, stage, classes)), data_identity(ctx.cfg.data), ctx.data.load()
+    train_set, data, src = training_examples(ctx, stage, classes), data_identity(ctx.cfg.data), ctx.data.load()
     if stage.teacher_outputs == "cached":
+        plain = unaugmented(train_set)
         return [shared_logits_path(ctx.cfg, cache_key(teachers, plain, data, ctx.cfg, src.mean, src.std))]
     spec = ViewSpec.of(ctx.cfg, ctx.data.num_classes, stage.curriculum, stage.epochs)
-    return [views_store_path(ctx.cfg, t, views_key(t, plain, data, src.mean, src.std, spec)[0]) for t in teachers]
+    ex = StageExamples.of(train_set, spec)
+    return [views_store_path(ctx.cfg, t, views_key(t, ex.plain, data, src.mean, src.std, spec, ex.sizes)[0])
+            for t in teachers]  # fmt: skip
 
 
 def outputs_of(ctx: StageContext, stage: Stage, p: Previewer, job: int) -> TeacherRead:

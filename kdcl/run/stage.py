@@ -255,8 +255,8 @@ def teacher_store(ctx: StageContext, stage: Stage, teachers: list,
     and data), which also scores the un-augmented examples when the stage has a curriculum."""
     plain, data = unaugmented(train_set), data_identity(ctx.cfg.data)
     if stage.teacher_outputs == "views":
-        return open_teacher_views(teachers, plain, ctx.data, ctx.cfg, data, stage.name, ctx.run_dir, stage.curriculum,
-                                  stage.epochs)  # fmt: skip
+        return open_teacher_views(teachers, train_set, ctx.data, ctx.cfg, data, stage.name, ctx.run_dir,
+                                  stage.curriculum, stage.epochs)  # fmt: skip
     if stage.teacher_outputs != "cached":
         return None
     outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, data, ctx.stage_dir(stage), stage.name)

@@ -8,8 +8,10 @@ view (FKD, Shen & Xing, ECCV 2022). Training draws one of an example's K views p
 function of seed, epoch and position: a resumed epoch draws the same), rebuilds its pixels on the
 device from the stored parameters with the same function that draws random views
 (kdcl.data.datamodule.crop_flip), and reads the teacher's logits of those pixels instead of running
-the teacher. kdcl's augmentations are random crops and flips; it has no mixup or cutmix, so there is
-no partner or λ to store.
+the teacher. With today's augmentation — timm's RandomResizedCrop of a folder's originals (augment.crop=rrc),
+mixup and cutmix — a view is its crop box, flip, mixing partner, λ and cutmix box (kdcl/data/replay.py): the
+loader's workers rebuild each view from the originals and the device mixes them, in the pass and in training
+alike. RandAugment, colour jitter and random erasing draw pixels, not a few numbers: they are not stored.
 
 Many classes: only the top `distill.store_topk` logits are kept (fp16 values, int16 indices) with one
 more value per view, the log-mean-exp of the other logits; expanding gives those classes their
@@ -35,11 +37,21 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdcl.common.cache import CacheEntry, cache_bound, cache_dir, load_or_build, store_path
 from kdcl.common.errors import KdclError
-from kdcl.data.datamodule import crop_flip, crop_padding, source_indices
+from kdcl.data.datamodule import crop_padding, dataset_labels, source_indices, unaugmented, unwrap
+from kdcl.data.replay import (
+    TABLE_KEYS,
+    ReplayedViews,
+    ReplayRecipe,
+    crop_flip,
+    draw_table,
+    image_sizes,
+    mix_views,
+    mixed_targets,
+)
 from kdcl.models.predictions import evaluating, inference_device
 from kdcl.teachers.outputs import TeacherOutputs, weights_digest
 
@@ -59,6 +71,7 @@ class ViewSpec:
     topk: int | None  # None: every logit
     bf16: bool  # the pass runs under bf16 autocast (a GPU, when training is bf16)
     plain: bool  # also the un-augmented view's logits (a teacher-scored curriculum)
+    recipe: ReplayRecipe | None = None  # views rebuilt per image (timm's crops, mixup/cutmix); None: pad-crop
 
     @classmethod
     def of(cls, cfg: DictConfig, classes: int, plain: bool, epochs: int) -> ViewSpec:
@@ -68,14 +81,17 @@ class ViewSpec:
         topk = cfg.distill.get("store_topk")
         topk = (None if classes <= ALL_LOGITS_UP_TO else AUTO_TOPK) if topk is None else int(topk)
         bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16") and inference_device().type == "cuda"
-        return cls(min(int(cfg.data.views), int(epochs)), int(cfg.seed), crop_padding(cfg.data), bool(cfg.data.get("hflip", False)),
-                   None if topk is None or topk >= classes else topk, bf16, plain)  # fmt: skip
+        pad = crop_padding(cfg.data)
+        return cls(min(int(cfg.data.views), int(epochs)), int(cfg.seed), pad, bool(cfg.data.get("hflip", False)),
+                   None if topk is None or topk >= classes else topk, bf16, plain,
+                   ReplayRecipe.of(cfg.data, cfg.get("augment"), pad))  # fmt: skip
 
 
 def store_bytes(n: int, classes: int, spec: ViewSpec) -> int:
     """The size of one teacher's store of n examples (tensor data; the file adds a few kB)."""
     per_view = 4 * classes if spec.topk is None else 4 * spec.topk + 2  # fp32 logits | fp16 + int16, rest
-    return n * spec.k * (per_view + 3 * 2) + (n * classes * 4 if spec.plain else 0)
+    params = 3 * 2 if spec.recipe is None else 5 * 4 + 8 + 4 + 4 * 2 + 4  # crop, partner, blend, box, lam
+    return n * spec.k * (per_view + params) + (n * classes * 4 if spec.plain else 0)
 
 
 def store_problem(stage: str, n: int, classes: int, teachers: int, spec: ViewSpec, budget_mb: float | None,
@@ -112,9 +128,11 @@ def rebuild(x: torch.Tensor, params: torch.Tensor, pad: int) -> torch.Tensor:
     return crop_flip(x, params[:, 0], params[:, 1], params[:, 2], pad)
 
 
-def views_key(teacher: nn.Module, dataset: Dataset, data: dict, mean, std, spec: ViewSpec) -> tuple[str, dict]:
+def views_key(teacher: nn.Module, dataset: Dataset, data: dict, mean, std, spec: ViewSpec,
+              sizes: list[tuple[int, int]] | None = None) -> tuple[str, dict]:  # fmt: skip
     """(key, what it is made of): the teacher's weights, which examples, the data's identity (`data`:
-    kdcl.config.schema.data_identity), the normalisation, and how the views are drawn and stored."""
+    kdcl.config.schema.data_identity), the normalisation, and how the views are drawn and stored (with a
+    per-image recipe, also the originals' sizes, which its crop boxes are drawn in)."""
     what = {
         "kind": "views",
         "teacher": weights_digest(teacher),
@@ -124,6 +142,9 @@ def views_key(teacher: nn.Module, dataset: Dataset, data: dict, mean, std, spec:
         "views": {"k": spec.k, "seed": spec.seed, "pad": spec.pad, "hflip": spec.hflip, "plain": spec.plain},
         "store": {"topk": spec.topk, "bf16": spec.bf16},
     }
+    if spec.recipe is not None:  # absent otherwise: pad-crop stores keep their keys
+        what["recipe"] = spec.recipe.to_json()
+        what["sizes"] = hashlib.sha256(json.dumps(sizes).encode()).hexdigest()
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 
@@ -172,6 +193,28 @@ def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, to_inp
     return stored
 
 
+def replay_pass(teacher: nn.Module, replayed: ReplayedViews, plain: Dataset, table: dict[str, torch.Tensor],
+                to_input, batch_size: int, workers: int, spec: ViewSpec) -> dict[str, torch.Tensor]:  # fmt: skip
+    """view_pass for views rebuilt per image: every view row in order, its pixels made by the loader's
+    workers and mixed on the teacher's device, exactly as training makes them."""
+    logits = []
+    blend, box = table["blend"].flatten(), table["box"].flatten(0, 1)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec.bf16)
+    with evaluating(teacher) as device, autocast:
+        for x, other, _, _, rows in DataLoader(replayed, batch_size, num_workers=workers):
+            x = mix_views(to_input(x.to(device)), to_input(other.to(device)), blend[rows].to(device),
+                          box[rows].to(device))  # fmt: skip
+            logits.append(teacher(x).cpu())
+        plain_logits = (
+            [teacher(to_input(x.to(device))).cpu() for x, _ in DataLoader(plain, batch_size)] if spec.plain else []
+        )
+    n = len(plain)
+    stored = {**table, **compress(torch.cat(logits).reshape(n, spec.k, -1), spec.topk)}
+    if spec.plain:
+        stored["plain"] = torch.cat(plain_logits)
+    return stored
+
+
 @dataclass
 class TeacherViewStore:
     """One teacher's stored views, indexed by flat view row (position * K + view), and where they came from."""
@@ -185,7 +228,8 @@ class TeacherViewStore:
 
     @property
     def params(self) -> torch.Tensor:
-        return self.tensors["params"]
+        """How each view was drawn: pad-crop's (dy, dx, flip), or a per-image recipe's crop rows."""
+        return self.tensors["params"] if "params" in self.tensors else self.tensors["crop"]
 
     def to(self, device) -> TeacherViewStore:
         self.params_on = self.params.to(device)
@@ -197,11 +241,32 @@ class TeacherViewStore:
         return expand(self.flat, rows, self.classes)
 
 
-def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, data: dict, spec: ViewSpec,
+@dataclass
+class StageExamples:
+    """A stage's training examples as its views read them."""
+
+    plain: Dataset  # decoded at data.image_size, unaugmented: pad-crop views and the plain logits start here
+    originals: Dataset | None = None  # with a per-image recipe: as timm's crop reads them (a folder's originals)
+    labels: torch.Tensor | None = None  # ... the labels training sees (data.label_noise's too)
+    sizes: list[tuple[int, int]] | None = None  # ... and each original's (height, width)
+
+    @classmethod
+    def of(cls, train_set: Dataset, spec: ViewSpec) -> StageExamples:
+        plain = unaugmented(train_set)
+        if spec.recipe is None:
+            return cls(plain)
+        originals = Subset(*unwrap(train_set))
+        return cls(plain, originals, dataset_labels(train_set), image_sizes(originals))
+
+    def replayed(self, table: dict[str, torch.Tensor], spec: ViewSpec) -> ReplayedViews:
+        return ReplayedViews(self.originals, self.labels, table, spec.recipe)
+
+
+def open_views(teacher: nn.Module, examples: StageExamples, dm, cfg: DictConfig, data: dict, spec: ViewSpec,
                stage_name: str, run_dir: Path) -> TeacherViewStore:  # fmt: skip
     """The teacher's views of the stage's examples: read from the shared cache, else drawn, passed and stored."""
-    src = dm.load()
-    key, what = views_key(teacher, dataset, data, src.mean, src.std, spec)
+    src, dataset = dm.load(), examples.plain
+    key, what = views_key(teacher, dataset, data, src.mean, src.std, spec, examples.sizes)
     path = views_store_path(cfg, teacher, key)
     batch = int(cfg.data.eval_batch_size)
 
@@ -210,7 +275,11 @@ def open_views(teacher: nn.Module, dataset: Dataset, dm, cfg: DictConfig, data: 
         if problem:  # checked only where a store is to be written: reading one needs no space
             raise KdclError(problem)
         print(f"[{stage_name}] teacher views: one pass over {len(dataset)} examples × {spec.k} views", flush=True)
-        return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.scale, batch, spec)
+        if spec.recipe is None:
+            return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.scale, batch, spec)
+        table = draw_table(examples.sizes, spec.k, spec.recipe, spec.seed + VIEW_SEED)
+        return replay_pass(teacher, examples.replayed(table, spec), dataset, table, dm.scale, batch,
+                           int(cfg.data.num_workers), spec)  # fmt: skip
 
     tensors, entry = load_or_build(path, key, what, build, str(run_dir), stage_name, cache_bound(cfg))
     return TeacherViewStore(entry, tensors, src.num_classes)
@@ -223,14 +292,27 @@ class TeacherViews:
 
     full = complete = True
 
-    def __init__(self, stores: list[TeacherViewStore], spec: ViewSpec):
+    def __init__(self, stores: list[TeacherViewStore], spec: ViewSpec, replayed: ReplayedViews | None = None):
         params = [s.params for s in stores]
         if any(not torch.equal(params[0], p) for p in params[1:]):
             raise RuntimeError("teachers' view stores were drawn differently")  # same spec: cannot happen
         self.stores, self.spec = stores, spec
+        self.replayed = replayed  # the loader's dataset of views rebuilt per image (None: pad-crop on the device)
         self.n, self.k = params[0].shape[:2]
         self.device = torch.device("cpu")
         self.drawn: dict[int, torch.Tensor] = {}
+
+    @property
+    def mixing(self) -> bool:
+        return self.spec.recipe is not None and self.spec.recipe.mixing
+
+    def mix(self, x: torch.Tensor, other: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A batch of per-image views (in [0, 1]) mixed with their partners as the pass mixed them."""
+        flat = self.stores[0].flat
+        return mix_views(x, other, flat["blend"][rows], flat["box"][rows])
+
+    def targets(self, y: torch.Tensor, other: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return mixed_targets(y, other, self.stores[0].flat["lam"][rows], self.stores[0].classes)
 
     def to(self, device) -> TeacherViews:
         self.device = torch.device(device)
@@ -257,6 +339,7 @@ class TeacherViews:
         return rebuild(x, params, self.spec.pad), positions * self.k + view
 
     def read(self, rows: torch.Tensor, run_teachers=None) -> list[torch.Tensor]:
+        """The teachers' logits of the views at flat `rows`."""
         return [s.logits(rows.to(self.device)) for s in self.stores]
 
     def save(self) -> None:
@@ -282,16 +365,19 @@ class TeacherViews:
         }
 
 
-def open_teacher_views(teachers: list[nn.Module], dataset: Dataset, dm, cfg: DictConfig, data: dict, stage_name: str,
-                       run_dir: Path, plain: bool, epochs: int) -> TeacherViews:  # fmt: skip
+def open_teacher_views(teachers: list[nn.Module], train_set: Dataset, dm, cfg: DictConfig, data: dict,
+                       stage_name: str, run_dir: Path, plain: bool, epochs: int) -> TeacherViews:  # fmt: skip
     """The stage's views of every teacher; a store that cannot fit is one line (exit 2) before any pass.
     `data`: the data's identity (kdcl.config.schema.data_identity; this layer does not read the schema)."""
     spec = ViewSpec.of(cfg, dm.num_classes, plain, epochs)
-    problem = store_problem(stage_name, len(dataset), dm.num_classes, len(teachers), spec,
+    examples = StageExamples.of(train_set, spec)
+    problem = store_problem(stage_name, len(train_set), dm.num_classes, len(teachers), spec,
                             cfg.distill.get("store_max_mb"), None)  # fmt: skip
     if problem:
         raise KdclError(problem)
     started = time.perf_counter()
-    views = TeacherViews([open_views(t, dataset, dm, cfg, data, spec, stage_name, run_dir) for t in teachers], spec)
+    stores = [open_views(t, examples, dm, cfg, data, spec, stage_name, run_dir) for t in teachers]
+    table = {name: stores[0].tensors[name] for name in TABLE_KEYS} if spec.recipe is not None else None
+    views = TeacherViews(stores, spec, examples.replayed(table, spec) if table else None)
     print(f"[{stage_name}] teacher views ready in {time.perf_counter() - started:.1f}s", flush=True)
     return views

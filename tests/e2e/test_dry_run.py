@@ -33,21 +33,22 @@ def test_a_dry_run_lists_the_stages_with_estimates_and_writes_nothing(tmp_path, 
     assert listing(tmp_path) == ["keep.txt"], "a dry run writes nothing: no outputs/, no cache"
 
 
-@pytest.mark.parametrize("augment", ["false", "true"], ids=["stored logits", "stored views"])
+@pytest.mark.parametrize("augment", ["false", "rrc"], ids=["stored logits", "stored views of crops and mixup"])
 def test_a_sweep_preview_names_the_store_one_job_builds_and_the_others_reuse(augment, tiny_run, tmp_path,
                                                                             kdcl_main):  # fmt: skip
     """Jobs sharing a given teacher: the first builds its store, the later ones reuse it; after a real
     run, the preview finds the very file that run put in the shared cache."""
     teacher = tiny_run / "stages" / "00-teacher" / "checkpoints" / "best.ckpt"
-    mode = "views" if augment == "true" else "cached"
-    args = [*TINY, f"teacher.checkpoint={teacher}", f"data.augment={augment}", "data.views=2",
-            f"distill.teacher_outputs={mode}", f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    mode = "views" if augment == "rrc" else "cached"
+    augmentation = ["augment=rrc", "augment.mixup_alpha=0.2"] if augment == "rrc" else ["data.augment=false"]
+    args = [*TINY, f"teacher.checkpoint={teacher}", *augmentation, "data.views=2", f"distill.teacher_outputs={mode}",
+            f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     sweep = kdcl_main(["train", "--dry-run", "-m", *args, "distill.temperature=2,4"], tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     first, second = store_names(sweep.stdout)
     assert first == second, "both jobs have the same teacher and data: one store"
     assert (
-        f"student: {'stored views, K=2' if augment == 'true' else 'stored logits'} built here: shared cache file {first}"
+        f"student: {'stored views, K=2' if augment == 'rrc' else 'stored logits'} built here: shared cache file {first}"
         in sweep.stdout
     )
     assert f"reused (job 1): shared cache file {first}" in sweep.stdout

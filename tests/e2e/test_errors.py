@@ -107,7 +107,11 @@ CASES = {
         "distill.teacher_outputs=views: the feature terms fitnet",
         "auto|online",
     ),
-    "stored views without augmentation": (["distill.teacher_outputs=views"], "data.augment=false", "cached"),
+    "stored views without augmentation": (
+        ["distill.teacher_outputs=views"],
+        "training has no augmentation",
+        "augment=rrc",
+    ),
     "fewer than one view": (["data.augment=true", "data.views=0"], "data.views=0", "≥ 1"),
     "view store over its budget": (
         ["data.augment=true", "data.views=4", "distill.store_max_mb=0.05"],
@@ -156,7 +160,7 @@ CASES = {
     "negative mixup": (["augment.mixup_alpha=-0.2"], "augment.mixup_alpha=-0.2", "≥ 0"),
     "views of randaug": (
         ["augment=randaug", "distill.teacher_outputs=views"],
-        "cannot replay augment=randaug",
+        "cannot replay augment.auto_augment=rand-m9-mstd0.5-inc1",
         "distill.teacher_outputs=auto or online",
     ),
     "pretrained and weights": (

@@ -78,13 +78,18 @@ def test_cross_entropy_on_class_probabilities_is_the_expected_log_loss():
 
 
 @pytest.mark.parametrize("mode", ["cached", "views"])
-def test_stored_outputs_refuse_timms_augmentation_and_auto_runs_online(mode):
-    what = Augmentation.of(augment(auto_augment="rand-m9-mstd0.5-inc1", mixup_alpha=0.2)).describe
-    assert what == "augment=rrc, augment.mixup_alpha=0.2"
-    chosen, why = choose_mode("auto", False, [], epochs=20, views=8, given=True, unreplayable=what)
+def test_stored_outputs_refuse_timms_pixel_policies_and_auto_runs_online(mode):
+    randaug = Augmentation.of(augment(auto_augment="rand-m9-mstd0.5-inc1", mixup_alpha=0.2, re_prob=0.25))
+    assert randaug.describe == "augment=rrc, augment.mixup_alpha=0.2"
+    what = randaug.unreplayable
+    assert what == "augment.auto_augment=rand-m9-mstd0.5-inc1, augment.re_prob=0.25"
+    chosen, why = choose_mode("auto", True, [], epochs=20, views=8, given=True, unreplayable=what)
     assert chosen == "online" and what in why
-    with pytest.raises(Exception, match=f"distill.teacher_outputs={mode} cannot replay augment=rrc"):
-        choose_mode(mode, False, [], epochs=20, views=8, unreplayable=what)
+    with pytest.raises(Exception, match=f"distill.teacher_outputs={mode} cannot replay augment.auto_augment=rand"):
+        choose_mode(mode, True, [], epochs=20, views=8, unreplayable=what)
+    # crops, flips, mixup and cutmix are replayable: auto stores views for a given teacher
+    assert Augmentation.of(augment(mixup_alpha=0.2, cutmix_alpha=1.0)).unreplayable == ""
+    assert choose_mode("auto", True, [], epochs=20, views=8, given=True)[0] == "views"
     assert Augmentation.of(OmegaConf.structured(AugmentConfig)).active is False  # augment=preset: none of it
 
 
