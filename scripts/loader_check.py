@@ -1,9 +1,13 @@
-"""Loader throughput on a folder of JPEGs: kdcl's training loader against timm's own `create_loader`, with the
-same transforms (RandomResizedCrop + flip, optionally RandAugment), at 1 and 2 workers, one after another in
-one process (never two at once: on 2 cores that measures contention, not loaders).
+"""Loader throughput on a folder of JPEGs: kdcl's training loader on the folder (data=image_folder) and on its
+prepared, streamable copy (data=prepared, `kdcl data prepare`; needs kdcl[stream]) against timm's own
+`create_loader` on the folder, with the same transforms (RandomResizedCrop + flip, optionally RandAugment), at 1
+and 2 workers, one after another in one process (never two at once: on 2 cores that measures contention, not
+loaders).
 
-    python scripts/loader_check.py ROOT [--size 160] [--batch 64] [--batches 30] [--policy rand-m9-mstd0.5-inc1]
-        [--student mobilenetv3_small_100] [--out loader.json]
+    python scripts/loader_check.py ROOT [--prepared DIR ...] [--size 160] [--batch 64] [--batches 30]
+        [--policy rand-m9-mstd0.5-inc1] [--student mobilenetv3_small_100] [--out loader.json]
+
+--prepared: out-dirs of `kdcl data prepare ROOT DIR` (any format or storage size; each is one more loader).
 
 For each loader and worker count: images/s of the loader alone (iterating batches, kdcl's on-device step
 included: scaling to [0, 1]), then images/s in a plain training loop of `--student` at `--size` (forward,
@@ -24,12 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def kdcl_loader(root: Path, size: int, batch: int, workers: int, policy: str | None):
+def kdcl_loader(root: Path, size: int, batch: int, workers: int, policy: str | None, data: str = "image_folder"):
     from omegaconf import OmegaConf
 
     from kdcl.config.compose import compose
 
-    overrides = ["data=image_folder", f"data.root={root}", f"data.image_size={size}", f"data.batch_size={batch}",
+    overrides = [f"data={data}", f"data.root={root}", f"data.image_size={size}", f"data.batch_size={batch}",
                  f"data.num_workers={workers}", "augment=randaug" if policy else "augment=rrc"]  # fmt: skip
     if policy:
         overrides += [f"augment.auto_augment={policy}", "augment.re_prob=0"]
@@ -92,6 +96,7 @@ def in_training(loader, prepare, batches: int, student: str, num_classes: int) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path)
+    p.add_argument("--prepared", type=Path, nargs="*", default=[])
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=30)
@@ -103,15 +108,21 @@ def main() -> None:
     torch.manual_seed(0)
     classes = len([d for d in (args.root / "train").iterdir() if d.is_dir()])
     rows = []
+    loaders = [("kdcl folder", kdcl_loader, args.root)]
+    for copy in args.prepared:
+        manifest = json.loads((copy / "kdcl_prepared.json").read_text())
+        label = f"kdcl prepared {manifest['format']} {manifest['storage_size']}"
+        loaders.append((label, lambda *a: kdcl_loader(*a, data="prepared"), copy))
+    loaders.append(("timm create_loader", timm_loader, args.root))
     for workers in args.workers:
-        for name, make in (("kdcl", kdcl_loader), ("timm create_loader", timm_loader)):
-            loader, prepare = make(args.root, args.size, args.batch, workers, args.policy)
+        for name, make, root in loaders:
+            loader, prepare = make(root, args.size, args.batch, workers, args.policy)
             alone = loader_alone(loader, prepare, args.batches)
-            loader, prepare = make(args.root, args.size, args.batch, workers, args.policy)
+            loader, prepare = make(root, args.size, args.batch, workers, args.policy)
             trained, waiting = in_training(loader, prepare, args.batches, args.student, classes)
             rows.append({"loader": name, "workers": workers, "alone_img_s": alone, "training_img_s": trained,
                          "waiting_share": waiting})  # fmt: skip
-            print(f"{name:<20} workers {workers}: alone {alone:7.1f} img/s · in training {trained:6.1f} img/s, "
+            print(f"{name:<24} workers {workers}: alone {alone:7.1f} img/s · in training {trained:6.1f} img/s, "
                   f"{100 * waiting:4.1f} % of the loop waiting for data", flush=True)  # fmt: skip
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine,

@@ -35,6 +35,10 @@ COMMANDS = {
     "report": Command("report", "report_command",
                       "kdcl report DIR [baseline=KEY=VALUE]            compare the runs under DIR (a sweep): mean ± std, 95 % CI per\n"
                       "                                                setting; paired tests against the baseline setting"),
+    "data": Command("data", "data_command",
+                    "kdcl data prepare FOLDER OUT_DIR [size=256] [format=raw|jpeg] [workers=2] [overwrite=true]\n"
+                    "                                                a streamable copy of an image folder (kdcl[stream]),\n"
+                    "                                                decoded once: kdcl train data=prepared data.root=OUT_DIR"),
     "cache": Command("cache", "cache_command",
                      "kdcl cache list|clear [DIR]                     the stores shared by runs (teacher views, teachers' tests) in\n"
                      "                                                DIR (paths.cache_dir, default outputs/cache): show or free them"),

@@ -14,9 +14,11 @@ Import-light on purpose (no torch): `kdcl train` answers a typo in well under a 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any  # noqa: UP035 — OmegaConf reads these annotations at runtime
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -53,6 +55,11 @@ def unseen(default: Any) -> Any:
     """A data key left out of `data_identity`: it changes how training runs through the data, never which
     examples there are, their pixels, labels or order as read, nor what a given model computes on them."""
     return field(default=default, metadata={"unseen": True})
+
+
+def when_set(default: None = None) -> Any:
+    """A data key that is part of `data_identity` only when set: adding it kept every earlier key (and store)."""
+    return field(default=default, metadata={"when_set": True})
 
 
 def training_only(default: Any) -> Any:
@@ -94,6 +101,9 @@ class DataConfig:
     label_noise_kind: NoiseKind = training_only(NoiseKind.symmetric)
     # picks the flipped examples; fixed, so every run seed sees the same noisy labels
     label_noise_seed: int = training_only(0)
+    # data=prepared: the copy's content digest, read from its manifest (${kdcl.prepared_digest:...}), so the stores
+    # of an old copy are never read for a new one written to the same data.root
+    digest: str | None = when_set()
     # data=synthetic only
     num_classes: int | None = None
     in_chans: int | None = None
@@ -111,8 +121,9 @@ def data_identity(data: DictConfig | Mapping[str, Any], for_test: bool = False) 
         data = OmegaConf.to_container(data, resolve=True)
     schema = {f.name: f for f in fields(DataConfig)}
     defaults = {n: None if f.default in (MISSING, dataclasses.MISSING) else f.default for n, f in schema.items()}
+    unset = {n for n, f in schema.items() if f.metadata.get("when_set") and data.get(n) is None}
     return {k: v.value if isinstance(v, Enum) else v for k, v in {**defaults, **data}.items()
-            if not (k in schema and any(schema[k].metadata.get(mark) for mark in left_out))}  # fmt: skip
+            if k not in unset and not (k in schema and any(schema[k].metadata.get(mark) for mark in left_out))}  # fmt: skip
 
 
 @dataclass
@@ -294,6 +305,18 @@ def teacher_input_size(default: Any, *, _root_: DictConfig) -> int:
     return pretrained_input_size(teacher.name) or int(default)
 
 
+PREPARED_MANIFEST = "kdcl_prepared.json"  # kdcl/data/prepared.py writes it (this layer does not import torch)
+
+
+def prepared_digest(root: Any) -> str | None:
+    """`${kdcl.prepared_digest:${data.root}}` (data=prepared's data.digest): the content digest in the manifest of
+    the prepared copy at `root`; None where there is none (reading the copy then fails with its own line)."""
+    try:
+        return str(json.loads((Path(str(root)) / PREPARED_MANIFEST).read_text())["digest"]) if root else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def register() -> None:
     """Make `train_schema` and kdcl's resolvers known to Hydra (idempotent; called before any composition)."""
     from hydra.core.config_store import ConfigStore
@@ -301,3 +324,5 @@ def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("kdcl.teacher_input_size"):
         OmegaConf.register_new_resolver("kdcl.teacher_input_size", teacher_input_size)
+    if not OmegaConf.has_resolver("kdcl.prepared_digest"):
+        OmegaConf.register_new_resolver("kdcl.prepared_digest", prepared_digest)

@@ -1,7 +1,7 @@
 """A 3-stage run killed (SIGKILL) at a random step of its second stage resumes to the same results; while
-it runs, no second process may train it. It trains with augmentation, so the distilled stages replay
-stored teacher views (distill.teacher_outputs=auto → views): the resumed stage reads the same store and
-draws the same views, or its results would differ."""
+it runs, no second process may train it. It trains with timm's RandomResizedCrop, mixup and cutmix, so the
+distilled stages replay stored teacher views (distill.teacher_outputs=auto → views): the resumed stage reads
+the same store and draws the same views and partners, or its results would differ."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from tests.conftest import TINY, run_dir_of, summary_of
 
 # teacher → assistant1 → student: three stages, four epochs each, on half the training set, augmented
 ARGS = [*TINY, "trainer=cpu", "trainer.max_epochs=4", "pipeline=takd", "pipeline.assistants=[test_resnet]",
-        "data.fraction=0.5", "latency.batches=[]", "data.augment=true", "data.views=2"]  # fmt: skip
+        "data.fraction=0.5", "latency.batches=[]", "augment=rrc", "augment.mixup_alpha=0.4", "augment.cutmix_alpha=1.0",
+        "data.views=2"]  # fmt: skip
 METRICS = ("name", "test_acc", "test_loss", "best_val_acc", "checkpoint")
 
 
