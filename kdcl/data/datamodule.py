@@ -335,10 +335,11 @@ class KdclDataModule(pl.LightningDataModule):
     def views_loader(self, views) -> DataLoader:
         """Stored views rebuilt per image (timm's crops, mixup/cutmix: kdcl/data/replay.py): batches of view
         rows, each example at its view of this epoch."""
-        workers = int(self.cfg.num_workers)
+        workers, trainer = int(self.cfg.num_workers), self.trainer
+        rank, ranks = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         rows = ViewRows(views.n, views.k, int(self.cfg.batch_size), views.choice,
-                        lambda: self.trainer.current_epoch if self.trainer is not None else 0, self.seed,
-                        self.part.batch_sampler)  # fmt: skip
+                        lambda: trainer.current_epoch if trainer is not None else 0, self.seed,
+                        self.part.batch_sampler, rank, ranks)  # fmt: skip
         return DataLoader(views.replayed, batch_sampler=rows, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available())  # fmt: skip
 

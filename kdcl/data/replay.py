@@ -233,22 +233,28 @@ def image_sizes(originals: Dataset) -> list[tuple[int, int]]:
 class ViewRows(Sampler[list[int]]):
     """Training batches of view rows: each batch of positions — a curriculum's batch sampler, else a shuffle
     seeded by (seed, epoch) — becomes those examples' views of this epoch (`choice(epoch)`, a pure function
-    of seed and epoch, so a resumed epoch shows the same)."""
+    of seed and epoch, so a resumed epoch shows the same). Under DDP every rank draws the same global batch
+    of batch_size × ranks and keeps its own slice (a curriculum's sampler slices its batches itself)."""
 
     def __init__(self, n: int, k: int, batch_size: int, choice: Callable[[int], torch.Tensor],
-                 epoch_of: Callable[[], int], seed: int, batches: Sampler | None = None):  # fmt: skip
+                 epoch_of: Callable[[], int], seed: int, batches: Sampler | None = None, rank: int = 0,
+                 ranks: int = 1):  # fmt: skip
         self.n, self.k, self.batch_size, self.seed = n, k, batch_size, seed
         self.choice, self.epoch_of, self.batches = choice, epoch_of, batches
+        self.rank, self.ranks = rank, ranks
 
     def __len__(self) -> int:
-        return len(self.batches) if self.batches is not None else math.ceil(self.n / self.batch_size)
+        return len(self.batches) if self.batches is not None else math.ceil(self.n / (self.batch_size * self.ranks))
 
     def positions(self, epoch: int) -> Iterator[list[int]]:
         if self.batches is not None:
             yield from self.batches
             return
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        yield from (order[i : i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size))
+        step, mine = self.batch_size * self.ranks, slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        padded = torch.cat([order, order[: -self.n % step]])  # a short last global batch is filled from the start,
+        for first in range(0, self.n, step):  # as DistributedSampler pads: no rank gets 1 example (batch norm) or none
+            yield padded[first : first + step][mine].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch_of()

@@ -341,9 +341,12 @@ def stage_trainer(ctx: StageContext, stage: Stage, parts: StageParts) -> pl.Trai
     callbacks = list(parts.callbacks)
     if stage.trains and loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))  # needs a logger to write to
+    # a curriculum's batch sampler, or stored views rebuilt per image (ViewRows), splits batches across ranks itself
+    own_sampler = parts.data.part.batch_sampler is not None or (
+        parts.views is not None and parts.views.replayed is not None
+    )
     return build_trainer(ctx.cfg.trainer, ctx.cfg.get("progress_bar", "auto"), stage.name, callbacks,
-                         loggers or False, ctx.stage_dir(stage), own_sampler=parts.data.part.batch_sampler is not None,
-                         max_epochs=stage.epochs)  # fmt: skip
+                         loggers or False, ctx.stage_dir(stage), own_sampler=own_sampler, max_epochs=stage.epochs)  # fmt: skip
 
 
 # fit, test, record ----------------------------------------------------------------------------------

@@ -96,8 +96,8 @@ def test_stored_logits_are_the_teachers_logits_of_the_replayed_mixed_views(tmp_p
     # training's path: the loader's rows of epoch 1, the device's mixing, the stored logits of those rows
     views = TeacherViews([TeacherViewStore(None, stored, 2)], spec, replayed)
     rows = next(iter(ViewRows(n, K, 16, views.choice, lambda: 1, seed=5)))
-    assert sorted(r // K for r in rows) == list(range(n))  # each example once, at its view of epoch 1
-    assert [r % K for r in sorted(rows)] == views.choice(1).tolist()
+    assert len(rows) == 16 and sorted({r // K for r in rows}) == list(range(n))  # every example (2 twice: filled)
+    assert [r % K for r in sorted(set(rows))] == views.choice(1).tolist()  # at its view of epoch 1
     xa, xb, y, yb, row = torch.utils.data.default_collate([replayed[r] for r in rows])
     x = views.mix(xa.float() / 255, xb.float() / 255, row)
     with torch.inference_mode():
@@ -155,3 +155,18 @@ def test_mixing_only_and_pad_crop_recipes_and_keys(tmp_path):
         key(ViewSpec(**{**spec.__dict__, "recipe": None})),
     }
     assert len(keys) == 5 and key() == key()
+
+
+def test_under_ddp_each_rank_takes_its_slice_of_one_global_batch_of_views():
+    choice = torch.arange(10) % 3  # the views of the epoch
+
+    def rows(rank, ranks, batch):
+        return list(ViewRows(10, 3, batch, lambda epoch: choice, lambda: 4, seed=1, rank=rank, ranks=ranks))
+
+    single = rows(0, 1, 8)
+    assert sorted({r for b in single for r in b}) == [p * 3 + int(choice[p]) for p in range(10)]
+    assert [len(b) for b in single] == [8, 8]  # the short last batch is filled from the epoch's start
+    two = [rows(0, 2, 4), rows(1, 2, 4)]
+    assert len(two[0]) == len(two[1]) == 2  # the same number of steps on every rank
+    assert [a + b for a, b in zip(*two, strict=True)] == single  # rank slices of the single process's batches
+    assert rows(0, 1, 8) == single and rows(0, 1, 8) != list(ViewRows(10, 3, 8, lambda e: choice, lambda: 5, 1))
