@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kdcl.common.errors import KdclError
+from kdcl.common.errors import KdclError, io_failure
 
 MANIFEST = "kdcl_prepared.json"
 LABELS = "labels.json"
@@ -95,18 +95,26 @@ def shrink(image, size: int):
 
 class StoreImage:
     """litdata.optimize's function: source position → one stored sample. A module-level class, so its writer
-    processes can be spawned as well as forked."""
+    processes can be spawned as well as forked. It never raises: litdata 0.2's optimize waits forever on a
+    writer that died, so a photo that cannot be read is written down in `failures` (one line each, appended by
+    every writer) with an empty sample in its place, and prepare() refuses the copy after the writers end."""
 
-    def __init__(self, samples: list[tuple[str, int]], size: int, fmt: str):
-        self.samples, self.size, self.fmt = samples, size, fmt
+    def __init__(self, samples: list[tuple[str, int]], size: int, fmt: str, failures: Path):
+        self.samples, self.size, self.fmt, self.failures = samples, size, fmt, failures
 
     def __call__(self, position: int) -> dict:
         from PIL import Image
 
         path, label = self.samples[position]
-        with Image.open(path) as original:
-            is_jpeg = original.format == "JPEG" and original.mode == "RGB"
-            image = original.convert("RGB")  # what ImageFolder's loader gives data=image_folder
+        try:
+            with Image.open(path) as original:
+                is_jpeg = original.format == "JPEG" and original.mode == "RGB"
+                image = original.convert("RGB")  # what ImageFolder's loader gives data=image_folder
+        except Exception as exc:  # noqa: BLE001 — any failure of a photo: recorded, never raised (see above)
+            with open(self.failures, "a") as f:
+                f.write(f"{path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+            empty = torch.zeros(1, 1, 3, dtype=torch.uint8) if self.fmt == "raw" else b""
+            return {"image": empty, "label": -1, "position": int(position)}
         small = shrink(image, self.size)
         if self.fmt == "raw":  # decoded once: reading is a copy, no decoder
             data = torch.from_numpy(np.asarray(small).copy())  # H×W×3 uint8
@@ -149,7 +157,9 @@ def digest_of(out: Path, splits: list[str], head: dict) -> str:
 
 def prepare(root: Path, out: Path, size: int = 256, fmt: str = "raw", overwrite: bool = False,
             workers: int = 2) -> dict:  # fmt: skip
-    """Write the prepared copy of `root` into `out`; returns its manifest. Every input is checked first."""
+    """Write the prepared copy of `root` into `out`; returns its manifest. Every input is checked first. The
+    copy is written beside `out` (OUT.partial) and moved into place whole: a failed or interrupted write leaves
+    an earlier copy at `out` as it was."""
     if fmt not in FORMATS:
         raise KdclError(f"kdcl data prepare: format={fmt} is not a format; use raw or jpeg")
     if size < 8:
@@ -157,27 +167,54 @@ def prepare(root: Path, out: Path, size: int = 256, fmt: str = "raw", overwrite:
     litdata = require_litdata()
     splits = folder_splits(root)
     check_out_dir(out, overwrite)
-    if out.is_dir():  # an earlier copy: the manifest goes first, so a half-replaced copy is never read as whole
-        (out / MANIFEST).unlink(missing_ok=True)
-        for name in ("train", "test"):
-            shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)  # what an interrupted write left
+        partial.mkdir(parents=True)
+        manifest = write_copy(litdata, root, splits, partial, size, fmt, workers)
+        replace_dir(partial, out)
+    except OSError as exc:
+        raise io_failure(exc, f"write the prepared copy {out}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed write leaves nothing behind
+    return manifest
+
+
+def write_copy(litdata, root: Path, splits: list[FolderSplit], out: Path, size: int, fmt: str, workers: int) -> dict:
     for split in splits:
         print(f"kdcl data prepare: {split.name}: {len(split.samples)} images from {root} ({fmt}, shorter side "
               f"≤ {size} px) with {workers} writer process(es)", flush=True)  # fmt: skip
         # keep_data_ordered + reorder_files=False: each writer takes one contiguous slice in order and litdata
         # merges the slices in writer order, so stored index i is source position i (checked on every read).
         # fork where the platform has it (what torch's DataLoader does); litdata's default elsewhere.
-        litdata.optimize(fn=StoreImage(split.samples, size, fmt), inputs=list(range(len(split.samples))),
+        failures = out / f"{split.name}.failures"
+        failures.touch()
+        litdata.optimize(fn=StoreImage(split.samples, size, fmt, failures), inputs=list(range(len(split.samples))),
                          output_dir=str((out / split.name).resolve()), chunk_bytes="64MB",
                          num_workers=max(1, min(workers, len(split.samples))), keep_data_ordered=True,
                          reorder_files=False, start_method="fork" if sys.platform == "linux" else None)  # fmt: skip
+        bad = failures.read_text().splitlines()
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise KdclError(f"kdcl data prepare: {split.name}: {bad[0]}{more}; fix or remove the photo(s) and run "
+                            "again (nothing was replaced)")  # fmt: skip
+        failures.unlink()
         (out / split.name / LABELS).write_text(json.dumps([label for _, label in split.samples]))
     head = {"version": VERSION, "storage_size": size, "format": fmt, "classes": splits[0].classes}
     manifest = {**head, "source": str(root.resolve()), "digest": digest_of(out, [s.name for s in splits], head),
                 "splits": {s.name: {"count": len(s.samples)} for s in splits}}  # fmt: skip
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Put the finished copy `new` at `out`, an earlier copy there moved aside first and removed after."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # reading --------------------------------------------------------------------------------------------------------
@@ -246,6 +283,18 @@ class PreparedImages(Dataset):
         image, label = self.original(int(i))
         return self.transform(image), label
 
+    def stored_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every stored image, without decoding (raw: the array's shape; jpeg: its header)."""
+        from PIL import Image
+
+        def size(item) -> tuple[int, int]:
+            if self.fmt == "raw":
+                return tuple(item["image"].shape[:2])
+            with Image.open(io.BytesIO(bytes(item["image"]))) as image:
+                return image.height, image.width
+
+        return [size(self.stream()[i]) for i in range(len(self))]
+
     def originals(self) -> PreparedOriginals:
         """The same examples as PIL images at the storage size, for a training transform that crops them itself
         (augment=rrc), as FolderImages.originals()."""
@@ -263,6 +312,10 @@ class PreparedOriginals(Dataset):
 
     def __getitem__(self, i):
         return self.decoded.original(int(i))
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """What RandomResizedCrop's boxes are drawn in (stored views: kdcl/data/replay.py)."""
+        return self.decoded.stored_sizes()
 
 
 def open_prepared(root: Path, size: int) -> tuple[PreparedImages, PreparedImages | None, list[str]]:

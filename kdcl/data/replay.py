@@ -81,7 +81,14 @@ class ReplayRecipe:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The recipe, and the libraries that draw and rebuild its views (timm's samplers and transform,
+        Pillow's resize: another version may draw or resize differently, so it is another store)."""
+        import PIL
+        import timm
+        import torchvision
+
+        versions = {"timm": timm.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}
+        return {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}, "versions": versions}
 
 
 @contextmanager
@@ -252,8 +259,9 @@ class ViewRows(Sampler[list[int]]):
             return
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
         step, mine = self.batch_size * self.ranks, slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        padded = torch.cat([order, order[: -self.n % step]])  # a short last global batch is filled from the start,
-        for first in range(0, self.n, step):  # as DistributedSampler pads: no rank gets 1 example (batch norm) or none
+        total = math.ceil(self.n / step) * step  # a short last global batch is filled from the start, cyclically
+        padded = order.repeat(math.ceil(total / self.n))[:total]  # as DistributedSampler pads: no rank gets 1 or 0
+        for first in range(0, self.n, step):
             yield padded[first : first + step][mine].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -181,3 +181,94 @@ def hint_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> t
     """FitNets (Romero et al. 2015): MSE between the (regressed) student feature and the teacher's."""
     s, t = pool_to_smaller(student_feature, teacher_feature.detach())
     return F.mse_loss(s, t)
+
+
+def nst_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """Neuron selectivity transfer (Huang & Wang 2017, as RepDistiller's and mdistiller's NST): the squared MMD
+    between the two sets of channels under the polynomial kernel k(x, y) = (xᵀy)² (d = 2, c = 0), each
+    channel's map flattened and L2-normalised over the spatial positions; means over batch and channel pairs.
+    The larger map is average-pooled to the smaller; channel counts may differ.
+    """
+    s, t = pool_to_smaller(student_feature, teacher_feature.detach())
+    s, t = F.normalize(s.flatten(2), dim=2), F.normalize(t.flatten(2), dim=2)
+
+    def kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a @ b.transpose(1, 2)).pow(2).mean()
+
+    return kernel_mean(t, t) + kernel_mean(s, s) - 2 * kernel_mean(s, t)
+
+
+def pkt_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018, as RepDistiller's cosine_similarity_loss):
+    the cosine similarities of the batch's embeddings, mapped to [0, 1] and normalised per row into conditional
+    probabilities p(j | i); the mean over all (i, j) of p_t · log((p_t + eps) / (p_s + eps)). Widths may differ.
+    """
+
+    def conditional(e: torch.Tensor) -> torch.Tensor:
+        e = e.flatten(1)
+        e = e / (torch.linalg.vector_norm(e, dim=1, keepdim=True) + eps)
+        e = torch.where(torch.isnan(e), torch.zeros_like(e), e)
+        sim = (e @ e.t() + 1.0) / 2.0
+        return sim / sim.sum(1, keepdim=True)
+
+    p_s, p_t = conditional(student_embedding), conditional(teacher_embedding.detach())
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+def sp_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019, as RepDistiller's Similarity): the batch's b×b Gram
+    matrices of the flattened features, each row L2-normalised; ‖G_t − G_s‖²_F / b². Any widths and sizes.
+    """
+    b = student_feature.shape[0]
+    s, t = student_feature.flatten(1), teacher_feature.detach().flatten(1)
+    g_s, g_t = F.normalize(s @ s.t(), dim=1), F.normalize(t @ t.t(), dim=1)
+    return (g_t - g_s).pow(2).sum() / (b * b)
+
+
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """Non-finite entries set to 0 (mdistiller's removenan)."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def kdsvd_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor], k: int = 1) -> torch.Tensor:
+    """KD-SVD (Lee et al., ECCV 2018), exactly as mdistiller's kdsvd_loss, over consecutive tapped layers.
+
+    Each map (b, c, h, w) is read as a (c·h)×w matrix (mdistiller's `view(b, c*h, w)`: its right singular
+    vectors live in the width positions, so channel counts may differ) and decomposed in ≥ fp32; the teacher
+    keeps its top k right singular vectors, the student its top k+3, each L2-normalised, singular values
+    normalised over the k. Each teacher vector takes the student vector of largest |cosine|, with that
+    cosine's sign; both are scaled by the teacher's singular values. Between each layer and the one before,
+    the RBF matrices exp(−(v_i − v_j)²/8) of the student must match the teacher's: Σ squared difference
+    (non-finite entries dropped), / batch. kdcl additions: a spatially larger map is average-pooled to the
+    other's size first (mdistiller needs equal widths), and a non-finite gradient entry reaching a feature
+    map through the SVD (degenerate singular values, e.g. an all-zero map) is set to 0, the backward
+    counterpart of mdistiller's forward removenan.
+    """
+    k = int(k)
+
+    def right_singular(feature: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = feature.shape
+        x = feature.reshape(b, c * h, w)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # at least fp32: no SVD in half precision
+        if x.requires_grad:
+            x.register_hook(finite)
+        _, sv, vh = torch.linalg.svd(x, full_matrices=False)  # what torch.svd(x) computes: V = Vhᵀ
+        sv, v = finite(sv), finite(vh.transpose(-2, -1))
+        return F.normalize(sv[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)
+
+    losses, previous = [], None
+    for student_feature, teacher_feature in zip(student_features, teacher_features, strict=True):
+        s_map, t_map = pool_to_smaller(student_feature, teacher_feature.detach())
+        sv_t, v_t = right_singular(t_map, k)
+        _, v_s = right_singular(s_map, k + 3)
+        cosine = v_s.transpose(-2, -1) @ v_t
+        best = cosine.abs().max(1, keepdim=True).values
+        v_s = v_s @ torch.where(best == cosine.abs(), torch.sign(cosine), torch.zeros_like(cosine))
+        v_t, v_s = v_t * sv_t.unsqueeze(1), v_s * sv_t.unsqueeze(1)
+        if previous is not None:
+            v_sb, v_tb = previous
+            s_rbf = torch.exp(-(v_s.unsqueeze(2) - v_sb.unsqueeze(1)).pow(2) / 8)
+            t_rbf = torch.exp(-(v_t.unsqueeze(2) - v_tb.unsqueeze(1)).pow(2) / 8)
+            losses.append(finite((s_rbf - t_rbf).pow(2)).sum())
+        previous = v_s, v_t
+    return sum(losses, torch.zeros((), device=student_features[0].device)) / student_features[0].shape[0]

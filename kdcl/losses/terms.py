@@ -58,6 +58,7 @@ class TermKind:
     features: int | None  # None: logits only; else the rank the taps must have (4 = maps, 0 = any)
     bridge: bool  # learn a regressor from each student feature to the teacher feature's shape
     learned_temperature: bool = False  # the loss owns a temperature parameter (CTKD), passed as temperature_logit
+    min_taps: int = 1  # tap pairs the term needs (KDSVD relates consecutive layers: 2)
 
 
 TERMS: dict[str, TermKind] = {}
@@ -71,9 +72,12 @@ def register_term(
     features: int | None = None,
     bridge: bool = False,
     learned_temperature: bool = False,
+    min_taps: int = 1,
 ) -> Callable[[TermFn], TermFn]:
     def add(fn: TermFn) -> TermFn:
-        TERMS[name] = TermKind(fn, needs_teacher or features is not None, features, bridge, learned_temperature)
+        TERMS[name] = TermKind(
+            fn, needs_teacher or features is not None, features, bridge, learned_temperature, min_taps
+        )
         if needs_teacher or features is not None:
             NEEDS_TEACHER.add(name)
         return fn
@@ -144,6 +148,29 @@ def fitnet(inp: TermInputs) -> torch.Tensor:
     return over_feature_pairs(LF.hint_loss, inp)
 
 
+@register_term("nst", features=4)
+def nst(inp: TermInputs) -> torch.Tensor:
+    return over_feature_pairs(LF.nst_loss, inp)
+
+
+@register_term("pkt", features=0)
+def pkt(inp: TermInputs) -> torch.Tensor:
+    return over_feature_pairs(LF.pkt_loss, inp)
+
+
+@register_term("sp", features=0)
+def sp(inp: TermInputs) -> torch.Tensor:
+    return over_feature_pairs(LF.sp_loss, inp)
+
+
+@register_term("kdsvd", features=4, min_taps=2)
+def kdsvd(inp: TermInputs, k: int = 1) -> torch.Tensor:
+    """One loss over all of the term's tap pairs (consecutive layers are related), mean over teachers."""
+    return torch.stack(
+        [LF.kdsvd_loss([s for s, _ in pairs], [t for _, t in pairs], k) for pairs in inp.feature_pairs]
+    ).mean()
+
+
 @dataclass
 class Term:
     name: str  # the key in distill.terms (shown in logs)
@@ -197,6 +224,11 @@ def parse_term(name: str, spec, key: str) -> Term:
             taps[tap_key] = as_tap_list(spec.pop(tap_key), f"{key}.{name}.{tap_key}")
         if len(taps["student_tap"]) != len(taps["teacher_tap"]):
             raise KdclError(f"{key}.{name}: student_tap and teacher_tap must list the same number of taps")
+        if len(taps["student_tap"]) < TERMS[kind].min_taps:
+            raise KdclError(
+                f"{key}.{name}: '{kind}' relates consecutive layers and needs at least {TERMS[kind].min_taps} taps "
+                f"per model (got {len(taps['student_tap'])}); list them, e.g. student_tap=[1,2,3] teacher_tap=[1,2,3]"
+            )
     allowed = config_params(TERMS[kind].fn)
     extra = list(TAP_KEYS) if TERMS[kind].features is not None else []
     for param in spec:

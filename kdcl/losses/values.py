@@ -9,7 +9,8 @@ from collections.abc import Mapping
 
 from kdcl.common.errors import KdclError
 
-POSITIVE = {"temperature", "p", "t_min"}  # parameters that must be > 0 (all others ≥ 0)
+POSITIVE = {"temperature", "p", "t_min", "k"}  # parameters that must be > 0 (all others ≥ 0)
+INTEGER = {"k"}  # parameters that must be whole numbers (KDSVD's k: how many singular vectors)
 NOT_NUMBERS = ("kind", "weight", "schedule", "student_tap", "teacher_tap")
 
 
@@ -31,6 +32,8 @@ def check_term(name: str, spec, key: str) -> None:
         positive = param in POSITIVE
         if not is_number(value) or value < 0 or (positive and value == 0):
             raise KdclError(f"{key}.{name}.{param}={value} must be a number {'> 0' if positive else '≥ 0'}")
+        if param in INTEGER and value != int(value):
+            raise KdclError(f"{key}.{name}.{param}={value} must be a whole number ≥ 1")
     if "t_max" in spec and is_number(spec.get("t_min", 1.0)) and not spec["t_max"] > spec.get("t_min", 1.0):
         raise KdclError(f"{key}.{name}.t_max={spec['t_max']} must be above t_min={spec.get('t_min', 1.0)}")
     if not spec.get("label_smoothing", 0.0) < 1:

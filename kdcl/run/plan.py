@@ -276,9 +276,13 @@ def choose_mode(mode: str, augment: bool, feature_terms: list[str], epochs: int,
     if mode == "auto":
         return auto_mode(augment, feature_terms, epochs, views, given, unreplayable)
     if unreplayable:
+        fix = (
+            "drop it, or use distill.teacher_outputs=auto or online"
+            if mode == "views"
+            else "use distill.teacher_outputs=auto or online"
+        )
         raise KdclError(f"distill.teacher_outputs={mode} cannot replay {unreplayable}: its pixels are drawn anew "
-                        "every epoch (stored views replay crops, flips, mixup and cutmix); drop it, or use "
-                        "distill.teacher_outputs=auto or online")  # fmt: skip
+                        f"every epoch (stored views replay crops, flips, mixup and cutmix); {fix}")  # fmt: skip
     if feature_terms:
         raise KdclError(
             f"distill.teacher_outputs={mode}: the feature terms {', '.join(feature_terms)} need the teachers' "

@@ -7,7 +7,7 @@ rebuilds exactly those views and stores, per teacher, the parameters and the tea
 view (FKD, Shen & Xing, ECCV 2022). Training draws one of an example's K views per epoch (a pure
 function of seed, epoch and position: a resumed epoch draws the same), rebuilds its pixels on the
 device from the stored parameters with the same function that draws random views
-(kdcl.data.datamodule.crop_flip), and reads the teacher's logits of those pixels instead of running
+(kdcl.data.replay.crop_flip), and reads the teacher's logits of those pixels instead of running
 the teacher. With today's augmentation — timm's RandomResizedCrop of a folder's originals (augment.crop=rrc),
 mixup and cutmix — a view is its crop box, flip, mixing partner, λ and cutmix box (kdcl/data/replay.py): the
 loader's workers rebuild each view from the originals and the device mixes them, in the pass and in training
@@ -197,19 +197,21 @@ def replay_pass(teacher: nn.Module, replayed: ReplayedViews, plain: Dataset, tab
                 to_input, batch_size: int, workers: int, spec: ViewSpec) -> dict[str, torch.Tensor]:  # fmt: skip
     """view_pass for views rebuilt per image: every view row in order, its pixels made by the loader's
     workers and mixed on the teacher's device, exactly as training makes them."""
-    logits = []
+    logits = []  # compressed per batch: a top-k store never holds every class's logits of every view
     blend, box = table["blend"].flatten(), table["box"].flatten(0, 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec.bf16)
     with evaluating(teacher) as device, autocast:
         for x, other, _, _, rows in DataLoader(replayed, batch_size, num_workers=workers):
             x = mix_views(to_input(x.to(device)), to_input(other.to(device)), blend[rows].to(device),
                           box[rows].to(device))  # fmt: skip
-            logits.append(teacher(x).cpu())
+            logits.append(compress(teacher(x).cpu(), spec.topk))
         plain_logits = (
             [teacher(to_input(x.to(device))).cpu() for x, _ in DataLoader(plain, batch_size)] if spec.plain else []
         )
     n = len(plain)
-    stored = {**table, **compress(torch.cat(logits).reshape(n, spec.k, -1), spec.topk)}
+    by_view = {name: torch.cat([b[name] for b in logits]).reshape(n, spec.k, *logits[0][name].shape[1:])
+               for name in logits[0]}  # fmt: skip
+    stored = {**table, **by_view}
     if spec.plain:
         stored["plain"] = torch.cat(plain_logits)
     return stored
@@ -256,7 +258,9 @@ class StageExamples:
         if spec.recipe is None:
             return cls(plain)
         originals = Subset(*unwrap(train_set))
-        return cls(plain, originals, dataset_labels(train_set), image_sizes(originals))
+        size = spec.recipe.image_size  # pad-crop and mixing alone start from the images at data.image_size
+        sizes = image_sizes(originals) if spec.recipe.crop == "rrc" else [(size, size)] * len(originals)
+        return cls(plain, originals, dataset_labels(train_set), sizes)
 
     def replayed(self, table: dict[str, torch.Tensor], spec: ViewSpec) -> ReplayedViews:
         return ReplayedViews(self.originals, self.labels, table, spec.recipe)
@@ -294,8 +298,10 @@ class TeacherViews:
 
     def __init__(self, stores: list[TeacherViewStore], spec: ViewSpec, replayed: ReplayedViews | None = None):
         params = [s.params for s in stores]
-        if any(not torch.equal(params[0], p) for p in params[1:]):
-            raise RuntimeError("teachers' view stores were drawn differently")  # same spec: cannot happen
+        drawn = ("params", *TABLE_KEYS)  # training mixes with the first store's table: all must agree
+        if any(not torch.equal(stores[0].tensors[k], s.tensors[k]) for s in stores[1:] for k in drawn
+               if k in stores[0].tensors):  # fmt: skip
+            raise RuntimeError("teachers' view stores were drawn differently")  # one spec and key: cannot happen
         self.stores, self.spec = stores, spec
         self.replayed = replayed  # the loader's dataset of views rebuilt per image (None: pad-crop on the device)
         self.n, self.k = params[0].shape[:2]

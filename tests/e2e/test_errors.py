@@ -74,6 +74,17 @@ CASES = {
         "did you mean layer4",
     ),
     "negative loss parameter": (["distill=dkd", "distill.terms.dkd.beta=-8"], "distill.terms.dkd.beta=-8", "≥ 0"),
+    "unknown feature index of nst": (
+        ["distill=nst", "distill.terms.nst.teacher_tap=[1,2,9]"],
+        "distill.terms.nst.teacher_tap=9: resnet18 has no feature index 9",
+        "0=act1, 1=layer1",
+    ),
+    "negative weight of sp": (["distill=sp", "distill.terms.sp.weight=-3000"], "distill.terms.sp.weight=-3000", "≥ 0"),
+    "kdsvd with one tap": (
+        ["distill=kdsvd", "distill.terms.kdsvd.student_tap=2", "distill.terms.kdsvd.teacher_tap=2"],
+        "distill.terms.kdsvd: 'kdsvd' relates consecutive layers and needs at least 2 taps per model (got 1)",
+        "student_tap=[1,2,3]",
+    ),
     "bad pacing name": (
         ["curriculum=linear", "curriculum.pacing=lineer"],
         "curriculum.pacing 'lineer'",

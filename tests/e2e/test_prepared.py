@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -96,19 +97,27 @@ def test_a_prepared_copy_reads_back_as_the_folder(fmt, photos, copies):
         assert min(original.size) == min(STORE, w, h) and label == folder.targets[3]
 
 
-def test_training_on_a_prepared_copy_with_timms_crops_and_two_loader_workers(copies, tmp_path):
+def test_training_on_a_prepared_copy_with_timms_crops_mixup_stored_views_and_two_loader_workers(copies, tmp_path):
     args = ["train", *TINY, "data=prepared", f"data.root={copies['raw']}", f"data.image_size={SIZE}",
-            "data.num_workers=2", "data.batch_size=5", "augment=rrc", "trainer.max_epochs=1", "latency.batches=[]"]  # fmt: skip
+            "data.num_workers=2", "data.batch_size=5", "augment=rrc", "augment.mixup_alpha=0.4", "data.views=1",
+            "latency.batches=[]"]  # fmt: skip
     proc = in_process(args, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "run directory: " in proc.stdout
+    assert "[student] teacher outputs: views (auto: 1 stored views per example serve 2 epochs" in proc.stdout
+    assert "[student] teacher views: one pass over" in proc.stdout and "run directory: " in proc.stdout
 
 
-def test_the_cache_keys_change_when_the_copy_changes(photos, tmp_path):
-    copy = tmp_path / "copy"
+def test_the_cache_keys_change_when_the_copy_changes_and_a_failed_write_keeps_the_old_copy(photos, tmp_path):
+    import shutil
+
+    folder, copy = tmp_path / "photos", tmp_path / "copy"
+    shutil.copytree(photos, folder)
+    photo = sorted((folder / "train" / "disc").iterdir())[0]
     identities = []
-    for size in (STORE, STORE + 4):  # the same folder prepared again at another storage size, to the same out-dir
-        args = ["data", "prepare", str(photos), str(copy), f"size={size}", "overwrite=true", "workers=1"]
+    for change in (False, True):  # one photo's pixels changed (same size, same name), prepared to the same out-dir
+        if change:
+            Image.fromarray(255 - np.asarray(Image.open(photo))).save(photo)
+        args = ["data", "prepare", str(folder), str(copy), f"size={STORE}", "overwrite=true", "workers=1"]
         assert in_process(args, tmp_path).returncode == 0
         cfg = compose(["data=prepared", f"data.root={copy}", f"data.image_size={SIZE}"])
         identities.append(data_identity(cfg.data))
@@ -117,6 +126,15 @@ def test_the_cache_keys_change_when_the_copy_changes(photos, tmp_path):
     assert {k: v for k, v in first.items() if k != "digest"} == {k: v for k, v in second.items() if k != "digest"}
     for_test = [data_identity(compose(["data=prepared", f"data.root={copy}"]).data, for_test=True)]
     assert for_test[0]["digest"] == second["digest"]  # a given model's test of the copy is keyed by it too
+
+    photo.write_bytes(b"not a jpeg")  # found only while writing: one line, and the copy before it stays whole
+    proc = in_process(["data", "prepare", str(folder), str(copy), "overwrite=true", "workers=1"], tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]  # after litdata's progress bar
+    assert proc.returncode == 2 and last.startswith("error: kdcl data prepare: train: ") and str(photo) in last, last
+    assert "cannot identify image" in last and "fix or remove the photo" in last
+    assert not (tmp_path / "copy.partial").exists()
+    assert data_identity(compose(["data=prepared", f"data.root={copy}"]).data)["digest"] == second["digest"]
+    assert len(splits_of(copy).train) == 28
 
 
 def test_bad_input_is_one_line_and_exit_2_before_any_work(photos, copies, tmp_path):

@@ -87,9 +87,10 @@ def test_stored_outputs_refuse_timms_pixel_policies_and_auto_runs_online(mode):
     assert chosen == "online" and what in why
     with pytest.raises(Exception, match=f"distill.teacher_outputs={mode} cannot replay augment.auto_augment=rand"):
         choose_mode(mode, True, [], epochs=20, views=8, unreplayable=what)
-    # crops, flips, mixup and cutmix are replayable: auto stores views for a given teacher
+    # crops, flips, mixup and cutmix are replayable; mixing alone (augment=none) is augmentation too
     assert Augmentation.of(augment(mixup_alpha=0.2, cutmix_alpha=1.0)).unreplayable == ""
-    assert choose_mode("auto", True, [], epochs=20, views=8, given=True)[0] == "views"
+    mixing_only = Augmentation.of(OmegaConf.merge(OmegaConf.structured(AugmentConfig), {"mixup_alpha": 0.2}))
+    assert mixing_only.active and not mixing_only.per_image and mixing_only.unreplayable == ""
     assert Augmentation.of(OmegaConf.structured(AugmentConfig)).active is False  # augment=preset: none of it
 
 
