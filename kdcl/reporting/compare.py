@@ -4,8 +4,10 @@ Jobs are grouped by their Hydra overrides without the seed, so `-m distill=kd,no
 two groups of three; each stage's test accuracy is averaged over the group (mean ± sample std), and the
 final model's latency and speed-up against the first (in each run's `latency.speedup_runtime`) are the
 median over the group's runs. The final model's chosen and last-epoch accuracy get 95 % intervals, and
-with a baseline paired tests (kdcl/reporting/compare_stats.py). Writes report.csv, report.md, report.json and
-report.png (final-stage accuracy against parameters) into DIR.
+with a baseline paired tests (kdcl/reporting/compare_stats.py); so do its learning-speed metrics (validation
+accuracy at 25/50/100 % of the epochs, area under the validation curve: kdcl/reporting/speed.py). Writes
+report.csv, report.md, report.json, report.png (final-stage accuracy against parameters) and report_curves.png
+(the final stage's validation curve per setting: mean and min–max over seeds) into DIR.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from kdcl.common.plots import saved_figure
 from kdcl.common.tables import markdown_table, print_table
 from kdcl.config.upgrade import renamed
 from kdcl.reporting.compare_stats import (
-    CHECKPOINTS,
     COMPARE_HEADERS,
+    PAIRED,
     SPREAD_HEADERS,
     Comparison,
     baseline_row,
@@ -35,6 +37,7 @@ from kdcl.reporting.compare_stats import (
     spread_table,
     spreads,
 )
+from kdcl.reporting.speed import CURVE_KEY, FRACTIONS, SPEED_KEYS
 from kdcl.reporting.summary import fmt_ms, medians
 
 NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "paths.", "name=", "resume=")
@@ -42,8 +45,13 @@ NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "p
 
 REPORT_NOTE = (
     "Test accuracy, mean ± std over runs. The final model's CPU latency (ms per batch) and speed-up "
-    "against the first model: median over runs, in the runtime named (each run's latency.speedup_runtime)."
+    "against the first model: median over runs, in the runtime named (each run's latency.speedup_runtime). "
+    "Learning speed of the final model, mean ± std over seeds: val AUC = the mean of its validation accuracy "
+    "over the epochs (area under the per-epoch curve, step rule, over the number of epochs); val@P = validation "
+    "accuracy after the last epoch not after P % of the stage's epochs (at least the first). `-`: not recorded "
+    "(a run from before the curve was kept, or a stage that did not train)."
 )
+SPEED_HEADERS = {"val_auc": "val AUC %", **{f"val_acc_at_{p}": f"val@{p} %" for p in FRACTIONS}}
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -90,10 +98,24 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
         row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
         row["stages"], row["overrides"] = stages, overrides[runs_of[key][0]]
         row.update(final_latency(summaries))
-        row["final_seeds"] = {c: by_seed(summaries, final["name"], k) for c, k in CHECKPOINTS.items()}
+        row["final_seeds"] = {c: by_seed(summaries, final["name"], k) for c, k in PAIRED.items()}
+        row["final_curves"] = {
+            int(s["seed"]): curve_of(s, final["name"]) for s in summaries if curve_of(s, final["name"])
+        }
         row["final_spread"] = spreads(row["final_seeds"])
         rows.append(row)
     return rows, common
+
+
+def curve_of(summary: dict, stage: str) -> list[float | None]:
+    """The stage's validation curve in one run's summary ([] for a run recorded before it was kept)."""
+    row = next((st for st in summary["stages"] if st["name"] == stage), {})
+    return list(row.get(CURVE_KEY) or [])
+
+
+def speed_cell(row: dict, key: str) -> str:
+    spread = row["final_spread"][key]
+    return fmt((spread.mean, spread.std), spread.n) if spread is not None else "-"
 
 
 def final_latency(summaries: list[dict]) -> dict:
@@ -134,8 +156,9 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
     comparisons = compare(rows, baseline_row(rows, baseline)) if baseline else []
     stage_names = list(dict.fromkeys(n for r in rows for n in r["stages"]))
     batches = sorted({b for r in rows for b in r["final_ms"]}, key=int)
-    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)", "runtime",
-              *[f"ms@{b}" for b in batches], *[f"speed-up@{b}" for b in batches]]  # fmt: skip
+    header = ["settings", "runs", *[f"{n} acc %" for n in stage_names], "final model", "params (M)",
+              *SPEED_HEADERS.values(), "runtime", *[f"ms@{b}" for b in batches],
+              *[f"speed-up@{b}" for b in batches]]  # fmt: skip
     table_rows = [
         [
             r["settings"],
@@ -143,6 +166,7 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
             *[fmt(r.get(n), r["runs"]) for n in stage_names],
             r["final_model"],
             f"{r['final_params'] / 1e6:.2f}",
+            *[speed_cell(r, k) for k in SPEED_HEADERS],
             r["runtime"],
             *[fmt_ms(r["final_ms"].get(b)) for b in batches],
             *[f"{r['speedup'][b]:.1f}×" if b in r["speedup"] else "-" for b in batches],
@@ -158,6 +182,7 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
     atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\n{REPORT_NOTE}\n\n" + md)
     atomic_write_json(root / "report.json", report_json(rows, comparisons, baseline))
     plot(rows, root / "report.png")
+    curves = curves_plot(rows, root / "report_curves.png")
     title = f"{len(rows)} groups · {sum(r['runs'] for r in rows)} runs · test accuracy (mean ± std)"
     print_table(header, table_rows, title, left=("settings", "final model"))
     print_table(SPREAD_HEADERS, spread_table(rows), "final model over seeds: mean ± std, 95 % t interval",
@@ -167,7 +192,9 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
                     left=COMPARE_HEADERS[:2])  # fmt: skip
     if common:
         print(f"settings of every run: {' '.join(common)}")
-    print(f"wrote {root / 'report.md'}, report.csv, report.json, report.png")
+    print(
+        f"wrote {root / 'report.md'}, report.csv, report.json, report.png" + (", report_curves.png" if curves else "")
+    )
     return rows
 
 
@@ -175,9 +202,11 @@ def statistics_section(rows: list[dict], comparisons: list[Comparison], baseline
     text = ("\n## Final model over seeds\n\nTest accuracy of the chosen (best-validation) and the last epoch's "
             "checkpoint: mean ± sample std, 95 % t interval of the mean.\n\n" + markdown_table(SPREAD_HEADERS, spread_table(rows)))  # fmt: skip
     if comparisons:
-        text += (f"\n## Against the baseline `{baseline}`, paired by seed\n\nΔ = setting − baseline (points) with "
+        text += (f"\n## Against the baseline `{baseline}`, paired by seed\n\nMetrics: `chosen`/`last`, the test "
+                 "accuracy of that checkpoint; `val_auc`, `val_acc_at_P`, the learning speed (above). "
+                 "Δ = setting − baseline (points) with "
                  "its 95 % t interval; paired t-test, and from 6 paired seeds the exact sign test and Wilcoxon's; "
-                 "`*`: significant at 0.05 after Holm's correction across settings (paired t). Seeds needed: "
+                 "`*`: significant at 0.05 after Holm's correction across settings, per metric (paired t). Seeds needed: "
                  "how many a paired t-test needs for 80 % power at the observed Δ and spread.\n\n"
                  + markdown_table(COMPARE_HEADERS, compare_table(comparisons)))  # fmt: skip
     return text
@@ -185,7 +214,8 @@ def statistics_section(rows: list[dict], comparisons: list[Comparison], baseline
 
 def report_json(rows: list[dict], comparisons: list[Comparison], baseline: str | None) -> dict:
     settings = [{"settings": r["settings"], "final_stage": r["final_stage"],
-                 "seeds": {c: {str(k): v for k, v in r["final_seeds"][c].items()} for c in CHECKPOINTS},
+                 "seeds": {c: {str(k): v for k, v in r["final_seeds"][c].items()} for c in PAIRED},
+                 "curves": {str(k): v for k, v in r["final_curves"].items()},
                  "spread": {c: (s.__dict__ if s else None) for c, s in r["final_spread"].items()}} for r in rows]  # fmt: skip
     return {"baseline": baseline, "settings": settings, "comparisons": [c.to_json() for c in comparisons]}
 
@@ -194,13 +224,16 @@ def report_csv(rows: list[dict], stage_names: list[str], batches: list[str]) -> 
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["settings", "runs", "seeds", *[f"{n}_{s}" for n in stage_names for s in ("acc_mean", "acc_std")],
-                     "final_model", "final_params", "runtime", *[f"final_ms_{b}" for b in batches],
+                     "final_model", "final_params", *[f"final_{k}_{s}" for k in SPEED_KEYS for s in ("mean", "std")],
+                     "runtime", *[f"final_ms_{b}" for b in batches],
                      *[f"speedup_{b}" for b in batches]])  # fmt: skip
     for r in rows:
         values = [v for n in stage_names for v in (r.get(n) or ("", ""))]
         latency = [r["final_ms"].get(b, "") for b in batches] + [r["speedup"].get(b, "") for b in batches]
+        spreads_ = [r["final_spread"][k] for k in SPEED_KEYS]
+        speed = [v for s in spreads_ for v in ((s.mean, s.std) if s is not None else ("", ""))]
         writer.writerow([r["settings"], r["runs"], " ".join(map(str, r["seeds"])), *values, r["final_model"],
-                         r["final_params"], r["runtime"], *latency])  # fmt: skip
+                         r["final_params"], *speed, r["runtime"], *latency])  # fmt: skip
     return buf.getvalue()
 
 
@@ -212,3 +245,35 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3, label=label)
         ax.set(xlabel="parameters of the final model (M)", ylabel="test accuracy (%)", title="accuracy against size")
         ax.legend(fontsize=7, loc="best")
+
+
+def mean_curve(curves: list[list[float | None]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(epochs 1.., mean, min, max) over the runs' curves, at each epoch that at least one run validated."""
+    epochs, mean, low, high = [], [], [], []
+    for e in range(max(len(c) for c in curves)):
+        values = [c[e] for c in curves if e < len(c) and c[e] is not None]
+        if values:
+            epochs.append(e + 1)
+            mean.append(statistics.fmean(values))
+            low.append(min(values))
+            high.append(max(values))
+    return epochs, mean, low, high
+
+
+def curves_plot(rows: list[dict], path: Path) -> bool:
+    """The final stage's validation accuracy against epoch: one line per setting (mean over its seeds) and
+    its min–max band; False, and nothing written, when no run recorded a curve."""
+    drawn = [r for r in rows if r["final_curves"]]
+    if not drawn:
+        return False
+    with saved_figure(path, size=(6, 4)) as ax:
+        for r in drawn:
+            epochs, mean, low, high = mean_curve(list(r["final_curves"].values()))
+            (line,) = ax.plot(epochs, [100 * v for v in mean], marker="o", ms=3, label=r["settings"][:60])
+            if len(r["final_curves"]) > 1:
+                ax.fill_between(epochs, [100 * v for v in low], [100 * v for v in high], color=line.get_color(),
+                                alpha=0.2, linewidth=0)  # fmt: skip
+        ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
+               title="final stage's learning curve (mean, min–max over seeds)")  # fmt: skip
+        ax.legend(fontsize=7, loc="best")
+    return True

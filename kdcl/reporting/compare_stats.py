@@ -1,6 +1,7 @@
 """`kdcl report`'s statistics (kdcl/reporting/stats.py) on the final model of each setting: mean, std and 95 % t
 interval over seeds of its chosen (best-validation) and last-epoch checkpoints' test accuracy, and with
-`baseline=KEY=VALUE` every setting against the baseline, paired by seed, Holm-corrected across settings.
+`baseline=KEY=VALUE` every setting against the baseline, paired by seed, Holm-corrected across settings — on
+those two accuracies and on the learning-speed metrics (kdcl/reporting/speed.py), each metric its own family.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from dataclasses import asdict, dataclass
 
 from kdcl.common.errors import KdclError
 from kdcl.config.upgrade import renamed
+from kdcl.reporting.speed import SPEED_KEYS
 from kdcl.reporting.stats import ALPHA, MAX_SEEDS, Paired, Spread, holm, paired, t_interval
 
 CHECKPOINTS = {"chosen": "test_acc", "last": "test_acc_last"}  # which checkpoint → its key in summary.json
+# every metric compared against the baseline → its key in summary.json: the two test accuracies, learning speed
+PAIRED = {**CHECKPOINTS, **{key: key for key in SPEED_KEYS}}
 
 
 @dataclass(frozen=True)
 class Comparison:
     settings: str
-    checkpoint: str  # chosen | last
+    metric: str  # a key of PAIRED: chosen | last (test accuracy of that checkpoint) | val_auc | val_acc_at_P
     paired: Paired
     holm_p: float
     significant: bool  # Holm-adjusted paired t-test p < ALPHA
@@ -58,14 +62,17 @@ def baseline_row(rows: list[dict], baseline: str) -> dict:
 
 
 def compare(rows: list[dict], base: dict) -> list[Comparison]:
-    """Every other setting against `base` on both checkpoints; Holm across settings, per checkpoint."""
+    """Every other setting against `base` on each metric of PAIRED that both have values of (runs recorded
+    before a metric existed have none); Holm across settings, per metric."""
     out = []
-    for checkpoint in CHECKPOINTS:
-        others = [r for r in rows if r is not base and r["final_seeds"][checkpoint]]
-        tests = [paired(r["final_seeds"][checkpoint], base["final_seeds"][checkpoint]) for r in others]
+    for metric in PAIRED:
+        if not base["final_seeds"][metric]:
+            continue
+        others = [r for r in rows if r is not base and r["final_seeds"][metric]]
+        tests = [paired(r["final_seeds"][metric], base["final_seeds"][metric]) for r in others]
         adjusted = holm([t.t_p for t in tests])
         for r, t, p in zip(others, tests, adjusted, strict=True):
-            out.append(Comparison(r["settings"], checkpoint, t, p, not math.isnan(p) and p < ALPHA))
+            out.append(Comparison(r["settings"], metric, t, p, not math.isnan(p) and p < ALPHA))
     return out
 
 
@@ -92,18 +99,18 @@ def spread_table(rows: list[dict]) -> list[list[str]]:
              *spread_cells(r["final_spread"]["chosen"]), *spread_cells(r["final_spread"]["last"])] for r in rows]  # fmt: skip
 
 
-COMPARE_HEADERS = ["settings", "ckpt", "seeds", "Δ acc pt [95 % CI]", "p t-test", "p sign", "p Wilcoxon", "p Holm",
+COMPARE_HEADERS = ["settings", "metric", "seeds", "Δ acc pt [95 % CI]", "p t-test", "p sign", "p Wilcoxon", "p Holm",
                    "sig.", "seeds needed"]  # fmt: skip
 
 
 def compare_table(comparisons: list[Comparison]) -> list[list[str]]:
-    """One row per setting and checkpoint; sign and Wilcoxon only from kdcl.reporting.stats.EXACT_TESTS_FROM paired seeds."""
+    """One row per setting and metric; sign and Wilcoxon only from kdcl.reporting.stats.EXACT_TESTS_FROM paired seeds."""
     body = []
     for c in comparisons:
         d, needed = c.paired.diff, c.paired.seeds_needed
         seeds_text = str(needed) if needed is not None else ("no Δ" if d.mean == 0 else f">{MAX_SEEDS}")
         interval = f" [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" if not math.isnan(d.low) else ""
-        body.append([c.settings, c.checkpoint, str(len(c.paired.seeds)), f"{100 * d.mean:+.2f}{interval}",
+        body.append([c.settings, c.metric, str(len(c.paired.seeds)), f"{100 * d.mean:+.2f}{interval}",
                      pvalue(c.paired.t_p), pvalue(c.paired.sign_p), pvalue(c.paired.wilcoxon_p), pvalue(c.holm_p),
                      "*" if c.significant else "", seeds_text])  # fmt: skip
     return body

@@ -1,7 +1,7 @@
 """Run summaries: summary.json, summary.md and the terminal table.
 
-For every model of the run: test accuracy, parameters, MACs, CPU latency in each measured runtime
-(ONNX Runtime, eager PyTorch), and against the pipeline's first model (the teacher): compression ratio,
+For every model of the run: test accuracy, the validation curve and learning speed (kdcl/reporting/speed.py),
+parameters, MACs, CPU latency in each measured runtime (ONNX Runtime, eager PyTorch), and against the pipeline's first model (the teacher): compression ratio,
 accuracy gap and speed-up in `latency.speedup_runtime`. Class-incremental runs add accuracy on every
 task seen so far and forgetting.
 """
@@ -16,10 +16,11 @@ from kdcl.common.io import atomic_write_json, atomic_write_text
 from kdcl.common.tables import markdown_table, print_table
 from kdcl.reporting import card_metrics
 from kdcl.reporting.card import card_headers, card_row, reliability_plot
+from kdcl.reporting.speed import CURVE_KEY, SPEED_KEYS
 
 SUMMARY_KEYS = ("name", "model", "params", "macs", "latency", "test_acc", "test_loss", "best_val_acc",
                 "teachers", "init", "epochs", "trained", "checkpoint", "seconds", "teacher_store",
-                "test_reused")  # fmt: skip
+                "test_reused", CURVE_KEY, *SPEED_KEYS)  # fmt: skip
 
 
 def card_keys() -> tuple[str, ...]:

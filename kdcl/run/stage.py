@@ -40,6 +40,7 @@ from kdcl.models.cost import model_cost
 from kdcl.models.factory import load_kdcl_checkpoint, pretrained_source
 from kdcl.models.input_norm import InputNorm, ModelInput, attach_input_norm, input_norm_of
 from kdcl.models.predictions import Predictions
+from kdcl.reporting.speed import LearningSpeed, curve_from_epochs
 from kdcl.reporting.trackers import stage_loggers
 from kdcl.run.plan import FOLD_SEED, Plan, Stage, split_ref
 from kdcl.run.presets import task_classes
@@ -83,6 +84,12 @@ class StageResult:
     test_predictions: str | None = None  # the chosen checkpoint's test logits and labels (the report card reads them)
     val_predictions: str | None = None  # its validation logits and labels, when kept (the cascade reads them)
     timing: dict[str, float] = field(default_factory=dict)  # wall seconds: prepare, train, test, latency
+    # validation accuracy after each epoch and the learning speed from it (kdcl/reporting/speed.py)
+    val_curve: list[float | None] = field(default_factory=list)
+    val_auc: float | None = None
+    val_acc_at_25: float | None = None
+    val_acc_at_50: float | None = None
+    val_acc_at_100: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -136,6 +143,29 @@ class StageContext:
     def load_stage_model(self, ref: str) -> nn.Module:
         name = split_ref(ref)[0]
         return self.build_model(self.handed[name].model_cfg, f"pipeline.stages.{name}", self.checkpoint_of(ref))
+
+
+class ValidationCurve(pl.Callback):
+    """The stage's validation accuracy after each epoch. Kept in the checkpoints (state_dict), so a resumed
+    stage's curve holds the epochs before the interruption; recorded before Lightning's checkpoint callbacks
+    save (it runs them last), so last.ckpt and best.ckpt hold their own epoch's value."""
+
+    def __init__(self, stage: str):
+        self.metric, self.values = metric_name(stage, "val", "acc"), {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.metric)
+        if not trainer.sanity_checking and value is not None:
+            self.values[int(trainer.current_epoch)] = float(value)
+
+    def state_dict(self) -> dict:
+        return {"values": dict(self.values)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.values = {int(e): float(v) for e, v in state_dict.get("values", {}).items()}
+
+    def speed(self, epochs: int) -> LearningSpeed:
+        return LearningSpeed.from_curve(curve_from_epochs(self.values), epochs)
 
 
 @dataclass
@@ -325,6 +355,7 @@ def stage_callbacks(ctx: StageContext, stage: Stage) -> tuple[ModelCheckpoint, l
         KeepRandomState(),
         StopOnNonFiniteLoss(stage.name),
         FollowChangedLearningRate(),
+        ValidationCurve(stage.name),
     ]
     if stage.save_epochs:
         callbacks.append(SaveAfterEpochs({e: [epoch_checkpoint(ckpt_dir, e)] for e in stage.save_epochs}))
@@ -509,6 +540,8 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
     for runtime in cost["latency"].values():
         if runtime["note"]:
             print(f"[{stage.name}] {runtime['runtime']} latency {runtime['note']}", flush=True)
+    curve = next((c for c in parts.callbacks if isinstance(c, ValidationCurve)), None)
+    speed = curve.speed(stage.epochs) if curve is not None else LearningSpeed()
     result = StageResult(
         name=stage.name, index=stage.index, model=stage.model["name"], model_key=stage.model_key,
         model_cfg=stage.model, params=count_params(module.model), teachers=list(stage.teachers), terms=stage.terms,
@@ -519,7 +552,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         test_loss=float(metrics[metric_name(stage.name, "test", "loss")]),
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
         macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
-        recovery=recovery, teacher_store=store, test_reused=test_reused, timing=timer.rounded(),
+        recovery=recovery, teacher_store=store, test_reused=test_reused, timing=timer.rounded(), **speed.to_json(),
     )  # fmt: skip
     if leader:
         result = replace(result, test_predictions=save_test_predictions(ctx, stage, module.test_predictions),

@@ -103,7 +103,7 @@ def test_report_against_a_baseline_matches_scipy_by_hand(tmp_path, capsys):
     sweep_with_last(tmp_path, accs)
     write_report(tmp_path, baseline="curriculum=none")
     report = json.loads((tmp_path / "report.json").read_text())
-    got = {(c["settings"], c["checkpoint"]): c for c in report["comparisons"]}
+    got = {(c["settings"], c["metric"]): c for c in report["comparisons"]}
     assert len(got) == 4  # two settings × chosen and last
     for checkpoint, k in (("chosen", 0), ("last", 1)):
         base = [v[k] for v in accs["curriculum=none"]]
@@ -140,3 +140,72 @@ def test_a_baseline_that_is_not_one_setting_is_one_line_and_exit_2(tmp_path, kdc
     proc = kdcl_main(["report", str(tmp_path), f"baseline={baseline}"], tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not (tmp_path / "report.md").exists()  # refused before anything is written
+
+
+def with_curve(root, num, curve: list[float], epochs: int):
+    """Job `num`'s student with a validation curve and its speed metrics, written as kdcl train writes them."""
+    from kdcl.reporting.speed import LearningSpeed
+
+    summary = json.loads((root / str(num) / "summary.json").read_text())
+    summary["stages"][1].update(LearningSpeed.from_curve(curve, epochs).to_json())
+    (root / str(num) / "summary.json").write_text(json.dumps(summary))
+
+
+CURVES = {  # setting → per seed, the student's validation accuracy after each of its four epochs
+    "distill=none": [[0.30, 0.50, 0.60, 0.70], [0.20, 0.45, 0.65, 0.72], [0.25, 0.40, 0.62, 0.69]],
+    "distill=kd": [[0.50, 0.65, 0.70, 0.74], [0.45, 0.60, 0.69, 0.71], [0.52, 0.62, 0.72, 0.75]],
+}
+
+
+def test_report_shows_learning_speed_with_paired_statistics_and_the_curves(tmp_path):
+    from scipy import stats
+
+    num = 0
+    for setting, curves in CURVES.items():
+        for seed, curve in enumerate(curves):
+            fake_job(tmp_path, num, [setting], seed, 0.98, 0.80 + 0.01 * seed)
+            with_curve(tmp_path, num, curve, 4)
+            num += 1
+    write_report(tmp_path, baseline="distill=none")
+    md = (tmp_path / "report.md").read_text()
+    assert "| params (M) | val AUC % | val@25 % | val@50 % | val@100 % | runtime |" in md
+    auc = {s: [statistics.fmean(c) for c in curves] for s, curves in CURVES.items()}  # step rule: the mean
+    at50 = [c[1] for c in CURVES["distill=kd"]]  # 50 % of 4 epochs: epoch 2
+    cells = [f"{100 * statistics.fmean(v):.2f} ± {100 * statistics.stdev(v):.2f}"
+             for v in (auc["distill=kd"], [c[0] for c in CURVES["distill=kd"]], at50, [c[3] for c in CURVES["distill=kd"]])]  # fmt: skip
+    assert f"| {' | '.join(cells)} |" in md
+    report = json.loads((tmp_path / "report.json").read_text())
+    got = {(c["settings"], c["metric"]): c for c in report["comparisons"]}
+    assert set(got) == {("distill=kd", m) for m in ("chosen", "val_auc", "val_acc_at_25", "val_acc_at_50",
+                                                    "val_acc_at_100")}  # fmt: skip
+    c = got[("distill=kd", "val_auc")]
+    diff = [a - b for a, b in zip(auc["distill=kd"], auc["distill=none"], strict=True)]
+    assert c["paired"]["diff"]["mean"] == pytest.approx(statistics.fmean(diff))
+    assert c["paired"]["t_p"] == pytest.approx(stats.ttest_rel(auc["distill=kd"], auc["distill=none"]).pvalue)
+    assert c["holm_p"] == pytest.approx(c["paired"]["t_p"])  # one setting against the baseline: nothing to correct
+    assert "| distill=kd | val_auc | 3 |" in md
+    settings = {s["settings"]: s for s in report["settings"]}
+    assert settings["distill=kd"]["curves"]["1"] == CURVES["distill=kd"][1]
+    header = (tmp_path / "report.csv").read_text().splitlines()[0].split(",")
+    assert {"final_val_auc_mean", "final_val_auc_std", "final_val_acc_at_25_mean"} <= set(header)
+    assert (tmp_path / "report_curves.png").stat().st_size > 0
+
+
+def test_runs_without_a_curve_report_a_dash_for_learning_speed(tmp_path):
+    fake_job(tmp_path, 0, ["distill=kd"], 0, 0.98, 0.90)  # written before the curve was kept
+    fake_job(tmp_path, 1, ["distill=kd"], 1, 0.98, 0.93)
+    fake_job(tmp_path, 2, ["distill=none"], 0, 0.98, 0.80)
+    fake_job(tmp_path, 3, ["distill=none"], 1, 0.98, 0.82)
+    rows = {r["settings"]: r for r in write_report(tmp_path, baseline="distill=none")}
+    assert rows["distill=kd"]["final_spread"]["val_auc"] is None
+    md = (tmp_path / "report.md").read_text()
+    assert "| 1.50 | - | - | - | - |" in md  # params (M), then the four speed columns
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {c["metric"] for c in report["comparisons"]} == {"chosen"}  # no speed to pair, no test of nothing
+    assert not (tmp_path / "report_curves.png").exists() and (tmp_path / "report.png").is_file()
+
+    with_curve(tmp_path, 1, [0.5, 0.9], 2)  # a newer run beside older ones of the same setting: its curve alone
+    rows = {r["settings"]: r for r in write_report(tmp_path)}
+    assert rows["distill=kd"]["final_spread"]["val_auc"].mean == pytest.approx(0.7)
+    assert "| 1.50 | 70.00 | 50.00 | 50.00 | 90.00 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report_curves.png").is_file()
