@@ -110,7 +110,7 @@ CASES = {
     ),
     "cached teacher outputs with augmentation": (
         ["distill.teacher_outputs=cached", "data.augment=true"],
-        "distill.teacher_outputs=cached with data.augment=true",
+        "distill.teacher_outputs=cached with training augmentation",
         "new random view",
     ),
     "stored views with a feature term": (

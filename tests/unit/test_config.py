@@ -34,7 +34,11 @@ def test_required_groups_exist():
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_passes_the_check(group, option):
-    folder = {("data", "image_folder"), ("experiment", "folder_pretrained_to_mobile")}  # a folder needs its root
+    folder = {
+        ("data", "image_folder"),
+        ("data", "prepared"),
+        ("experiment", "folder_pretrained_to_mobile"),
+    }  # needs a root
     extra = ["data.root=/tmp"] if (group, option) in folder else []
     cfg = make([f"{group}={option}", *extra])
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():

@@ -73,7 +73,7 @@ def test_choose_mode():
         choose_mode("cache", augment=False, feature_terms=[], epochs=2, views=8)
     with pytest.raises(KdclError, match="views: the feature terms fitnet"):
         choose_mode("views", augment=True, feature_terms=["fitnet"], epochs=2, views=8)
-    with pytest.raises(KdclError, match="data.augment=false"):
+    with pytest.raises(KdclError, match="training has no augmentation"):
         choose_mode("views", augment=False, feature_terms=[], epochs=2, views=8)
 
 
