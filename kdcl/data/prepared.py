@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kdcl.common.errors import KdclError, io_failure
+from kdcl.data.originals import Originals
 
 MANIFEST = "kdcl_prepared.json"
 LABELS = "labels.json"
@@ -283,7 +284,7 @@ class PreparedImages(Dataset):
         image, label = self.original(int(i))
         return self.transform(image), label
 
-    def stored_sizes(self) -> list[tuple[int, int]]:
+    def original_sizes(self) -> list[tuple[int, int]]:
         """(height, width) of every stored image, without decoding (raw: the array's shape; jpeg: its header)."""
         from PIL import Image
 
@@ -295,27 +296,10 @@ class PreparedImages(Dataset):
 
         return [size(self.stream()[i]) for i in range(len(self))]
 
-    def originals(self) -> PreparedOriginals:
+    def originals(self) -> Originals:
         """The same examples as PIL images at the storage size, for a training transform that crops them itself
         (augment=rrc), as FolderImages.originals()."""
-        return PreparedOriginals(self)
-
-
-class PreparedOriginals(Dataset):
-    """A prepared split's images as PIL images at the storage size; `decoded` reads them at data.image_size."""
-
-    def __init__(self, decoded: PreparedImages):
-        self.decoded, self.targets, self.classes = decoded, decoded.targets, decoded.classes
-
-    def __len__(self) -> int:
-        return len(self.decoded)
-
-    def __getitem__(self, i):
-        return self.decoded.original(int(i))
-
-    def image_sizes(self) -> list[tuple[int, int]]:
-        """What RandomResizedCrop's boxes are drawn in (stored views: kdcl/data/replay.py)."""
-        return self.decoded.stored_sizes()
+        return Originals(self)
 
 
 def open_prepared(root: Path, size: int) -> tuple[PreparedImages, PreparedImages | None, list[str]]:

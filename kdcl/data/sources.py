@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset, TensorDataset
 
 from kdcl.common.errors import KdclError
+from kdcl.data.originals import Originals
 from kdcl.data.registry import ImageSplits, register_dataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -167,26 +168,16 @@ class FolderImages(Dataset):
     def __getitem__(self, i):
         return self.folder[i]
 
-    def originals(self) -> FolderOriginals:
+    def originals(self) -> Originals:
         """The same examples as PIL images at their own size, for a training transform that crops them itself
         (augment=rrc: RandomResizedCrop of the original, not of the copy at data.image_size)."""
-        return FolderOriginals(self)
+        return Originals(self)
 
+    def original(self, i: int):
+        path, label = self.folder.samples[i]
+        return self.folder.loader(path), label
 
-class FolderOriginals(Dataset):
-    """A folder's images as decoded PIL images at their own size; `decoded` reads them at data.image_size."""
-
-    def __init__(self, decoded: FolderImages):
-        self.decoded, self.targets, self.classes = decoded, decoded.targets, decoded.classes
-
-    def __len__(self) -> int:
-        return len(self.decoded)
-
-    def __getitem__(self, i):
-        path, label = self.decoded.folder.samples[i]
-        return self.decoded.folder.loader(path), label
-
-    def image_sizes(self) -> list[tuple[int, int]]:
+    def original_sizes(self) -> list[tuple[int, int]]:
         """(height, width) of every image, from its file's header (not decoded)."""
         from PIL import Image
 
@@ -194,7 +185,7 @@ class FolderOriginals(Dataset):
             with Image.open(path) as image:
                 return image.height, image.width
 
-        return [size(path) for path, _ in self.decoded.folder.samples]
+        return [size(path) for path, _ in self.folder.samples]
 
 
 @register_dataset("image_folder")
