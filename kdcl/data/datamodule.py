@@ -37,7 +37,7 @@ class Augmented(Dataset):
 
 
 class Indexed(Dataset):
-    """Yields (image, label, position): stored per-example teacher outputs are looked up by position."""
+    """Yields (image, label, position): stored per-example teacher outputs (and CRD's bank) are looked up by position."""
 
     def __init__(self, base: Dataset):
         self.base = base
@@ -177,7 +177,7 @@ class StagePart:
     train_set: Dataset | None = None  # the stage's training examples (None: the whole training part)
     batch_sampler: Any = None  # a curriculum batch sampler, if the stage has one
     eval_classes: list[int] | None = None  # class-incremental stages validate and test on the seen classes
-    with_index: bool = False  # batches also carry each example's position (stored teacher outputs)
+    with_index: bool = False  # batches also carry each example's position (stored teacher outputs, CRD's bank)
     channels_last: bool = False  # speed.channels_last: batches in the models' memory format
     views: Any = None  # stored teacher views (kdcl.teachers.views.TeacherViews): training replays them
 

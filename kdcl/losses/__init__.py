@@ -1,5 +1,6 @@
-"""Distillation losses: pure tensor functions (functional.py), config-built named terms (terms.py) and
-their numbers' checks (values.py, torch-free). The names below load terms.py (and torch) on first use."""
+"""Distillation losses: pure tensor functions (functional.py), config-built named terms (terms.py), the
+learned modules some terms own (learned.py) and their numbers' checks (values.py, torch-free). The names
+below load terms.py (and torch) on first use."""
 
 from importlib import import_module
 

@@ -6,6 +6,9 @@ Defaults are the papers' defaults. To add a loss: one function here, one term in
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -272,3 +275,68 @@ def kdsvd_loss(student_features: list[torch.Tensor], teacher_features: list[torc
             losses.append(finite((s_rbf - t_rbf).pow(2)).sum())
         previous = v_s, v_t
     return sum(losses, torch.zeros((), device=student_features[0].device)) / student_features[0].shape[0]
+
+
+def vid_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor,
+             regressor: Callable[[torch.Tensor], torch.Tensor], log_scale: torch.Tensor,
+             eps: float = 1e-5) -> torch.Tensor:  # fmt: skip
+    """Variational information distillation (Ahn et al., CVPR 2019, as RepDistiller's VIDLoss and mdistiller's
+    vid_loss): the teacher's feature t is Gaussian around the regressed student feature μ = regressor(s) with a
+    learned per-channel variance σ²_c = softplus(log_scale_c) + eps; the loss is its negative log-likelihood
+    without the constant, ½((μ − t)²/σ² + log σ²), averaged over batch, channels and positions. The larger map
+    is average-pooled to the smaller first (before the regressor, as the reference code does)."""
+    s, t = pool_to_smaller(student_feature, teacher_feature.detach())
+    mean = regressor(s)
+    variance = (F.softplus(log_scale) + eps).view(1, -1, 1, 1).to(mean)
+    return (0.5 * ((mean - t) ** 2 / variance + torch.log(variance))).mean()
+
+
+def ofd_margin(norm_weight: torch.Tensor, norm_bias: torch.Tensor) -> torch.Tensor:
+    """OFD's per-channel margin (Heo et al., ICCV 2019, as mdistiller's OFD): the teacher's pre-ReLU response of
+    channel c read as N(β_c, γ_c²) from its batch norm's affine parameters; the margin is the expectation of
+    its negative part, E[x | x < 0] = β − |γ|·φ(β/|γ|)/Φ(−β/|γ|), or −3|γ| where Φ(−β/|γ|) ≤ 0.001."""
+    std, mean = norm_weight.detach().abs(), norm_bias.detach()
+    below = torch.special.ndtr(-mean / std)  # P(x < 0)
+    expected = mean - std * torch.exp(-((mean / std) ** 2) / 2) / math.sqrt(2 * math.pi) / below
+    return torch.where(below > 0.001, expected, -3 * std)  # a zero γ (dead channel) gives a finite margin too
+
+
+def ofd_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    """OFD's partial L2 (mdistiller's feat_loss) between the connected student feature s and the teacher's
+    pre-ReLU feature t, average-pooled to the student's size: the target is max(t, margin), and a student
+    response below a non-positive target costs nothing (the ReLU would zero both). Summed over channels and
+    positions, averaged over the batch."""
+    s = student_feature
+    t = F.adaptive_avg_pool2d(teacher_feature.detach(), s.shape[-2:])
+    m = margin.view(1, -1, 1, 1).to(s)
+    to_margin = (s > m) & (t <= m)  # the teacher below the margin: the target is the margin
+    to_teacher = ((s > t) & (t > m) & (t <= 0)) | (t > 0)  # else the teacher, where it is positive or exceeded
+    return ((s - m) ** 2 * to_margin + (s - t) ** 2 * to_teacher).sum() / s.shape[0]
+
+
+def crd_scores(anchor: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CRD's unnormalised critic (RepDistiller's ContrastMemory): exp(⟨memory row, anchor⟩ / T) for each of an
+    anchor's (b, K+1, d) rows: its positive's memory first, then K negatives'."""
+    return torch.exp(torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2) / temperature)
+
+
+def nce_loss(scores: torch.Tensor, n_data: int, eps: float = 1e-7) -> torch.Tensor:
+    """CRD's NCE loss (Tian et al., ICLR 2020, eq. 18; RepDistiller's ContrastLoss) on normalised scores P (b, K+1),
+    positive first, against uniform noise 1/N: −Σ_b [log P₀/(P₀ + K/N) + Σ_k log (K/N)/(P_k + K/N)] / b."""
+    noise = (scores.shape[1] - 1) / n_data
+    positive = torch.log(scores[:, 0] / (scores[:, 0] + noise + eps))
+    negative = torch.log(noise / (scores[:, 1:] + noise + eps))
+    return -(positive.sum() + negative.sum()) / scores.shape[0]
+
+
+def crd_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, student_rows: torch.Tensor,
+             teacher_rows: torch.Tensor, normalisers: tuple[torch.Tensor | float, torch.Tensor | float], temperature: float = 0.07,
+             n_data: int = 1) -> torch.Tensor:  # fmt: skip
+    """Contrastive representation distillation (Tian et al., ICLR 2020, as RepDistiller's CRDLoss and mdistiller's
+    crd_loss), both directions: the student's embedding against the teacher-side memory rows of its positive and
+    K negatives, and the teacher's against the student-side rows; each critic exp(⟨·,·⟩/T) divided by its
+    normalising constant Z, then the NCE loss. Embeddings are L2-normalised (b, d); rows (b, K+1, d)."""
+    z_student, z_teacher = normalisers
+    out_student = crd_scores(student_embedding, teacher_rows, temperature) / z_student
+    out_teacher = crd_scores(teacher_embedding, student_rows, temperature) / z_teacher
+    return nce_loss(out_student, n_data) + nce_loss(out_teacher, n_data)

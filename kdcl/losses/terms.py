@@ -6,8 +6,9 @@ loss = one function in functional.py, one term here, one conf/distill/*.yaml pre
 
 Feature terms (`features=...`) read intermediate activations through taps named in config
 (`student_tap`, `teacher_tap`: a timm feature index, a module path or `embedding`; one or a list).
-Terms with `bridge=True` map each student feature to its teacher's shape with their own small
-regressor, which trains with the student but lives in the loss module, so it is never exported.
+Terms with a `learned=` factory (learned.py) own a small module per (teacher, tap pair) — FitNets' bridge, VID's
+regressor, OFD's connector, CRD's embeddings and memory — which trains with the student but lives in the loss
+module, so it is never exported; the term's function receives them as `learned`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from torch import nn
 
 from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.losses import functional as LF
+from kdcl.losses.learned import LearnedSpec, make_bridge, make_crd, make_ofd, make_vid
 from kdcl.losses.schedules import check_schedule, scheduled
 from kdcl.losses.values import POSITIVE, check_term_values
-from kdcl.models.taps import FeatureTaps, resolve_tap
+from kdcl.models.taps import FeatureTaps, pre_activation, resolve_tap
 
 
 @dataclass
@@ -42,6 +44,9 @@ class TermInputs:
     # class probabilities of a mixed batch (mixup/cutmix: kdcl/data/augment.py); `target` then holds each
     # example's dominant class, for the terms that need one class (dkd)
     soft_target: torch.Tensor | None = None
+    # each example's position in the stage's training set (CRD's memory bank); batches carry it when a term
+    # needs it (TermKind.needs_index) or teacher outputs are stored
+    index: torch.Tensor | None = None
 
     @property
     def student_for_teacher(self) -> torch.Tensor:
@@ -49,6 +54,8 @@ class TermInputs:
 
 
 TermFn = Callable[..., torch.Tensor]
+LearnedFactory = Callable[[LearnedSpec], nn.Module]
+Learned = list[list[nn.Module]]  # a term's learned modules, per teacher, per tap pair (as feature_pairs)
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,12 @@ class TermKind:
     fn: TermFn
     needs_teacher: bool
     features: int | None  # None: logits only; else the rank the taps must have (4 = maps, 0 = any)
-    bridge: bool  # learn a regressor from each student feature to the teacher feature's shape
+    learned: LearnedFactory | None = None  # builds the term's module per (teacher, tap pair), passed as `learned`
     learned_temperature: bool = False  # the loss owns a temperature parameter (CTKD), passed as temperature_logit
     min_taps: int = 1  # tap pairs the term needs (KDSVD relates consecutive layers: 2)
+    pre_activation: bool = False  # read each tap before its block's final activation (OFD)
+    needs_index: bool = False  # the term reads each example's position in the training set (CRD)
+    fixed: tuple[str, ...] = ()  # parameters that size the learned module: set once, never scheduled
 
 
 TERMS: dict[str, TermKind] = {}
@@ -67,17 +77,12 @@ TAP_KEYS = ("student_tap", "teacher_tap")
 
 
 def register_term(
-    name: str,
-    needs_teacher: bool = True,
-    features: int | None = None,
-    bridge: bool = False,
-    learned_temperature: bool = False,
-    min_taps: int = 1,
+    name: str, needs_teacher: bool = True, features: int | None = None, **kind
 ) -> Callable[[TermFn], TermFn]:
+    """`kind`: TermKind's optional fields (learned, learned_temperature, min_taps, pre_activation, ...)."""
+
     def add(fn: TermFn) -> TermFn:
-        TERMS[name] = TermKind(
-            fn, needs_teacher or features is not None, features, bridge, learned_temperature, min_taps
-        )
+        TERMS[name] = TermKind(fn, needs_teacher or features is not None, features, **kind)
         if needs_teacher or features is not None:
             NEEDS_TEACHER.add(name)
         return fn
@@ -92,6 +97,15 @@ def mean_over_teachers(fn: Callable[[torch.Tensor], torch.Tensor], teachers: lis
 def over_feature_pairs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inp: TermInputs) -> torch.Tensor:
     """Sum over a term's tap pairs (as RepDistiller sums over layers), mean over teachers."""
     return torch.stack([sum(fn(s, t) for s, t in pairs) for pairs in inp.feature_pairs]).mean()
+
+
+def over_learned_pairs(fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor], inp: TermInputs,
+                       learned: Learned) -> torch.Tensor:  # fmt: skip
+    """over_feature_pairs, each pair with its own learned module."""
+    per_teacher = zip(learned, inp.feature_pairs, strict=True)
+    return torch.stack(
+        [sum(fn(m, s, t) for m, (s, t) in zip(mods, pairs, strict=True)) for mods, pairs in per_teacher]
+    ).mean()
 
 
 @register_term("ce", needs_teacher=False)
@@ -143,9 +157,9 @@ def rkd(inp: TermInputs, distance_weight: float = 25.0, angle_weight: float = 50
     return over_feature_pairs(lambda s, t: LF.rkd_loss(s, t, distance_weight, angle_weight), inp)
 
 
-@register_term("fitnet", features=0, bridge=True)
-def fitnet(inp: TermInputs) -> torch.Tensor:
-    return over_feature_pairs(LF.hint_loss, inp)
+@register_term("fitnet", features=0, learned=make_bridge)
+def fitnet(inp: TermInputs, *, learned: Learned) -> torch.Tensor:
+    return over_learned_pairs(lambda bridge, s, t: LF.hint_loss(bridge(s), t), inp, learned)
 
 
 @register_term("nst", features=4)
@@ -169,6 +183,43 @@ def kdsvd(inp: TermInputs, k: int = 1) -> torch.Tensor:
     return torch.stack(
         [LF.kdsvd_loss([s for s, _ in pairs], [t for _, t in pairs], k) for pairs in inp.feature_pairs]
     ).mean()
+
+
+@register_term("vid", features=4, learned=make_vid, fixed=("init_variance",))
+def vid(inp: TermInputs, init_variance: float = 5.0, eps: float = 1e-5, *, learned: Learned) -> torch.Tensor:
+    return over_learned_pairs(lambda m, s, t: LF.vid_loss(s, t, m.regressor, m.log_scale, eps), inp, learned)
+
+
+@register_term("ofd", features=4, learned=make_ofd, pre_activation=True)
+def ofd(inp: TermInputs, *, learned: Learned) -> torch.Tensor:
+    """mdistiller's ofd_loss: the deepest tap pair at weight 1, each shallower one at half the next's."""
+
+    def per_teacher(connectors: list[nn.Module], pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        n = len(pairs)
+        return sum(LF.ofd_loss(c.connector(s), t, c.margin) / 2 ** (n - 1 - i)
+                   for i, (c, (s, t)) in enumerate(zip(connectors, pairs, strict=True)))  # fmt: skip
+
+    return torch.stack([per_teacher(c, p) for c, p in zip(learned, inp.feature_pairs, strict=True)]).mean()
+
+
+@register_term("crd", features=0, learned=make_crd, needs_index=True, fixed=("negatives", "dim", "max_bank_mb"))
+def crd(inp: TermInputs, temperature: float = 0.07, momentum: float = 0.5, negatives: int = 16384, dim: int = 128,
+        max_bank_mb: float = 2048.0, *, learned: Learned) -> torch.Tensor:  # fmt: skip
+    """`negatives`, `dim` and `max_bank_mb` size the memory (learned.make_crd). In fp32: exp(⟨·,·⟩/0.07) overflows
+    half precision."""
+    if inp.index is None:
+        raise RuntimeError("crd needs each example's position in the training set (TermInputs.index)")
+
+    def one(bank: nn.Module, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(s.device.type, enabled=False):
+            s, t = bank.embed(s.float(), t.detach().float())
+            sampled = bank.sample(inp.index)
+            z = bank.normalisers(s, t, sampled, temperature)
+            loss = LF.crd_loss(s, t, bank.memory_s[sampled], bank.memory_t[sampled], z, temperature, len(bank.labels))
+            bank.update(inp.index, s, t, momentum)
+        return loss
+
+    return over_learned_pairs(one, inp, learned)
 
 
 @dataclass
@@ -245,6 +296,9 @@ def parse_term(name: str, spec, key: str) -> Term:
                 f"{key}.{name}.schedule.{param}: '{kind}' has no numeric parameter {param}; "
                 f"schedulable: {', '.join(['weight', *allowed])}"
             )
+        if param in TERMS[kind].fixed:
+            raise KdclError(f"{key}.{name}.schedule.{param}: {param} sizes the term's learned module and cannot follow "
+                            "a schedule; set it as a number")  # fmt: skip
         check_schedule(sched, f"{key}.{name}.schedule.{param}", value_must_be_positive=param in POSITIVE)
     return Term(str(name), kind, float(weight), spec, dict(schedule), taps)
 
@@ -257,25 +311,19 @@ def parse_terms(terms_cfg: Mapping, key: str = "distill.terms") -> list[Term]:
     return [parse_term(str(name), spec, key) for name, spec in terms_cfg.items()]
 
 
-def make_bridge(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
-    """FitNets' regressor: 1×1 conv + BN for feature maps, linear for vectors."""
-    if len(student_shape) == 4:
-        return nn.Sequential(
-            nn.Conv2d(student_shape[1], teacher_shape[1], kernel_size=1, bias=False), nn.BatchNorm2d(teacher_shape[1])
-        )
-    return nn.Linear(student_shape[-1], teacher_shape[-1])
-
-
 class DistillLoss(nn.Module):
     """Σ weight·term over the configured terms; returns the total and each term's value for logging."""
 
-    def __init__(self, terms: Mapping | tuple[Term, ...] | list[Term], key: str = "distill.terms"):
-        """`terms`: already parsed (a stage of the plan), or a terms config to parse."""
+    def __init__(self, terms: Mapping | tuple[Term, ...] | list[Term], key: str = "distill.terms",
+                 labels: Callable[[], torch.Tensor] | None = None):  # fmt: skip
+        """`terms`: already parsed (a stage of the plan), or a terms config to parse. `labels`: the training
+        examples' labels by position, read when attaching a term that needs them (CRD's memory bank)."""
         super().__init__()
         self.key = key
         parsed = list(terms) if isinstance(terms, (list, tuple)) else parse_terms(terms, key)
         self.terms = [t for t in parsed if t.weight > 0 or "weight" in t.schedule]
-        self.bridges = nn.ModuleDict()  # term name -> one regressor per (teacher, tap pair)
+        self.labels = labels
+        self.learned = nn.ModuleDict()  # term name -> its learned modules, one per (teacher, tap pair)
         self.taps: list[FeatureTaps] = []  # [student, teacher 1, ...] once attached
         self.paths: dict[tuple[str, int], list[tuple[str, bool]]] = {}  # (term, model slot) -> resolved taps
         # CTKD: one global temperature per term, as a logit (the paper's code starts it at 1), trained by
@@ -289,25 +337,29 @@ class DistillLoss(nn.Module):
         return any(t.spec.needs_teacher for t in self.terms)
 
     @property
+    def needs_index(self) -> bool:
+        """Whether training batches must carry each example's position (TermInputs.index)."""
+        return any(t.spec.needs_index for t in self.terms)
+
+    @property
     def feature_terms(self) -> list[Term]:
         return [t for t in self.terms if t.spec.features is not None]
 
     def attach(self, student: nn.Module, teachers: list[nn.Module], example: torch.Tensor, names: list[str]) -> None:
-        """Hook the tapped modules, check them with one forward of `example`, build the bridges.
+        """Hook the tapped modules, check them with one forward of `example`, build the learned modules.
 
         `names` = the models' names for error messages ([student, teacher 1, ...]). The forward runs
-        in eval mode without grad, so batch-norm statistics and the random state are untouched.
+        in eval mode without grad, so batch-norm statistics and the random state are untouched. On the
+        meta device (the plan's shape-only check) the learned modules are built on it too, without data.
         """
         if not self.feature_terms:
             return
         models = [student, *teachers]
-        for term in self.feature_terms:
-            for slot, model in enumerate(models):
-                tap_key = "student_tap" if slot == 0 else "teacher_tap"
-                self.paths[(term.name, slot)] = [
-                    resolve_tap(model, tap, f"{self.key}.{term.name}.{tap_key}", names[slot])
-                    for tap in term.taps[tap_key]
-                ]
+        norms = {  # (term, slot) -> pre-activation taps' batch norms (OFD's margin), else Nones
+            (term.name, slot): self.resolve_taps(term, slot, model, names[slot], example)
+            for term in self.feature_terms
+            for slot, model in enumerate(models)
+        }
         self.taps = [
             FeatureTaps(model, [p for t in self.feature_terms for p in self.paths[(t.name, slot)]])
             for slot, model in enumerate(models)
@@ -320,17 +372,40 @@ class DistillLoss(nn.Module):
                 model.train(was_training)
         self.taps[0].only_with_grad = True  # from now on: the student stores activations in training steps only
         for term in self.feature_terms:
-            bridges = []
+            modules = []
             for slot in range(1, len(models)):
-                for s, t in self.feature_pair_tensors(term, slot):
+                for j, (s, t) in enumerate(self.feature_pair_tensors(term, slot)):
                     self.check_shapes(term, s.shape, t.shape, names[0], names[slot])
-                    if term.spec.bridge:
-                        bridges.append(make_bridge(s.shape, t.shape))
-            if bridges:
-                self.bridges[term.name] = nn.ModuleList(bridges).to(
-                    example.device if example.device.type != "meta" else "cpu"
-                )
+                    if term.spec.learned is not None:
+                        norm = norms[(term.name, slot)][j]
+                        modules.append(self.build_learned(term, s.shape, t.shape, norm, example))
+            if modules:
+                self.learned[term.name] = nn.ModuleList(modules).to(example.device)
+        self.labels = None  # read once, and a closure would not pickle (ddp_spawn sends the module)
         self.clear()
+
+    def resolve_taps(self, term: Term, slot: int, model: nn.Module, name: str,
+                     example: torch.Tensor) -> list[nn.Module | None]:  # fmt: skip
+        """Sets the (module path, read input) of each of the term's taps on one model, moved before the block's
+        final activation for pre-activation terms (OFD); returns the batch norm before each (else None)."""
+        tap_key = "student_tap" if slot == 0 else "teacher_tap"
+        paths = [resolve_tap(model, tap, f"{self.key}.{term.name}.{tap_key}", name) for tap in term.taps[tap_key]]
+        norms: list[nn.Module | None] = [None] * len(paths)
+        if term.spec.pre_activation:
+            modules = dict(model.named_modules())
+            found = pre_activation(model, [p for p, _ in paths], example)
+            paths, norms = [f.tap for f in found], [modules[f.norm] if f.norm else None for f in found]
+        self.paths[(term.name, slot)] = paths
+        return norms
+
+    def build_learned(self, term: Term, s: torch.Size, t: torch.Size, norm: nn.Module | None,
+                      example: torch.Tensor) -> nn.Module:  # fmt: skip
+        shape_only = example.device.type == "meta"
+        labels = self.labels() if term.spec.needs_index and self.labels is not None and not shape_only else None
+        params = {**defaults_of(term.spec.fn), **term.params}
+        spec = LearnedSpec(f"{self.key}.{term.name}", s, t, params, norm, labels, shape_only)
+        with torch.device(example.device):  # the plan's shape-only check allocates nothing (meta)
+            return term.spec.learned(spec)
 
     def check_shapes(self, term: Term, s: torch.Size, t: torch.Size, student: str, teacher: str) -> None:
         rank = term.spec.features
@@ -340,30 +415,27 @@ class DistillLoss(nn.Module):
                 f"{where}: '{term.kind}' needs {rank}-D feature maps but the taps give {student} {tuple(s)} and "
                 f"{teacher} {tuple(t)}; tap a convolutional stage (a feature index) instead"
             )
-        if term.spec.bridge and len(s) != len(t):
-            raise KdclError(
-                f"{where}: the student tap {tuple(s)} and teacher tap {tuple(t)} must both be maps or both vectors"
-            )
 
     def feature_pair_tensors(self, term: Term, teacher_slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         student, teacher = self.taps[0], self.taps[teacher_slot]
         return [
-            (student[sp], teacher[tp])
-            for (sp, _), (tp, _) in zip(self.paths[(term.name, 0)], self.paths[(term.name, teacher_slot)], strict=True)
+            (student[s_tap], teacher[t_tap])
+            for s_tap, t_tap in zip(self.paths[(term.name, 0)], self.paths[(term.name, teacher_slot)], strict=True)
         ]
 
     def term_inputs(self, term: Term, inp: TermInputs) -> TermInputs:
         if term.spec.features is None:
             return inp
-        per_teacher = []
-        bridges = self.bridges[term.name] if term.name in self.bridges else None
-        n_pairs = len(self.paths[(term.name, 0)])
-        for slot in range(1, len(self.taps)):
-            pairs = self.feature_pair_tensors(term, slot)
-            if bridges is not None:
-                pairs = [(bridges[(slot - 1) * n_pairs + j](s), t) for j, (s, t) in enumerate(pairs)]
-            per_teacher.append(pairs)
-        return replace(inp, feature_pairs=per_teacher)
+        return replace(inp, feature_pairs=[self.feature_pair_tensors(term, slot) for slot in range(1, len(self.taps))])
+
+    def learned_of(self, term: Term) -> Learned:
+        """The term's learned modules per teacher, per tap pair (the layout of TermInputs.feature_pairs)."""
+        flat, n = list(self.learned[term.name]), len(self.paths[(term.name, 0)])
+        return [flat[i : i + n] for i in range(0, len(flat), n)]
+
+    def summaries(self) -> list[str]:
+        """One line per learned module that reports itself (CRD's memory bank), for the stage's log."""
+        return [m.summary() for mods in self.learned.values() for m in mods if hasattr(m, "summary")]
 
     def scheduled_values(self, progress: float) -> dict[str, float]:
         """`<param>_<term>` -> current value, for every scheduled parameter (logged so schedules are visible)."""
@@ -388,10 +460,19 @@ class DistillLoss(nn.Module):
                 params[k] = scheduled(defaults_of(t.spec.fn)[k], t.schedule[k], progress)
             if t.name in self.temperature_logits:
                 params["temperature_logit"] = self.temperature_logits[t.name]
+            if t.name in self.learned:
+                params["learned"] = self.learned_of(t)
             parts[t.name] = t.spec.fn(self.term_inputs(t, inp), **params)
             total = total + scheduled(t.weight, t.schedule.get("weight"), progress) * parts[t.name]
         self.clear()
         return total, parts
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Checkpoints from before the learned modules were general keep FitNets' bridges under `bridges.`
+        (overridden here, as torch's public pre-hook needs torch ≥ 2.5)."""
+        for key in [k for k in state_dict if k.startswith(prefix + "bridges.")]:
+            state_dict[prefix + "learned." + key.removeprefix(prefix + "bridges.")] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def clear(self) -> None:
         """Drop the captured activations (and the graph they hold) once the loss is computed."""

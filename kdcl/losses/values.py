@@ -9,8 +9,9 @@ from collections.abc import Mapping
 
 from kdcl.common.errors import KdclError
 
-POSITIVE = {"temperature", "p", "t_min", "k"}  # parameters that must be > 0 (all others ≥ 0)
-INTEGER = {"k"}  # parameters that must be whole numbers (KDSVD's k: how many singular vectors)
+# parameters that must be > 0 (all others ≥ 0)
+POSITIVE = {"temperature", "p", "t_min", "k", "negatives", "dim", "max_bank_mb", "init_variance"}
+INTEGER = {"k", "negatives", "dim"}  # whole numbers (KDSVD's singular vectors, CRD's negatives and embedding width)
 NOT_NUMBERS = ("kind", "weight", "schedule", "student_tap", "teacher_tap")
 
 
@@ -36,8 +37,9 @@ def check_term(name: str, spec, key: str) -> None:
             raise KdclError(f"{key}.{name}.{param}={value} must be a whole number ≥ 1")
     if "t_max" in spec and is_number(spec.get("t_min", 1.0)) and not spec["t_max"] > spec.get("t_min", 1.0):
         raise KdclError(f"{key}.{name}.t_max={spec['t_max']} must be above t_min={spec.get('t_min', 1.0)}")
-    if not spec.get("label_smoothing", 0.0) < 1:
-        raise KdclError(f"{key}.{name}.label_smoothing={spec['label_smoothing']} must be in [0, 1)")
+    for fraction in ("label_smoothing", "momentum"):
+        if not spec.get(fraction, 0.0) < 1:
+            raise KdclError(f"{key}.{name}.{fraction}={spec[fraction]} must be in [0, 1)")
 
 
 def check_term_values(terms_cfg, key: str = "distill.terms") -> None:

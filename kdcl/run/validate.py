@@ -60,6 +60,7 @@ def plan_checked(cfg: DictConfig):
     check_feature_taps(plan.stages, int(cfg.data.image_size))
     check_scores_file(plan)
     check_view_stores(plan)
+    check_memory_banks(plan)
     check_trainer_values(cfg.trainer)
     check_augment_policy(cfg)
     return plan
@@ -140,6 +141,27 @@ def check_scores_file(plan) -> None:
         if stage.curriculum:
             classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
             file_scores(c.scores_file, len(dm.stage_subset(stage.fraction, classes)))
+
+
+def check_memory_banks(plan) -> None:
+    """CRD: each stage's memory bank must fit its training examples and max_bank_mb, found before any stage
+    trains (this needs the labels, so it loads the data, as check_view_stores does)."""
+    stages = [(s, t) for s in plan.stages for t in s.loss_terms
+              if t.spec.needs_index and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
+    if not stages:
+        return
+    from kdcl.data import KdclDataModule
+    from kdcl.data.datamodule import dataset_labels
+    from kdcl.losses.learned import check_bank
+    from kdcl.losses.terms import defaults_of
+    from kdcl.run.presets import task_classes
+
+    dm = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed)
+    dm.setup()
+    for stage, term in stages:
+        classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
+        labels = dataset_labels(dm.stage_subset(stage.fraction, classes))
+        check_bank(f"{stage.terms_key}.{term.name}", labels, {**defaults_of(term.spec.fn), **term.params})
 
 
 def check_view_stores(plan) -> None:

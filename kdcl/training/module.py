@@ -57,7 +57,7 @@ class DistillationModule(pl.LightningModule):
         self.loss = loss
         example = torch.zeros(1, hparams["in_chans"], hparams["image_size"], hparams["image_size"])
         names = [architecture(m) for m in (model, *teachers)]
-        self.loss.attach(self.model, [t.model for t in self.teachers], example, names)  # feature taps + bridges
+        self.loss.attach(self.model, [t.model for t in self.teachers], example, names)  # taps + learned modules
         self.optim_cfg = optim
         self.stage = stage
         self.save_hyperparameters(hparams)  # plain containers only: checkpoints stay weights_only-loadable
@@ -100,6 +100,9 @@ class DistillationModule(pl.LightningModule):
         return bool(self.loss.feature_terms) or outputs is None or not outputs.complete
 
     def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:
+            for line in self.loss.summaries():  # what the terms' learned modules hold (CRD's memory bank)
+                print(f"[{self.stage}] {line}", flush=True)
         if self.teacher_outputs is not None:
             self.teacher_outputs.to(self.device)
         if self.teachers_needed():
@@ -153,7 +156,7 @@ class DistillationModule(pl.LightningModule):
         return logits.masked_fill(self.unseen.to(logits.device), -1e4)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y, *positions = batch  # positions: only when teacher outputs are stored
+        x, y, *positions = batch  # positions: when teacher outputs are stored or a term needs them (CRD)
         soft = y if y.is_floating_point() else None  # a mixed batch's class probabilities (mixup/cutmix)
         y = y if soft is None else soft.argmax(1)  # its dominant class: accuracy and single-class terms
         logits = self.predict_seen(x)
@@ -164,7 +167,8 @@ class DistillationModule(pl.LightningModule):
             cols = self.distill_classes.to(logits.device)
             distill_logits, teacher_logits = logits[:, cols], [t[:, cols] for t in teacher_logits]
         progress = self.global_step / max(1, self.trainer.estimated_stepping_batches)  # for scheduled terms
-        inputs = TermInputs(logits, teacher_logits, y, distill_logits=distill_logits, soft_target=soft)
+        inputs = TermInputs(logits, teacher_logits, y, distill_logits=distill_logits, soft_target=soft,
+                            index=positions[0] if positions else None)  # fmt: skip
         total, parts = self.loss(inputs, progress)
         name = partial(metric_name, self.stage, "train")
         self.log(name("loss"), total, on_step=True, on_epoch=True, prog_bar=True)

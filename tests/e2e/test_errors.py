@@ -118,6 +118,26 @@ CASES = {
         "distill.teacher_outputs=views: the feature terms fitnet",
         "auto|online",
     ),
+    "CRD with stored teacher outputs": (
+        ["distill=crd", "distill.terms.crd.negatives=64", "distill.teacher_outputs=cached"],
+        "distill.teacher_outputs=cached: the feature terms crd",
+        "auto|online",
+    ),
+    "CRD bank larger than the data": (
+        ["distill=crd"],
+        "distill.terms.crd.negatives=16384 is more than the stage's data holds: 1293 training examples",
+        "set distill.terms.crd.negatives ≤",
+    ),
+    "CRD bank over its memory limit": (
+        ["distill=crd", "distill.terms.crd.negatives=64", "distill.terms.crd.max_bank_mb=0.5"],
+        "distill.terms.crd: the memory bank needs 1.3 MB (1293 examples × 128 dims × 2 models × 4 bytes)",
+        "raise distill.terms.crd.max_bank_mb",
+    ),
+    "OFD tap that does not exist": (
+        ["distill=ofd", "distill.terms.ofd.teacher_tap=[1,2,layer9]"],
+        "distill.terms.ofd.teacher_tap='layer9' is not a module of resnet18",
+        "did you mean layer",
+    ),
     "stored views without augmentation": (
         ["distill.teacher_outputs=views"],
         "training has no augmentation",

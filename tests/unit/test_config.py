@@ -44,6 +44,9 @@ def test_every_option_composes_and_passes_the_check(group, option):
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         with pytest.raises(KdclError, match="use trainer=cpu"):  # refused up front, not mid-run
             check_config(cfg)
+    elif (group, option) == ("distill", "crd"):  # the paper's 16384 negatives: more than the default digits hold
+        with pytest.raises(KdclError, match=r"set distill\.terms\.crd\.negatives ≤ \d+$"):
+            check_config(cfg)
     else:
         check_config(cfg)
 

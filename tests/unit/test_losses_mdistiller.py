@@ -1,10 +1,14 @@
-"""NST, PKT, SP and KD-SVD (`kdcl.losses.functional`) against the papers' definitions, computed independently.
+"""NST, PKT, SP, KD-SVD, VID, OFD and CRD (`kdcl.losses.functional`) against the papers' definitions, computed
+independently.
 
 Each expected value is a plain-Python loop over small random tensors, written from the defining paper and the
-reference code the function follows (RepDistiller's NSTLoss, PKT and Similarity; mdistiller's KDSVD). Each
+reference code the function follows (RepDistiller's NSTLoss, PKT, Similarity, VIDLoss and CRDLoss; mdistiller's
+KDSVD and OFD). Each
 expected gradient is a central finite difference of that plain-Python reference in float64, compared with the
 function's autograd gradient. KD-SVD's reference finds singular vectors as eigenvectors of XᵀX by Jacobi
-rotations, not by an SVD. Then the terms on real timm models, and their config checks.
+rotations, not by an SVD; OFD's reference is the paper's form (target max(t, margin), no loss below a
+non-positive target), not mdistiller's three masks. Then the terms on real timm models, their learned modules,
+and their config checks.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import torch
 
 from kdcl.common.errors import KdclError
 from kdcl.losses import DistillLoss
-from kdcl.losses.functional import kdsvd_loss, nst_loss, pkt_loss, sp_loss
+from kdcl.losses.functional import crd_loss, kdsvd_loss, nst_loss, ofd_loss, ofd_margin, pkt_loss, sp_loss, vid_loss
+from kdcl.losses.learned import ContrastMemory, VIDRegressor
 from kdcl.losses.terms import TermInputs
 from tests.unit.test_functional import avg_pool_2x2
 from tests.unit.test_terms import attach, tiny_pair
@@ -361,3 +366,337 @@ def test_nst_and_kdsvd_need_maps():
         taps = {"student_tap": ["embedding", "embedding"], "teacher_tap": ["embedding", "embedding"]}
         with pytest.raises(KdclError, match=f"'{kind}' needs 4-D feature maps"):
             attach({kind: taps}, *tiny_pair())
+
+
+# --- VID, OFD, CRD: plain-Python references -----------------------------------------------------------------
+
+
+def conv1x1(sample, weight):
+    """One sample [C][H][W] through a bias-free 1×1 convolution, weight [O][C]."""
+    h, w = len(sample[0]), len(sample[0][0])
+    return [[[dot(row, [ch[i][j] for ch in sample]) for j in range(w)] for i in range(h)] for row in weight]
+
+
+def relu(sample):
+    return [[[max(v, 0.0) for v in row] for row in ch] for ch in sample]
+
+
+def ref_vid(s, t, weights, log_scale, eps) -> float:
+    """½((μ − t)²/σ² + log σ²) averaged over b, c, h, w; μ = W3·relu(W2·relu(W1·s)) per position (the student
+    average-pooled 2×2 when its map is larger), σ²_c = log(1 + exp(log_scale_c)) + eps."""
+    variance = [math.log(1 + math.exp(v)) + eps for v in log_scale]
+    total, count = 0.0, 0
+    for fs, ft in zip(s, t, strict=True):
+        if len(fs[0]) > len(ft[0]):
+            fs = [avg_pool_2x2(ch) for ch in fs]
+        mean = conv1x1(relu(conv1x1(relu(conv1x1(fs, weights[0])), weights[1])), weights[2])
+        for c, (mc, tc) in enumerate(zip(mean, ft, strict=True)):
+            for mr, tr in zip(mc, tc, strict=True):
+                for m, y in zip(mr, tr, strict=True):
+                    total += 0.5 * ((m - y) ** 2 / variance[c] + math.log(variance[c]))
+                    count += 1
+    return total / count
+
+
+def normal_cdf(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def ref_margin(gamma: float, beta: float) -> float:
+    """E[x | x < 0] for x ~ N(β, γ²): β − |γ|·pdf(β/|γ|)/Φ(−β/|γ|), or −3|γ| when P(x < 0) ≤ 0.001."""
+    s = abs(gamma)
+    if s == 0 or normal_cdf(-beta / s) <= 0.001:
+        return -3 * s
+    return beta - s * math.exp(-((beta / s) ** 2) / 2) / math.sqrt(2 * math.pi) / normal_cdf(-beta / s)
+
+
+def ref_ofd(s, t, margin) -> float:
+    """Heo et al.'s partial L2: target max(t, m_c); zero where the target is ≤ 0 and the student is below it,
+    else (s − target)²; summed over c, h, w, / batch. The teacher is average-pooled 2×2 when larger."""
+    total = 0.0
+    for fs, ft in zip(s, t, strict=True):
+        if len(ft[0]) > len(fs[0]):
+            ft = [avg_pool_2x2(ch) for ch in ft]
+        for c, (sc, tc) in enumerate(zip(fs, ft, strict=True)):
+            for x, y in zip(flat(sc), flat(tc), strict=True):
+                target = max(y, margin[c])
+                if not (target <= 0 and x <= target):
+                    total += (x - target) ** 2
+    return total / len(s)
+
+
+def ref_crd(s, t, s_rows, t_rows, z, temperature, n, eps=1e-7) -> float:
+    """Tian et al.'s eq. 18 both ways: P = exp(⟨row, anchor⟩/T)/Z, positive first; NCE against noise K/N:
+    −Σ [log P₀/(P₀ + K/N + eps) + Σ_k log (K/N)/(P_k + K/N + eps)] / b, student anchors on the teacher's rows."""
+
+    def nce(scores):
+        noise = (len(scores[0]) - 1) / n
+        total = 0.0
+        for row in scores:
+            total += math.log(row[0] / (row[0] + noise + eps))
+            total += sum(math.log(noise / (p + noise + eps)) for p in row[1:])
+        return -total / len(scores)
+
+    out_s = [[math.exp(dot(r, a) / temperature) / z[0] for r in rows] for a, rows in zip(s, t_rows, strict=True)]
+    out_t = [[math.exp(dot(r, a) / temperature) / z[1] for r in rows] for a, rows in zip(t, s_rows, strict=True)]
+    return nce(out_s) + nce(out_t)
+
+
+def vid_module(s_channels: int, t_channels: int, seed: int) -> VIDRegressor:
+    torch.manual_seed(seed)
+    module = VIDRegressor(s_channels, t_channels, init_variance=5.0, eps=1e-5).double()
+    with torch.no_grad():
+        module.log_scale.copy_(randn(t_channels, seed=seed + 1))  # per-channel variances that differ
+    return module
+
+
+def vid_weights(module: VIDRegressor) -> list[list[list[float]]]:
+    return [module.regressor[i].weight[:, :, 0, 0].tolist() for i in (0, 2, 4)]
+
+
+# --- VID, OFD, CRD: values and gradients against the definitions --------------------------------------------
+
+
+@pytest.mark.parametrize("student_size", [2, 4], ids=["same-size", "student-larger"])
+def test_vid_value_and_gradient(student_size):
+    module, eps = vid_module(3, 4, seed=60), 1e-5
+    weights, log_scale = vid_weights(module), module.log_scale.tolist()
+    check_value_and_gradient(
+        lambda s, t: vid_loss(s, t, module.regressor, module.log_scale, eps),
+        lambda s, t: ref_vid(s, t, weights, log_scale, eps),
+        randn(2, 3, student_size, student_size, seed=61),
+        randn(2, 4, 2, 2, seed=62),
+    )
+
+
+def test_vid_variance_gradient_and_its_start():
+    module, eps = vid_module(3, 4, seed=63), 1e-5
+    s, t = randn(2, 3, 2, 2, seed=64), randn(2, 4, 2, 2, seed=65)
+    vid_loss(s, t, module.regressor, module.log_scale, eps).backward()
+    weights = vid_weights(module)
+    expected = numeric_gradient(lambda ls: ref_vid(s.tolist(), t.tolist(), weights, ls, eps), module.log_scale)
+    assert expected.abs().max() > 1e-6
+    torch.testing.assert_close(module.log_scale.grad, expected, rtol=1e-5, atol=1e-8)
+    fresh = VIDRegressor(3, 4, init_variance=5.0, eps=eps)  # the paper's σ² starts at init_variance
+    assert torch.allclose(torch.nn.functional.softplus(fresh.log_scale) + eps, torch.full((4,), 5.0))
+
+
+def test_ofd_margin_is_the_expected_negative_response():
+    gamma = torch.tensor([1.0, 0.5, 2.0, 0.1, 0.0, -1.5], dtype=torch.float64)
+    beta = torch.tensor([0.0, 1.0, -1.0, 1.0, 0.3, 0.2], dtype=torch.float64)  # 0.1 / 1.0: P(x<0) ≤ 0.001
+    expected = [ref_margin(g, b) for g, b in zip(gamma.tolist(), beta.tolist(), strict=True)]
+    assert ofd_margin(gamma, beta).tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert expected[3] == pytest.approx(-0.3) and expected[0] == pytest.approx(-math.sqrt(2 / math.pi))
+
+
+@pytest.mark.parametrize("teacher_size", [2, 4], ids=["same-size", "teacher-larger"])
+def test_ofd_value_and_gradient(teacher_size):
+    margin = [-0.8, -0.2, -1.5]
+    student, teacher = randn(2, 3, 2, 2, seed=70), randn(2, 3, teacher_size, teacher_size, seed=71)
+    check_value_and_gradient(
+        lambda s, t: ofd_loss(s, t, torch.tensor(margin, dtype=torch.float64)),
+        lambda s, t: ref_ofd(s, t, margin),
+        student,
+        teacher,
+    )
+
+
+def test_ofd_costs_nothing_below_a_non_positive_target():
+    t = torch.tensor([[[[-2.0, -0.5], [1.0, -0.1]]]], dtype=torch.float64)  # margin -1: targets -1, -0.5, 1, -0.1
+    below = torch.tensor([[[[-3.0, -0.7], [1.0, -0.2]]]], dtype=torch.float64)
+    assert ofd_loss(below, t, torch.tensor([-1.0])).item() == 0
+    above = below + 0.5
+    assert ofd_loss(above, t, torch.tensor([-1.0])).item() == pytest.approx(0.3**2 + 0.5**2 + 0.4**2)  # -2.5 ≤ -1
+
+
+def unit_rows(*shape: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(randn(*shape, seed=seed), dim=-1)
+
+
+def test_crd_value_and_gradients():
+    # both embeddings get gradients: each is the output of its own learned linear layer (the teacher's feature
+    # itself is detached before it, by the term)
+    s, t = unit_rows(3, 4, seed=80).requires_grad_(True), unit_rows(3, 4, seed=81).requires_grad_(True)
+    s_rows, t_rows = unit_rows(3, 6, 4, seed=82), unit_rows(3, 6, 4, seed=83)  # positive + 5 negatives
+    z, temperature, n = (7.5, 3.25), 0.5, 40
+    rows = s_rows.tolist(), t_rows.tolist()
+    value = crd_loss(s, t, s_rows, t_rows, z, temperature, n)
+    assert value.item() == pytest.approx(ref_crd(s.tolist(), t.tolist(), *rows, z, temperature, n), rel=1e-9)
+    value.backward()
+    for x, reference in (
+        (s, lambda v: ref_crd(v, t.tolist(), *rows, z, temperature, n)),
+        (t, lambda v: ref_crd(s.tolist(), v, *rows, z, temperature, n)),
+    ):
+        expected = numeric_gradient(reference, x)
+        assert expected.abs().max() > 1e-6
+        torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_crd_memory_samples_other_classes_and_updates_with_momentum():
+    labels = torch.tensor([0, 2, 1, 0, 1, 1, 2, 0])
+    torch.manual_seed(0)
+    bank = ContrastMemory(5, 7, dim=4, labels=labels, negatives=400)
+    index = torch.tensor([3, 5, 1])
+    sampled = bank.sample(index)
+    assert sampled.shape == (3, 401) and sampled[:, 0].tolist() == index.tolist()
+    for row, i in zip(sampled[:, 1:], index, strict=True):
+        others = {j for j in range(8) if labels[j] != labels[i]}
+        assert set(row.tolist()) == others  # every example of another class, and only those (400 draws)
+    s, t = unit_rows(3, 4, seed=90).float(), unit_rows(3, 4, seed=91).float()
+    before = bank.memory_s[index].clone(), bank.memory_t[index].clone()
+    bank.update(index, s, t, momentum=0.5)
+    for memory, old, new in ((bank.memory_s, before[0], s), (bank.memory_t, before[1], t)):
+        mixed = 0.5 * old + 0.5 * new
+        torch.testing.assert_close(memory[index], mixed / mixed.norm(dim=1, keepdim=True))
+    z = bank.normalisers(s, t, sampled, 0.07)[0].item()
+    expected = torch.exp(torch.bmm(bank.memory_t[sampled], s.unsqueeze(2)) / 0.07).mean() * 8
+    assert z == pytest.approx(expected.item(), rel=1e-5)
+    assert bank.normalisers(t, s, sampled, 0.07)[0].item() == z  # set once, from the first batch
+
+
+# --- VID, OFD, CRD on real timm models ----------------------------------------------------------------------
+
+
+def labels_of_8() -> torch.Tensor:
+    return torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+
+
+def test_vid_ofd_crd_train_their_modules_and_the_student_only():
+    student, teacher = tiny_pair()
+    teacher.requires_grad_(True)  # only the losses' detach keeps gradients out of it
+    terms = {
+        "vid": {"weight": 1.0, "student_tap": [1, 2], "teacher_tap": [1, 2]},
+        "ofd": {"weight": 1.0, "student_tap": [1, 2], "teacher_tap": [1, 2]},
+        "crd": {"weight": 1.0, "negatives": 4, "student_tap": "embedding", "teacher_tap": "embedding"},
+    }
+    loss = DistillLoss(terms, labels=labels_of_8)
+    loss.attach(student, [teacher], torch.zeros(1, 1, 32, 32), ["test_efficientnet", "test_resnet"])
+    x, y, index = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3]), torch.tensor([0, 5, 2, 7])
+    total, parts = loss(TermInputs(student(x), [teacher(x)], y, index=index))
+    assert all(torch.isfinite(v) and v.item() != 0 for v in parts.values())
+    total.backward()
+    for name in terms:
+        params = list(loss.learned[name].parameters())
+        assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
+    assert student.conv_stem.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any(k.startswith(("learned", "bridges")) for k in student.state_dict())  # exported without them
+    assert loss.summaries() == [
+        "crd: memory bank of 8 examples × 128 dims × 2 models = 0.0 MB, 4 negatives per example"
+    ]
+
+
+def test_ofd_reads_the_teachers_pre_relu_stage_and_its_margin():
+    student, teacher = tiny_pair()
+    seen = {}
+    last = teacher.layer2[-1]  # test_resnet's stage 2 ends in a BasicBlock: act2 after the residual sum
+    last.act2.register_forward_pre_hook(lambda m, a: seen.__setitem__("t", a[0].clone()))
+    student.blocks[2].register_forward_hook(lambda m, a, o: seen.__setitem__("s", o))  # linear projection: as is
+    loss = attach({"ofd": {"student_tap": 2, "teacher_tap": 2}}, student, teacher)
+    connector = loss.learned["ofd"][0]
+    torch.testing.assert_close(connector.margin, ofd_margin(last.bn2.weight, last.bn2.bias))
+    assert loss.paths[("ofd", 1)] == [("layer2.0.act2", True)] and loss.paths[("ofd", 0)] == [("blocks.2", False)]
+    x = torch.randn(4, 1, 32, 32)
+    _, parts = loss(TermInputs(student(x), [teacher(x)], torch.zeros(4, dtype=torch.long)))
+    assert (seen["t"] < 0).any()  # pre-ReLU: the negative responses the margin is about
+    expected = ofd_loss(connector.connector(seen["s"]), seen["t"], connector.margin)  # its BN in train mode, as then
+    assert parts["ofd"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_crd_term_is_the_formula_on_the_bank_before_its_update():
+    student, teacher = tiny_pair()
+    loss = DistillLoss({"crd": {"negatives": 3, "student_tap": "embedding", "teacher_tap": "embedding"}},
+                       labels=labels_of_8)  # fmt: skip
+    loss.attach(student, [teacher], torch.zeros(1, 1, 32, 32), ["test_efficientnet", "test_resnet"])
+    bank = loss.learned["crd"][0]
+    x, index = torch.randn(4, 1, 32, 32), torch.tensor([1, 2, 4, 7])
+    with torch.no_grad():
+        s_emb = student.forward_head(student.forward_features(x), pre_logits=True)
+        t_emb = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
+        s, t = bank.embed(s_emb, t_emb)
+    memory = bank.memory_s.clone(), bank.memory_t.clone()
+    torch.manual_seed(5)
+    sampled = bank.sample(index)
+    inputs = TermInputs(student(x), [teacher(x)], labels_of_8()[index], index=index)
+    torch.manual_seed(5)  # the term draws the same negatives
+    _, parts = loss(inputs)
+    rows = memory[0][sampled].tolist(), memory[1][sampled].tolist()
+    z = [bank.z[0].item(), bank.z[1].item()]
+    expected = ref_crd(s.tolist(), t.tolist(), *rows, z, 0.07, 8)
+    assert parts["crd"].item() == pytest.approx(expected, rel=1e-4)
+    assert not torch.equal(bank.memory_s[index], memory[0][index])  # then the bank moved towards this batch
+
+
+# --- VID, OFD, CRD: bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "terms, fragment",
+    [
+        (
+            {"vid": {"weight": -1, "student_tap": 1, "teacher_tap": 1}},
+            "distill.terms.vid.weight=-1 must be a number ≥ 0",
+        ),
+        ({"ofd": {"weight": -0.001, "student_tap": 1, "teacher_tap": 1}}, "distill.terms.ofd.weight=-0.001 must be"),
+        ({"crd": {"weight": -0.8, "student_tap": 1, "teacher_tap": 1}}, "distill.terms.crd.weight=-0.8 must be"),
+        ({"crd": {"momentum": 1.0, "student_tap": 1, "teacher_tap": 1}}, "crd.momentum=1.0 must be in [0, 1)"),
+        ({"crd": {"negatives": 0.5, "student_tap": 1, "teacher_tap": 1}}, "crd.negatives=0.5 must be a whole number"),
+        ({"vid": {"init_variance": 0, "student_tap": 1, "teacher_tap": 1}}, "vid.init_variance=0 must be a number > 0"),
+        (
+            {"crd": {"student_tap": 1, "teacher_tap": 1, "schedule": {"negatives": {"kind": "linear"}}}},
+            "crd.schedule.negatives: negatives sizes the term's learned module and cannot follow a schedule",
+        ),
+        ({"ofd": {"margin": 1, "student_tap": 1, "teacher_tap": 1}}, "margin is not a parameter of the 'ofd' term"),
+    ],
+)
+def test_bad_vid_ofd_crd_settings_are_one_line(terms, fragment):
+    with pytest.raises(KdclError) as error:
+        DistillLoss(terms)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "terms, fragment",
+    [
+        (
+            {"vid": {"student_tap": [1, 9], "teacher_tap": [1, 2]}},
+            "vid.student_tap=9: test_efficientnet has no feature index 9",
+        ),
+        (
+            {"ofd": {"student_tap": 1, "teacher_tap": "layer9"}},
+            "ofd.teacher_tap='layer9' is not a module of test_resnet",
+        ),
+        (
+            {"crd": {"student_tap": "embedding", "teacher_tap": "fcc"}},
+            "crd.teacher_tap='fcc' is not a module of test_resnet",
+        ),
+        ({"vid": {"student_tap": "embedding", "teacher_tap": "embedding"}}, "'vid' needs 4-D feature maps"),
+        (
+            {"ofd": {"student_tap": 1, "teacher_tap": "conv1"}},
+            "OFD's margin needs a batch norm of 32 channels before the teacher tap's activation",
+        ),
+        (
+            {"crd": {"negatives": 7, "student_tap": "embedding", "teacher_tap": "embedding"}},
+            "distill.terms.crd.negatives=7 is more than the stage's data holds: 8 training examples, of which an "
+            "example of the largest class has 6 of other classes to contrast with; set distill.terms.crd.negatives ≤ 6",
+        ),
+        (
+            {"crd": {"negatives": 2, "max_bank_mb": 0.001, "student_tap": "embedding", "teacher_tap": "embedding"}},
+            "the memory bank needs 0.0 MB (8 examples × 128 dims × 2 models × 4 bytes), over max_bank_mb=0.001",
+        ),
+    ],
+)
+def test_bad_vid_ofd_crd_taps_and_banks_are_one_line(terms, fragment):
+    loss, (student, teacher) = DistillLoss(terms, labels=labels_of_8), tiny_pair()
+    with pytest.raises(KdclError) as error:
+        loss.attach(student, [teacher], torch.zeros(1, 1, 32, 32), ["test_efficientnet", "test_resnet"])
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_crd_without_example_labels_is_refused_outside_the_shape_check():
+    loss, (student, teacher) = (
+        DistillLoss({"crd": {"student_tap": "embedding", "teacher_tap": "embedding"}}),
+        tiny_pair(),
+    )
+    with pytest.raises(KdclError, match="CRD needs the training examples' labels"):
+        loss.attach(student, [teacher], torch.zeros(1, 1, 32, 32), ["test_efficientnet", "test_resnet"])

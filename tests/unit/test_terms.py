@@ -102,7 +102,7 @@ def test_fitnet_bridge_trains_with_the_student_and_is_not_part_of_it():
     student, teacher = tiny_pair()
     teacher.requires_grad_(True)  # a trainable teacher: only the loss's detach keeps gradients out of it
     loss = attach({"fitnet": {"weight": 1.0, "student_tap": 2, "teacher_tap": 2}}, student, teacher)
-    bridge = loss.bridges["fitnet"][0]
+    bridge = loss.learned["fitnet"][0]
     assert isinstance(bridge[0], torch.nn.Conv2d) and (bridge[0].in_channels, bridge[0].out_channels) == (32, 48)
     x, y = torch.randn(4, 1, 32, 32), torch.randint(0, 10, (4,))
     total, _ = loss(TermInputs(student(x), [teacher(x)], y))
@@ -166,7 +166,7 @@ def test_bad_term_settings_are_named(terms, fragment):
 def test_hint_loss_through_a_linear_bridge_on_embeddings():
     student, teacher = tiny_pair()
     loss = attach({"fitnet": {"student_tap": "embedding", "teacher_tap": "embedding"}}, student, teacher)
-    bridge = loss.bridges["fitnet"][0]
+    bridge = loss.learned["fitnet"][0]
     assert isinstance(bridge, torch.nn.Linear)
     x = torch.randn(2, 1, 32, 32)
     s_emb = student.forward_head(student.forward_features(x), pre_logits=True)
@@ -174,3 +174,11 @@ def test_hint_loss_through_a_linear_bridge_on_embeddings():
         t_emb = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
     value = loss(TermInputs(student(x), [teacher(x)], torch.zeros(2, dtype=torch.long)))[0]
     assert value.item() == pytest.approx(F.mse_loss(bridge(s_emb), t_emb).item(), rel=1e-5)
+
+
+def test_a_checkpoint_from_before_learned_modules_loads_its_bridge():
+    # FitNets' bridges were saved under `bridges.` before every term's learned modules moved to `learned.`
+    loss = attach({"fitnet": {"student_tap": 2, "teacher_tap": 2}}, *tiny_pair())
+    old = {k.replace("learned.", "bridges.", 1): v + 1 for k, v in loss.state_dict().items()}
+    loss.load_state_dict(old)
+    assert torch.equal(loss.learned["fitnet"][0][0].weight, old["bridges.fitnet.0.0.weight"])
