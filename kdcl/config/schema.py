@@ -201,7 +201,12 @@ class PipelineConfig:
     assistants: list[Any] | None = None  # takd, dgkd: timm names or model mappings, largest first
     anchors: int | None = None  # anchors
     epochs_per_anchor: int | None = None  # anchors
+    order: str | None = None  # anchors: forward | reverse | shuffled | matched (the controls)
+    assistants_distill: bool | None = None  # takd, dgkd: false trains the assistants on labels alone (a control)
     generations: int | None = None  # born_again
+    plain: bool | None = None  # born_again: true is the control, one stage on labels for every generation's epochs
+    teacher_epoch: int | None = None  # explicit stages (standard): the last stage learns from `teacher@E`
+    student_epochs: int | None = None  # any: the student's total epochs, split over its stages (equal-budget arms)
     tasks: int | None = None  # lifelong
     task_classes: list[Any] | None = None  # lifelong
     distill_weight: float | None = None  # lifelong

@@ -21,6 +21,7 @@ from kdcl.reporting.speed import CURVE_KEY, SPEED_KEYS
 SUMMARY_KEYS = ("name", "model", "params", "macs", "latency", "test_acc", "test_loss", "best_val_acc",
                 "teachers", "init", "epochs", "trained", "checkpoint", "seconds", "teacher_store",
                 "test_reused", CURVE_KEY, *SPEED_KEYS)  # fmt: skip
+OPTIONAL_KEYS = ("matched_temperature",)  # only in the rows of the stages that have them (pipeline.order=matched)
 
 
 def card_keys() -> tuple[str, ...]:
@@ -41,7 +42,7 @@ def compression(stages: list[dict], speedup_runtime: str) -> list[dict]:
     ref_ms = medians(ref, speedup_runtime)
     rows = []
     for s in stages:
-        row = {k: s.get(k) for k in SUMMARY_KEYS}
+        row = {k: s.get(k) for k in SUMMARY_KEYS} | {k: s[k] for k in OPTIONAL_KEYS if s.get(k) is not None}
         row["compression"] = ref["params"] / s["params"]
         row["acc_gap"] = s["test_acc"] - ref["test_acc"]  # negative: the model is less accurate than the reference
         row["speedup"] = {b: ref_ms[b] / ms for b, ms in medians(s, speedup_runtime).items() if b in ref_ms}

@@ -14,12 +14,21 @@ from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.config.schema import TeacherOutputMode
 from kdcl.data.augment import Augmentation
 from kdcl.losses.ensemble import COMBINATIONS
-from kdcl.losses.terms import NEEDS_TEACHER, Term, parse_terms
-from kdcl.run.presets import COMMON_KEYS, PIPELINE_KEYS, PIPELINES, finetune_stage
+from kdcl.losses.terms import NEEDS_TEACHER, Term, config_params, defaults_of, parse_terms
+from kdcl.run.presets import (
+    COMMON_KEYS,
+    PIPELINE_KEYS,
+    PIPELINES,
+    early_stopped,
+    finetune_stage,
+    split_student_epochs,
+)
 
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
-STAGE_KEYS = ("model", "teachers", "epochs", "select", "terms", "fraction", "init", "lr_scale", "task", "ensemble")
+STAGE_KEYS = ("model", "teachers", "epochs", "select", "terms", "fraction", "init", "lr_scale", "task", "ensemble",
+              "match_entropy")  # fmt: skip
+EXPLICIT_KEYS = ("stages", "teacher_epoch")  # what a pipeline of explicit stages reads besides COMMON_KEYS
 FOLD_SEED = 104729  # the out-of-fold split's seed offset (fixed, so a resumed run splits alike)
 
 
@@ -49,6 +58,9 @@ class Stage:
     teacher_outputs: str = "online"  # online | cached | views: how the stage reads its teachers' logits
     teacher_outputs_why: str = ""  # distill.teacher_outputs=auto: why it chose that mode (printed as the stage starts)
     ensemble: str = "none"  # several teachers: none (each its own target) | mean | confidence (one combined target)
+    # teacher references whose mean output entropy (at the terms' temperature) the stage's one teacher is made to
+    # match: its temperature is solved for as the stage starts (pipeline=anchors, order=matched)
+    match_entropy: tuple[str, ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -67,6 +79,20 @@ class Stage:
     def in_summary(self) -> bool:
         """Out-of-fold scoring stages are means to a curriculum, not models of the run's report."""
         return self.holdout is None
+
+    @property
+    def configured_temperature(self) -> float:
+        """The temperature of the stage's softening terms (make_stage checked that they share one)."""
+        term = softening_terms(self.loss_terms)[0]
+        return float(term.params.get("temperature", defaults_of(term.spec.fn)["temperature"]))
+
+    def at_temperature(self, temperature: float) -> Stage:
+        """This stage with every softening term at `temperature` (in the parsed terms and the recorded ones)."""
+        names = {t.name for t in softening_terms(self.loss_terms)}
+        terms = tuple(replace(t, params={**t.params, "temperature": temperature}) if t.name in names else t
+                      for t in self.loss_terms)  # fmt: skip
+        recorded = {k: {**v, "temperature": temperature} if k in names else v for k, v in self.terms.items()}
+        return replace(self, loss_terms=terms, terms=recorded)
 
 
 @dataclass(frozen=True)
@@ -88,7 +114,7 @@ def split_ref(ref: str) -> tuple[str, int | None]:
 
 def check_pipeline_keys(p: DictConfig) -> None:
     """A setting the pipeline's kind does not read is refused, not ignored (the schema has every kind's keys)."""
-    used = (*COMMON_KEYS, *(PIPELINE_KEYS[p.kind] if p.get("kind") is not None else ("stages",)))
+    used = (*COMMON_KEYS, *(PIPELINE_KEYS[p.kind] if p.get("kind") is not None else EXPLICIT_KEYS))
     for key, value in p.items():
         if value is not None and key not in used:
             what = f"kind={p.kind}" if p.get("kind") is not None else "a pipeline of explicit stages"
@@ -116,6 +142,10 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
                     f"pipeline.stages.{name} must be a stage (model, teachers, epochs, select), not {spec!r}"
                 )
             specs[str(name)] = OmegaConf.to_container(spec, resolve=True)
+        if p.get("teacher_epoch") is not None:
+            specs = early_stopped(specs, p.teacher_epoch)
+    if p.get("student_epochs") is not None:
+        specs = split_student_epochs(specs, p.student_epochs)
     if p.get("finetune"):
         name, spec = finetune_stage(OmegaConf.to_container(p, resolve=True), specs)
         specs[name] = spec
@@ -137,16 +167,16 @@ def model_of(cfg: DictConfig, spec: dict, key: str) -> tuple[str, dict]:
     return str(model), OmegaConf.to_container(cfg[model], resolve=True)
 
 
-def check_teacher_refs(key: str, teachers: tuple[str, ...], by_name: dict[str, Stage]) -> None:
+def check_teacher_refs(key: str, teachers: tuple[str, ...], by_name: dict[str, Stage], field: str = "teachers") -> None:
     for t in teachers:
         base, epoch = split_ref(t)
         if base not in by_name:
             raise KdclError(
-                f"{key}.teachers: '{base}' is not an earlier stage{did_you_mean(base, by_name)}; earlier stages: {', '.join(by_name) or 'none'}"
+                f"{key}.{field}: '{base}' is not an earlier stage{did_you_mean(base, by_name)}; earlier stages: {', '.join(by_name) or 'none'}"
             )
         if epoch is not None and not (by_name[base].trains and 1 <= epoch <= by_name[base].epochs):
             raise KdclError(
-                f"{key}.teachers: '{t}' must name an epoch 1..{by_name[base].epochs} of a stage that trains (e.g. {base}@1)"
+                f"{key}.{field}: '{t}' must name an epoch 1..{by_name[base].epochs} of a stage that trains (e.g. {base}@1)"
             )
 
 
@@ -204,9 +234,38 @@ def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict
     if ensemble not in COMBINATIONS:
         raise KdclError(f"{key}.ensemble '{ensemble}' must be one of {'|'.join(COMBINATIONS)}"
                         f"{did_you_mean(str(ensemble), COMBINATIONS)}")  # fmt: skip
+    match = spec.get("match_entropy") or ()
+    match = (match,) if isinstance(match, str) else tuple(str(t) for t in match)
+    check_matching(key, match, teachers, parsed, terms_key, earlier)
     return Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key,
                  None if fraction is None else float(fraction), init, float(lr_scale),
-                 None if task is None else tuple(task), loss_terms=parsed, ensemble=ensemble)  # fmt: skip
+                 None if task is None else tuple(task), loss_terms=parsed, ensemble=ensemble,
+                 match_entropy=match)  # fmt: skip
+
+
+def softening_terms(terms: tuple[Term, ...]) -> list[Term]:
+    """The active terms that soften a teacher's outputs with a `temperature` (kd, dkd, dist, lskd, ...)."""
+    return [t for t in terms if (t.weight > 0 or "weight" in t.schedule) and t.spec.needs_teacher
+            and "temperature" in config_params(t.spec.fn)]  # fmt: skip
+
+
+def check_matching(key: str, refs: tuple[str, ...], teachers: tuple[str, ...], terms: tuple[Term, ...],
+                   terms_key: str, earlier: dict[str, Stage]) -> None:  # fmt: skip
+    """`match_entropy`: earlier teacher references, one teacher to match, and one fixed temperature to set."""
+    if not refs:
+        return
+    check_teacher_refs(key, refs, earlier, "match_entropy")
+    if len(teachers) != 1:
+        raise KdclError(f"{key}.match_entropy sets one teacher's temperature, but the stage has {len(teachers)} "
+                        "teachers; give it one")  # fmt: skip
+    softening = softening_terms(terms)
+    if not softening:
+        raise KdclError(f"{key}.match_entropy needs a term with a temperature (kd, dkd, dist, lskd), and "
+                        f"{terms_key} has none; use distill=kd")  # fmt: skip
+    temperatures = {t.params.get("temperature", defaults_of(t.spec.fn)["temperature"]) for t in softening}
+    if len(temperatures) > 1 or any("temperature" in t.schedule for t in softening):
+        raise KdclError(f"{key}.match_entropy needs one fixed temperature in {terms_key}, not "
+                        f"{sorted(map(str, temperatures))} or a schedule; give its terms one temperature")  # fmt: skip
 
 
 def plan_stages(cfg: DictConfig) -> list[Stage]:
@@ -225,10 +284,10 @@ def build_plan(cfg: DictConfig) -> Plan:
 
 
 def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
-    """A stage saves a checkpoint after every epoch a later stage learns or scores from (`name@E`)."""
+    """A stage saves a checkpoint after every epoch a later stage learns from, scores or matches with (`name@E`)."""
     wanted: dict[str, set[int]] = {}
     for s in stages:
-        for t in (*s.teachers, *s.scorers):
+        for t in (*s.teachers, *s.scorers, *s.match_entropy):
             base, epoch = split_ref(t)
             if epoch is not None:
                 wanted.setdefault(base, set()).add(epoch)

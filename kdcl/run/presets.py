@@ -3,22 +3,25 @@
 A generator gets the `pipeline` node (plain dict) and the whole config and returns the stages in order
 as {name: spec}, each spec shaped like an explicit `pipeline.stages` entry: model (a model group such
 as teacher/student, or a mapping with a timm name), teachers (earlier stages, `name@E` for the
-checkpoint saved after epoch E), epochs, select, and optionally terms, init, lr_scale, fraction, task.
+checkpoint saved after epoch E), epochs, select, and optionally terms, init, lr_scale, fraction, task,
+ensemble, match_entropy.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from kdcl.common.errors import KdclError
+from kdcl.common.errors import KdclError, did_you_mean
 
 Specs = dict[str, dict]
 PIPELINES: dict[str, Callable[[dict, DictConfig], Specs]] = {}
 PIPELINE_KEYS: dict[str, tuple[str, ...]] = {}  # the `pipeline.*` settings each generator reads
-COMMON_KEYS = ("name", "kind", "finetune", "finetune_epochs", "finetune_lr_scale")
+COMMON_KEYS = ("name", "kind", "finetune", "finetune_epochs", "finetune_lr_scale", "student_epochs")
+ANCHOR_ORDERS = ("forward", "reverse", "shuffled", "matched")  # pipeline.order of pipeline=anchors
 
 
 def register_pipeline(name: str, keys: tuple[str, ...] = ()):
@@ -39,6 +42,15 @@ def positive(p: dict, key: str) -> int:
     return value
 
 
+def flag(p: dict, key: str, default: bool) -> bool:
+    value = p.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise KdclError(f"pipeline.{key}={value} must be true or false")
+    return value
+
+
 def stage(model, teachers=(), epochs: int = 1, select: str = "best", **extra) -> dict:
     return {"model": model, "teachers": list(teachers), "epochs": epochs, "select": select, **extra}
 
@@ -54,51 +66,78 @@ def assistant_models(p: dict) -> list[dict]:
 
 
 def assistant_chain(p: dict, dense: bool) -> Specs:
-    epochs = positive(p, "epochs")
+    """`pipeline.assistants_distill=false`: the control whose assistants learn from the labels alone."""
+    epochs, distill = positive(p, "epochs"), flag(p, "assistants_distill", True)
     specs, earlier = {"teacher": stage("teacher", epochs=epochs)}, ["teacher"]
     for i, model in enumerate(assistant_models(p), 1):
         name = f"assistant{i}"
-        specs[name] = stage(model, earlier if dense else earlier[-1:], epochs)
+        specs[name] = stage(model, (earlier if dense else earlier[-1:]) if distill else (), epochs)
         earlier.append(name)
     specs["student"] = stage("student", earlier if dense else earlier[-1:], epochs)
     return specs
 
 
-@register_pipeline("takd", keys=("assistants", "epochs"))
+@register_pipeline("takd", keys=("assistants", "assistants_distill", "epochs"))
 def takd(p: dict, cfg: DictConfig) -> Specs:
     """Teacher Assistant KD (Mirzadeh et al. 2020): each model learns from the one before it."""
     return assistant_chain(p, dense=False)
 
 
-@register_pipeline("dgkd", keys=("assistants", "epochs"))
+@register_pipeline("dgkd", keys=("assistants", "assistants_distill", "epochs"))
 def dgkd(p: dict, cfg: DictConfig) -> Specs:
     """Densely guided KD (Son et al. 2021): each model learns from the teacher and every assistant before it."""
     return assistant_chain(p, dense=True)
 
 
-@register_pipeline("anchors", keys=("anchors", "epochs", "epochs_per_anchor"))
+@register_pipeline("anchors", keys=("anchors", "epochs", "epochs_per_anchor", "order"))
 def anchors(p: dict, cfg: DictConfig) -> Specs:
     """Route-constrained optimisation (Jin et al. 2019): the teacher's checkpoints along its training
-    route teach the student in order, weak to strong; the student carries its weights from anchor to anchor."""
+    route teach the student in order, weak to strong; the student carries its weights from anchor to anchor.
+    `pipeline.order`: the controls, the same anchors reversed or shuffled, or the final teacher alone at the
+    temperature that makes it as soft as the early anchors (matched)."""
     epochs, n = positive(p, "epochs"), positive(p, "anchors")
+    if p.get("epochs_per_anchor") is not None and p.get("student_epochs") is not None:
+        raise KdclError("pipeline.epochs_per_anchor and pipeline.student_epochs both set the student's budget; "
+                        "drop one (student_epochs is the total over the anchors)")  # fmt: skip
     per_anchor = p.get("epochs_per_anchor") or math.ceil(epochs / n)
-    route = sorted({max(1, round(epochs * k / n)) for k in range(1, n)} - {epochs})
+    early = sorted({max(1, round(epochs * k / n)) for k in range(1, n)} - {epochs})
+    route = [*(f"teacher@{e}" for e in early), "teacher"]  # weak to strong; `teacher` is the chosen checkpoint
+    order = p.get("order") or "forward"
     specs = {"teacher": stage("teacher", epochs=epochs)}
-    previous = None
-    for k, epoch in enumerate(route, 1):
-        name = f"student_anchor{k}"
-        init = {"init": previous} if previous else {}
-        specs[name] = stage("student", [f"teacher@{epoch}"], per_anchor, "last", **init)
-        previous = name
-    specs["student"] = stage("student", ["teacher"], per_anchor, **({"init": previous} if previous else {}))
+    if order == "matched":  # the same student budget, from the final teacher alone
+        if not early:
+            raise KdclError(f"pipeline.order=matched needs an early anchor to match, and anchors={n} over "
+                            f"epochs={epochs} gives none; raise pipeline.anchors or pipeline.epochs")  # fmt: skip
+        specs["student"] = stage("student", ["teacher"], per_anchor * len(route), match_entropy=route[:-1])
+        return specs
+    for k, ref in enumerate(ordered(route, order, int(cfg.seed)), 1):
+        name = "student" if k == len(route) else f"student_anchor{k}"
+        init = {"init": f"student_anchor{k - 1}"} if k > 1 else {}
+        specs[name] = stage("student", [ref], per_anchor, "best" if name == "student" else "last", **init)
     return specs
 
 
-@register_pipeline("born_again", keys=("generations", "epochs"))
+def ordered(route: list[str], order: str, seed: int) -> list[str]:
+    """The anchors in the order the student meets them: forward (weak to strong), reverse, or a permutation
+    drawn from `seed` (each seed of a sweep its own order)."""
+    if order not in ANCHOR_ORDERS:
+        raise KdclError(f"pipeline.order '{order}' must be one of {'|'.join(ANCHOR_ORDERS)}"
+                        f"{did_you_mean(str(order), ANCHOR_ORDERS)}")  # fmt: skip
+    if order == "reverse":
+        return route[::-1]
+    if order == "shuffled":
+        return random.Random(seed).sample(route, len(route))
+    return route
+
+
+@register_pipeline("born_again", keys=("generations", "epochs", "plain"))
 def born_again(p: dict, cfg: DictConfig) -> Specs:
     """Born-again networks (Furlanello et al. 2018): generations of the student's architecture, each
-    taught by the last; generation 0 learns from the labels."""
+    taught by the last; generation 0 learns from the labels. `pipeline.plain=true`: the control, one
+    student stage on the labels for all the generations' epochs."""
     epochs, generations = positive(p, "epochs"), positive(p, "generations")
+    if flag(p, "plain", False):
+        return {"student": stage("student", epochs=(generations + 1) * epochs)}
     specs = {"gen0": stage("student", epochs=epochs)}
     for g in range(1, generations + 1):
         specs[f"gen{g}"] = stage("student", [f"gen{g - 1}"], epochs)
@@ -175,6 +214,39 @@ def task_classes(task: tuple, num_classes: int) -> tuple[list[int], list[int], l
             )
     seen = [c for t in split[:k] for c in t]
     return split[k - 1], seen, seen[: len(seen) - len(split[k - 1])]
+
+
+def split_student_epochs(specs: Specs, total) -> Specs:
+    """`pipeline.student_epochs`: the student's whole budget, split over the stages that train the student model
+    (`model: student`) as evenly as whole epochs allow, later stages taking the remainder: every arm of a
+    comparison then trains the student for the same epochs (the same optimizer steps on the same examples)."""
+    names = [name for name, spec in specs.items() if spec.get("model") == "student"]
+    if not names:
+        raise KdclError(f"pipeline.student_epochs={total}: no stage of this pipeline trains the student "
+                        "(model: student); drop it")  # fmt: skip
+    if not isinstance(total, int) or isinstance(total, bool) or total < len(names):
+        raise KdclError(f"pipeline.student_epochs={total} must be an integer ≥ {len(names)}, an epoch for each "
+                        f"student stage ({', '.join(names)})")  # fmt: skip
+    share, extra = divmod(total, len(names))
+    epochs = {name: share + (k >= len(names) - extra) for k, name in enumerate(names)}
+    return {name: {**spec, "epochs": epochs[name]} if name in epochs else spec for name, spec in specs.items()}
+
+
+def early_stopped(specs: Specs, epoch) -> Specs:
+    """`pipeline.teacher_epoch=E` (Cho & Hariharan 2019): the last stage learns from its teachers as they were
+    after epoch E (`teacher@E`) instead of their chosen checkpoints."""
+    name, last = list(specs.items())[-1]
+    teachers = [str(t) for t in last.get("teachers") or ()]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise KdclError(f"pipeline.teacher_epoch={epoch} must be an integer ≥ 1 (the teacher's epoch), or null")
+    if not teachers or any("@" in t for t in teachers):
+        raise KdclError(f"pipeline.teacher_epoch={epoch} needs a last stage whose teachers are stage names; "
+                        f"pipeline.stages.{name}.teachers is {teachers}")  # fmt: skip
+    for t in teachers:
+        budget = specs.get(t, {}).get("epochs")
+        if isinstance(budget, int) and epoch > budget:
+            raise KdclError(f"pipeline.teacher_epoch={epoch} must be 1..{budget}, the epochs stage '{t}' trains")
+    return {**specs, name: {**last, "teachers": [f"{t}@{epoch}" for t in teachers]}}
 
 
 def finetune_stage(p: dict, specs: Specs) -> tuple[str, dict]:

@@ -200,6 +200,8 @@ def before_training(stage: Stage, outputs: TeacherRead, scoring: tuple) -> str:
         parts.append("views pass")
     if scoring:
         parts.append(f"scoring pass ({len(scoring)} model{'s' if len(scoring) > 1 else ''})")
+    if stage.match_entropy:  # the teacher and each reference over the training set (the matched temperature)
+        parts.append(f"temperature-matching pass ({len(stage.match_entropy) + 1} models)")
     return ", ".join(parts) or "-"
 
 

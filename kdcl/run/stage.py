@@ -33,18 +33,19 @@ from kdcl.config.schema import data_identity
 from kdcl.curriculum.builder import CurriculumInputs, ScoringModel, build_curriculum
 from kdcl.curriculum.scoring import held_out_folds
 from kdcl.data import KdclDataModule
-from kdcl.data.datamodule import StagePart, unaugmented
+from kdcl.data.datamodule import StagePart, dataset_labels, unaugmented
 from kdcl.losses import DistillLoss
 from kdcl.models import count_params, create_model, model_from_checkpoint
 from kdcl.models.cost import model_cost
 from kdcl.models.factory import load_kdcl_checkpoint, pretrained_source
 from kdcl.models.input_norm import InputNorm, ModelInput, attach_input_norm, input_norm_of
-from kdcl.models.predictions import Predictions
+from kdcl.models.predictions import Predictions, dataset_logits
 from kdcl.reporting.speed import LearningSpeed, curve_from_epochs
 from kdcl.reporting.trackers import stage_loggers
 from kdcl.run.plan import FOLD_SEED, Plan, Stage, split_ref
 from kdcl.run.presets import task_classes
 from kdcl.teachers.outputs import TeacherOutputs
+from kdcl.teachers.softness import MatchedTemperature
 from kdcl.teachers.views import TeacherViews, open_teacher_views
 from kdcl.training.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
 from kdcl.training.checkpoints import BestCheckpoint, StageCheckpoint, resume_point, val_predictions_match
@@ -90,6 +91,8 @@ class StageResult:
     val_acc_at_25: float | None = None
     val_acc_at_50: float | None = None
     val_acc_at_100: float | None = None
+    # pipeline=anchors, order=matched: the KD temperature found and the entropies it matched (MatchedTemperature)
+    matched_temperature: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -201,6 +204,9 @@ def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
     """Fit (unless the model is a given checkpoint) and test one stage."""
     started, timer = time.perf_counter(), PartTimer()
     with timer.part("prepare"):  # models, teachers' stores and views, curriculum scores, the Trainer
+        matched = matched_temperature(ctx, stage) if stage.match_entropy and stage.trains else None
+        if matched is not None:
+            stage = stage.at_temperature(matched.temperature)
         parts = build_parts(ctx, stage)
         trainer = stage_trainer(ctx, stage, parts)
     recovery = None
@@ -214,7 +220,7 @@ def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
             metrics, reused = test(trainer, parts, chosen), None
         else:
             metrics, reused = test_given(ctx, stage, trainer, parts, chosen)
-    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery, reused, timer)
+    return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery, reused, timer, matched)
 
 
 # build ---------------------------------------------------------------------------------------------
@@ -232,7 +238,7 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
     train_set = training_examples(ctx, stage, classes)
     outputs = teacher_store(ctx, stage, teachers, train_set)
     views = outputs if isinstance(outputs, TeacherViews) else None
-    loss = DistillLoss(stage.loss_terms, stage.terms_key)
+    loss = DistillLoss(stage.loss_terms, stage.terms_key, labels=lambda: dataset_labels(train_set))  # CRD's bank
     module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
                                 stage_hparams(ctx, stage, model, classes, seen, outputs), seen_classes=seen,
                                 distill_classes=old, teacher_outputs=outputs, ensemble=stage.ensemble)  # fmt: skip
@@ -247,9 +253,28 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
         sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
         callbacks.append(callback)
         pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
-    part = StagePart(unaugmented(train_set) if views else train_set, sampler, seen, outputs is not None,
+    with_index = outputs is not None or loss.needs_index  # stored outputs and CRD's bank read example positions
+    part = StagePart(unaugmented(train_set) if views else train_set, sampler, seen, with_index,
                      bool((cfg.get("speed") or {}).get("channels_last")), views)  # fmt: skip
     return StageParts(module, ctx.data.for_stage(part), callbacks, checkpoint, classes, views)
+
+
+def matched_temperature(ctx: StageContext, stage: Stage) -> MatchedTemperature:
+    """The temperature at which the stage's teacher is as soft on the stage's training examples as its
+    `match_entropy` references (the early anchors) are at the configured one. Found as the stage starts, from
+    the saved checkpoints (a resumed stage finds the same value); printed, and recorded in metrics.json."""
+    classes = task_classes(stage.task, ctx.data.num_classes)[0] if stage.task else None
+    examples = unaugmented(training_examples(ctx, stage, classes))
+    logits = lambda ref: dataset_logits(ctx.load_stage_model(ref), examples, ctx.data.scale,  # noqa: E731
+                                        int(ctx.cfg.data.eval_batch_size))  # fmt: skip
+    teacher, refs = stage.teachers[0], stage.match_entropy
+    matched = MatchedTemperature.of(teacher, logits(teacher), {r: logits(r) for r in refs},
+                                    stage.configured_temperature, f"pipeline.stages.{stage.name}.match_entropy")  # fmt: skip
+    print(f"[{stage.name}] matched temperature {matched.temperature:.4f}: at it {teacher}'s mean output entropy on "
+          f"the {len(examples)} training examples is {matched.target_entropy:.4f} nats, the mean of "
+          f"{', '.join(refs)}'s at temperature {matched.configured:g} ({teacher}'s at {matched.configured:g}: "
+          f"{matched.teacher_entropy:.4f})", flush=True)  # fmt: skip
+    return matched
 
 
 def training_examples(ctx: StageContext, stage: Stage, classes: list[int] | None) -> Dataset:
@@ -510,6 +535,13 @@ def log_hparams_with_results(trainer: pl.Trainer, hparams: dict, metrics: dict) 
             lg.finalize("success")
 
 
+def log_matched_temperature(trainer: pl.Trainer, stage: Stage, matched: MatchedTemperature | None) -> None:
+    if matched is None:
+        return
+    for lg in trainer.loggers:
+        lg.log_metrics({f"{stage.name}/matched_temperature": matched.temperature}, step=0)
+
+
 def log_teacher_store(trainer: pl.Trainer, stage: Stage, store: dict | None) -> None:
     """The store's size on disk and the pass's time (0 when reused), as TensorBoard scalars."""
     if store is None:
@@ -524,11 +556,12 @@ def log_teacher_store(trainer: pl.Trainer, stage: Stage, store: dict | None) -> 
 
 def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Trainer, metrics: dict, chosen: Path,
            started: float, recovery: str | None, test_reused: str | None = None,
-           timer: PartTimer | None = None) -> StageResult:  # fmt: skip
+           timer: PartTimer | None = None, matched: MatchedTemperature | None = None) -> StageResult:  # fmt: skip
     """The stage's StageResult, with its model's cost, written to metrics.json."""
     module, ckpt_dir = parts.module, ctx.stage_dir(stage) / "checkpoints"
     store = parts.views.summary() if parts.views is not None else None
     log_teacher_store(trainer, stage, store)
+    log_matched_temperature(trainer, stage, matched)
     log_hparams_with_results(trainer, dict(module.hparams), metrics)
     best = parts.checkpoint.best_model_score if stage.trains else None
     saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
@@ -553,6 +586,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
         macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
         recovery=recovery, teacher_store=store, test_reused=test_reused, timing=timer.rounded(), **speed.to_json(),
+        matched_temperature=None if matched is None else matched.to_json(),
     )  # fmt: skip
     if leader:
         result = replace(result, test_predictions=save_test_predictions(ctx, stage, module.test_predictions),

@@ -62,6 +62,82 @@ def test_lifelong_tasks_split_the_classes_and_distil_only_with_weight():
         task_classes(explicit["task2"].task, 5)
 
 
+def route_of(*overrides) -> tuple[dict, list[str]]:
+    """pipeline=anchors planned with `overrides`: its stages, and the teacher of each student stage in order."""
+    s = plan("pipeline=anchors", "trainer.max_epochs=9", "pipeline.anchors=4", *overrides)
+    return s, [x.teachers[0] for x in s.values() if x.model_key == "student"]
+
+
+def test_anchor_orders_visit_the_same_anchors_forward_reversed_or_shuffled_by_the_seed():
+    forward, route = route_of()
+    assert route == ["teacher@2", "teacher@4", "teacher@7", "teacher"]  # weak to strong
+    reverse, reversed_route = route_of("pipeline.order=reverse")
+    assert reversed_route == route[::-1]  # the same anchors, last to first
+    assert list(reverse) == list(forward) and [x.init for x in reverse.values()] == [x.init for x in forward.values()]
+    assert reverse["teacher"].save_epochs == forward["teacher"].save_epochs == (2, 4, 7)
+    orders = {}
+    for seed in range(6):
+        shuffled, orders[seed] = route_of("pipeline.order=shuffled", f"seed={seed}")
+        assert sorted(orders[seed]) == sorted(route) and shuffled["teacher"].save_epochs == (2, 4, 7)  # a permutation
+    assert route_of("pipeline.order=shuffled", "seed=3")[1] == orders[3]  # the same seed, the same order
+    assert len({tuple(o) for o in orders.values()}) > 2  # not one fixed order: each seed draws its own
+
+
+def test_matched_anchors_are_the_final_teacher_alone_for_the_same_student_epochs():
+    s = plan("pipeline=anchors", "trainer.max_epochs=9", "pipeline.anchors=3", "pipeline.order=matched")
+    assert list(s) == ["teacher", "student"]
+    student = s["student"]
+    assert student.teachers == ("teacher",) and student.match_entropy == ("teacher@3", "teacher@6")
+    assert student.epochs == 9  # the forward route's 3 anchors × 3 epochs
+    assert s["teacher"].save_epochs == (3, 6)  # the early anchors are still saved, to be measured
+    assert student.configured_temperature == 4.0  # distill.temperature
+    hotter = student.at_temperature(7.5)
+    assert hotter.terms["kd"]["temperature"] == 7.5 and hotter.terms["ce"] == student.terms["ce"]
+    assert {t.name: t.params.get("temperature") for t in hotter.loss_terms} == {"ce": None, "kd": 7.5}
+
+
+def test_early_stopped_teacher_is_one_key_the_same_as_naming_the_epoch():
+    named = plan("pipeline.teacher_epoch=3", "trainer.max_epochs=5")
+    explicit = plan("pipeline.stages.student.teachers=[teacher@3]", "trainer.max_epochs=5")
+    assert named["student"].teachers == explicit["student"].teachers == ("teacher@3",)
+    assert named["teacher"].save_epochs == explicit["teacher"].save_epochs == (3,)
+    assert plan("trainer.max_epochs=5")["student"].teachers == ("teacher",)  # null: the chosen checkpoint
+
+
+@pytest.mark.parametrize("kind", ["takd", "dgkd"])
+def test_assistants_without_distillation_learn_from_labels_alone(kind):
+    control = plan(f"pipeline={kind}", "pipeline.assistants=[resnet34,resnet18]", "pipeline.assistants_distill=false")
+    for name in ("assistant1", "assistant2"):
+        assert control[name].teachers == () and control[name].terms == {"ce": {"weight": 1.0}}
+    distilled = plan(f"pipeline={kind}", "pipeline.assistants=[resnet34,resnet18]")
+    assert control["student"].teachers == distilled["student"].teachers  # the student is distilled as before
+    assert distilled["assistant2"].teachers and "kd" in distilled["assistant2"].terms
+
+
+def test_born_again_plain_control_is_one_student_stage_on_labels_for_every_generations_epochs():
+    s = plan("pipeline=born_again", "pipeline.generations=2", "pipeline.plain=true", "trainer.max_epochs=4")
+    assert list(s) == ["student"] and s["student"].epochs == 12 and s["student"].teachers == ()
+    assert list(s["student"].terms) == ["ce"] and s["student"].model["name"] == "mobilenetv3_small_100"
+
+
+def test_student_epochs_split_over_the_student_stages_for_equal_budgets():
+    def student_epochs(*overrides):
+        return {n: x.epochs for n, x in plan(*overrides, "trainer.max_epochs=5").items() if x.model_key == "student"}
+
+    total = "pipeline.student_epochs=7"
+    assert student_epochs("pipeline=anchors", "pipeline.anchors=3", total) == {
+        "student_anchor1": 2, "student_anchor2": 2, "student": 3}  # fmt: skip
+    assert student_epochs("pipeline=anchors", "pipeline.order=matched", total) == {"student": 7}
+    assert student_epochs("pipeline=born_again", "pipeline.generations=2", total) == {"gen0": 2, "gen1": 2, "gen2": 3}
+    assert student_epochs("pipeline=born_again", "pipeline.plain=true", total) == {"student": 7}
+    assert student_epochs(total) == student_epochs("pipeline=baseline", total) == {"student": 7}
+    takd = plan("pipeline=takd", "trainer.max_epochs=5", total)
+    assert takd["student"].epochs == 7 and takd["assistant1"].epochs == takd["teacher"].epochs == 5
+    finetuned = plan("pipeline=born_again", "pipeline.generations=1", "pipeline.finetune=true", "trainer.max_epochs=5",
+                     "pipeline.student_epochs=6")  # fmt: skip
+    assert [x.epochs for x in finetuned.values()] == [3, 3, 2]  # a fine-tune comes on top (half the last stage's)
+
+
 def test_teacher_references():
     assert split_ref("teacher") == ("teacher", None) and split_ref("teacher@3") == ("teacher", 3)
 
@@ -82,6 +158,54 @@ def test_teacher_references():
         ),
         (["pipeline.kind=tkd"], "pipeline.kind 'tkd' is unknown; did you mean takd"),
         (["latency.batches=[0]"], "latency.batches=[0] must list batch sizes"),
+        (
+            ["pipeline=anchors", "pipeline.order=sideways"],
+            "pipeline.order 'sideways' must be one of forward|reverse|shuffled|matched",
+        ),
+        (["pipeline=anchors", "pipeline.order=revers"], "did you mean reverse"),
+        (
+            ["pipeline=anchors", "pipeline.order=matched", "pipeline.anchors=1"],
+            "pipeline.order=matched needs an early anchor to match, and anchors=1",
+        ),
+        (
+            ["pipeline=anchors", "pipeline.student_epochs=9", "pipeline.epochs_per_anchor=2"],
+            "pipeline.epochs_per_anchor and pipeline.student_epochs both set the student's budget; drop one",
+        ),
+        (
+            ["pipeline=anchors", "pipeline.student_epochs=2"],
+            "pipeline.student_epochs=2 must be an integer ≥ 3, an epoch for each student stage (student_anchor1, "
+            "student_anchor2, student)",
+        ),
+        (["pipeline=lifelong", "pipeline.student_epochs=0"], "pipeline.student_epochs=0 must be an integer ≥ 5"),
+        (
+            ["~pipeline.stages.student", "pipeline.student_epochs=3"],
+            "pipeline.student_epochs=3: no stage of this pipeline trains the student (model: student); drop it",
+        ),
+        (["pipeline.teacher_epoch=0"], "pipeline.teacher_epoch=0 must be an integer ≥ 1"),
+        (["pipeline.teacher_epoch=11"], "pipeline.teacher_epoch=11 must be 1..10, the epochs stage 'teacher' trains"),
+        (
+            ["pipeline=baseline", "pipeline.teacher_epoch=2"],
+            "pipeline.teacher_epoch=2 needs a last stage whose teachers are stage names; pipeline.stages.student.teachers "
+            "is []",
+        ),
+        (
+            ["pipeline.teacher_epoch=2", "pipeline.stages.student.teachers=[teacher@3]"],
+            "pipeline.teacher_epoch=2 needs a last stage whose teachers are stage names",
+        ),
+        (["pipeline=takd", "pipeline.teacher_epoch=2"], "pipeline.teacher_epoch is not used by kind=takd"),
+        (
+            ["pipeline=born_again", "pipeline.assistants_distill=false"],
+            "pipeline.assistants_distill is not used by kind=born_again",
+        ),
+        (["pipeline=anchors", "pipeline.plain=true"], "pipeline.plain is not used by kind=anchors"),
+        (
+            ["+pipeline.stages.student.match_entropy=[teacher@2]", "distill=none"],
+            "pipeline.stages.student.match_entropy needs a term with a temperature (kd, dkd, dist, lskd)",
+        ),
+        (
+            ["+pipeline.stages.student.match_entropy=[teacher@20]"],
+            "pipeline.stages.student.match_entropy: 'teacher@20' must name an epoch 1..10",
+        ),
     ],
 )
 def test_bad_pipeline_settings_are_one_clear_error(overrides, message):
