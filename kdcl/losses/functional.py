@@ -340,3 +340,19 @@ def crd_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, s
     out_student = crd_scores(student_embedding, teacher_rows, temperature) / z_student
     out_teacher = crd_scores(teacher_embedding, student_rows, temperature) / z_teacher
     return nce_loss(out_student, n_data) + nce_loss(out_teacher, n_data)
+
+
+def hcl_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss (Chen et al., CVPR 2021, as mdistiller's hcl_loss), summed over levels:
+    at each level the MSE of the full maps at weight 1, then of both maps average-pooled to 4×4, 2×2 and 1×1 at
+    weights ½, ¼, ⅛, each pooled size taken only when it is below the map's height (so a 4×4 map gets 2×2 at ½ and
+    1×1 at ¼, a 1×1 map its MSE alone), divided by the sum of the weights used. Maps of equal shapes."""
+
+    def level(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sizes = [size for size in (4, 2, 1) if size < s.shape[2]]
+        weights = [0.5 ** (i + 1) for i in range(len(sizes))]
+        pooled = [F.mse_loss(F.adaptive_avg_pool2d(s, n), F.adaptive_avg_pool2d(t, n)) * w
+                  for n, w in zip(sizes, weights, strict=True)]  # fmt: skip
+        return (F.mse_loss(s, t) + sum(pooled)) / (1.0 + sum(weights))
+
+    return sum(level(s, t.detach()) for s, t in zip(student_features, teacher_features, strict=True))

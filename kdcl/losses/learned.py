@@ -1,8 +1,10 @@
 """The learned modules of feature terms: FitNets' bridge, VID's regressor and variances, OFD's connector, CRD's
-embeddings and memory bank.
+embeddings and memory bank, ReviewKD's attention-based fusion.
 
 A term kind may name a factory (`register_term(..., learned=...)`) that builds one module per (teacher, tap pair)
-from a `LearnedSpec`: the tapped shapes, the term's parameters and what else the method reads. The modules live
+from a `LearnedSpec`: the tapped shapes, the term's parameters and what else the method reads; or, with
+`learned_per_teacher=True`, one module per teacher from the list of its pairs' specs (ReviewKD fuses all the
+student's tapped levels at once). The modules live
 in `DistillLoss.learned`, a sub-module of the stage's LightningModule: they train with the student (its
 optimizer takes every trainable parameter of the module), are saved in the stage's checkpoints, and are never
 exported (`kdcl export` and later stages read the `model.` weights alone). The term's function receives them.
@@ -179,3 +181,63 @@ def make_crd(spec: LearnedSpec) -> nn.Module:
     check_bank(spec.where, labels, spec.params)
     s_dim, t_dim = spec.student[1:].numel(), spec.teacher[1:].numel()
     return ContrastMemory(s_dim, t_dim, int(spec.params["dim"]), labels, negatives)
+
+
+class ABF(nn.Module):
+    """ReviewKD's attention-based fusion of one level (mdistiller's and the authors' ABF): the student's feature
+    through a 1×1 conv + BN to the mid width; below the deepest level, fused with the residual from the level below
+    (upsampled, nearest) by two sigmoid attention maps from a 1×1 conv over both; resized (nearest) to the teacher's
+    size, then a 3×3 conv + BN to the teacher's width. Returns (the output, the fused mid feature: the residual
+    for the next shallower level). Convs initialised kaiming-uniform with a = 1, as there."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(out_channels))  # fmt: skip
+        self.att_conv = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
+        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
+        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None,
+                out_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        x = self.conv1(x)
+        if self.att_conv is not None:
+            residual = F.interpolate(residual, x.shape[-2:], mode="nearest")
+            z = self.att_conv(torch.cat([x, residual], dim=1))
+            x = x * z[:, :1] + residual * z[:, 1:]
+        if x.shape[-2:] != out_size:
+            x = F.interpolate(x, out_size, mode="nearest")
+        return self.conv2(x), x
+
+
+class ReviewFusion(nn.Module):
+    """ReviewKD's chain of ABFs over all of a student's tapped levels (listed shallow to deep, as the taps), for
+    one teacher: the deepest level is transformed alone, each shallower one fused with the residual passed up
+    from the level below it ("review": a shallow output sees every deeper student feature)."""
+
+    def __init__(self, s_channels: list[int], t_channels: list[int], mid_channels: int):
+        super().__init__()
+        last = len(s_channels) - 1
+        self.abfs = nn.ModuleList(
+            ABF(s, mid_channels, t, fuse=i < last) for i, (s, t) in enumerate(zip(s_channels, t_channels, strict=True))
+        )
+
+    def forward(self, student: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """One output per level, shallow to deep, each of the teacher's width and `sizes` (its spatial size)."""
+        outputs, residual = [], None
+        for abf, x, size in zip(reversed(self.abfs), reversed(student), reversed(sizes), strict=True):
+            out, residual = abf(x, residual, size)
+            outputs.append(out)
+        return outputs[::-1]
+
+
+def make_review(specs: list[LearnedSpec]) -> nn.Module:
+    """One ReviewFusion from all of a teacher's tap pairs (TermKind.learned_per_teacher). Mid width: mdistiller's
+    min(512, the student's deepest tap's channels), the cap being the term's `max_mid_channels`."""
+    for spec in specs:
+        if len(spec.student) not in (2, 4) or len(spec.teacher) not in (2, 4):
+            raise KdclError(f"{spec.where}: ReviewKD fuses feature maps (and the embedding, as a 1×1 map); the taps "
+                            f"give {tuple(spec.student)} and {tuple(spec.teacher)}")  # fmt: skip
+    mid = min(int(specs[0].params["max_mid_channels"]), specs[-1].student[1])
+    return ReviewFusion([s.student[1] for s in specs], [s.teacher[1] for s in specs], mid)

@@ -7,8 +7,9 @@ loss = one function in functional.py, one term here, one conf/distill/*.yaml pre
 Feature terms (`features=...`) read intermediate activations through taps named in config
 (`student_tap`, `teacher_tap`: a timm feature index, a module path or `embedding`; one or a list).
 Terms with a `learned=` factory (learned.py) own a small module per (teacher, tap pair) — FitNets' bridge, VID's
-regressor, OFD's connector, CRD's embeddings and memory — which trains with the student but lives in the loss
-module, so it is never exported; the term's function receives them as `learned`.
+regressor, OFD's connector, CRD's embeddings and memory — or one per teacher over all its tap pairs (ReviewKD's
+fusion of every tapped level), which trains with the student but lives in the loss module, so it is never
+exported; the term's function receives them as `learned`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from kdcl.common.errors import KdclError, did_you_mean
 from kdcl.losses import functional as LF
-from kdcl.losses.learned import LearnedSpec, make_bridge, make_crd, make_ofd, make_vid
+from kdcl.losses.learned import LearnedSpec, make_bridge, make_crd, make_ofd, make_review, make_vid
 from kdcl.losses.schedules import check_schedule, scheduled
 from kdcl.losses.values import POSITIVE, check_term_values
 from kdcl.models.taps import FeatureTaps, pre_activation, resolve_tap
@@ -54,8 +55,9 @@ class TermInputs:
 
 
 TermFn = Callable[..., torch.Tensor]
-LearnedFactory = Callable[[LearnedSpec], nn.Module]
-Learned = list[list[nn.Module]]  # a term's learned modules, per teacher, per tap pair (as feature_pairs)
+# one spec (a tap pair) per module; a list of them (all of a teacher's pairs) with TermKind.learned_per_teacher
+LearnedFactory = Callable[[LearnedSpec], nn.Module] | Callable[[list[LearnedSpec]], nn.Module]
+Learned = list[list[nn.Module]]  # a term's learned modules, per teacher, per tap pair (as feature_pairs) or one
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,11 @@ class TermKind:
     needs_teacher: bool
     features: int | None  # None: logits only; else the rank the taps must have (4 = maps, 0 = any)
     learned: LearnedFactory | None = None  # builds the term's module per (teacher, tap pair), passed as `learned`
+    learned_per_teacher: bool = False  # the factory gets all of a teacher's tap pairs and builds one module (ReviewKD)
     learned_temperature: bool = False  # the loss owns a temperature parameter (CTKD), passed as temperature_logit
     min_taps: int = 1  # tap pairs the term needs (KDSVD relates consecutive layers: 2)
     pre_activation: bool = False  # read each tap before its block's final activation (OFD)
+    teacher_pre_activation: bool = False  # the same for the teachers' taps only (ReviewKD, as mdistiller's)
     needs_index: bool = False  # the term reads each example's position in the training set (CRD)
     fixed: tuple[str, ...] = ()  # parameters that size the learned module: set once, never scheduled
 
@@ -222,6 +226,25 @@ def crd(inp: TermInputs, temperature: float = 0.07, momentum: float = 0.5, negat
     return over_learned_pairs(one, inp, learned)
 
 
+def as_map(feature: torch.Tensor) -> torch.Tensor:
+    """A feature map as it is, a vector (the embedding) as a 1×1 map (mdistiller's pooled_feat[..., None, None])."""
+    return feature if feature.dim() == 4 else feature[:, :, None, None]
+
+
+@register_term("reviewkd", features=0, learned=make_review, learned_per_teacher=True, teacher_pre_activation=True,
+               fixed=("max_mid_channels",))  # fmt: skip
+def reviewkd(inp: TermInputs, max_mid_channels: int = 512, *, learned: Learned) -> torch.Tensor:
+    """mdistiller's ReviewKD: one fusion module per teacher turns all the student's tapped levels into one output per
+    level (learned.ReviewFusion), each compared with the teacher's feature there by hcl_loss; mean over teachers.
+    `max_mid_channels` caps the fusion's width (learned.make_review)."""
+
+    def one(fusion: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        student, teacher = [as_map(s) for s, _ in pairs], [as_map(t) for _, t in pairs]
+        return LF.hcl_loss(fusion(student, [t.shape[-2:] for t in teacher]), teacher)
+
+    return torch.stack([one(mods[0], pairs) for mods, pairs in zip(learned, inp.feature_pairs, strict=True)]).mean()
+
+
 @dataclass
 class Term:
     name: str  # the key in distill.terms (shown in logs)
@@ -374,11 +397,13 @@ class DistillLoss(nn.Module):
         for term in self.feature_terms:
             modules = []
             for slot in range(1, len(models)):
+                specs = []
                 for j, (s, t) in enumerate(self.feature_pair_tensors(term, slot)):
                     self.check_shapes(term, s.shape, t.shape, names[0], names[slot])
                     if term.spec.learned is not None:
-                        norm = norms[(term.name, slot)][j]
-                        modules.append(self.build_learned(term, s.shape, t.shape, norm, example))
+                        specs.append(self.learned_spec(term, s.shape, t.shape, norms[(term.name, slot)][j], example))
+                if specs:
+                    modules += self.build_learned(term, specs, example.device)
             if modules:
                 self.learned[term.name] = nn.ModuleList(modules).to(example.device)
         self.labels = None  # read once, and a closure would not pickle (ddp_spawn sends the module)
@@ -391,21 +416,28 @@ class DistillLoss(nn.Module):
         tap_key = "student_tap" if slot == 0 else "teacher_tap"
         paths = [resolve_tap(model, tap, f"{self.key}.{term.name}.{tap_key}", name) for tap in term.taps[tap_key]]
         norms: list[nn.Module | None] = [None] * len(paths)
-        if term.spec.pre_activation:
+        if term.spec.pre_activation or (slot > 0 and term.spec.teacher_pre_activation):
             modules = dict(model.named_modules())
-            found = pre_activation(model, [p for p, _ in paths], example)
-            paths, norms = [f.tap for f in found], [modules[f.norm] if f.norm else None for f in found]
+            moved = [i for i, (_, read_input) in enumerate(paths) if not read_input]  # not the embedding (pooled)
+            found = pre_activation(model, [paths[i][0] for i in moved], example)
+            for i, f in zip(moved, found, strict=True):
+                paths[i], norms[i] = f.tap, modules[f.norm] if f.norm else None
         self.paths[(term.name, slot)] = paths
         return norms
 
-    def build_learned(self, term: Term, s: torch.Size, t: torch.Size, norm: nn.Module | None,
-                      example: torch.Tensor) -> nn.Module:  # fmt: skip
+    def learned_spec(self, term: Term, s: torch.Size, t: torch.Size, norm: nn.Module | None,
+                     example: torch.Tensor) -> LearnedSpec:  # fmt: skip
         shape_only = example.device.type == "meta"
         labels = self.labels() if term.spec.needs_index and self.labels is not None and not shape_only else None
         params = {**defaults_of(term.spec.fn), **term.params}
-        spec = LearnedSpec(f"{self.key}.{term.name}", s, t, params, norm, labels, shape_only)
-        with torch.device(example.device):  # the plan's shape-only check allocates nothing (meta)
-            return term.spec.learned(spec)
+        return LearnedSpec(f"{self.key}.{term.name}", s, t, params, norm, labels, shape_only)
+
+    def build_learned(self, term: Term, specs: list[LearnedSpec], device: torch.device) -> list[nn.Module]:
+        """The term's modules for one teacher: one per tap pair, or one over all of them (learned_per_teacher)."""
+        with torch.device(device):  # the plan's shape-only check allocates nothing (meta)
+            if term.spec.learned_per_teacher:
+                return [term.spec.learned(specs)]
+            return [term.spec.learned(spec) for spec in specs]
 
     def check_shapes(self, term: Term, s: torch.Size, t: torch.Size, student: str, teacher: str) -> None:
         rank = term.spec.features
@@ -429,8 +461,9 @@ class DistillLoss(nn.Module):
         return replace(inp, feature_pairs=[self.feature_pair_tensors(term, slot) for slot in range(1, len(self.taps))])
 
     def learned_of(self, term: Term) -> Learned:
-        """The term's learned modules per teacher, per tap pair (the layout of TermInputs.feature_pairs)."""
-        flat, n = list(self.learned[term.name]), len(self.paths[(term.name, 0)])
+        """The term's learned modules per teacher: per tap pair (the layout of TermInputs.feature_pairs), or one."""
+        n = 1 if term.spec.learned_per_teacher else len(self.paths[(term.name, 0)])
+        flat = list(self.learned[term.name])
         return [flat[i : i + n] for i in range(0, len(flat), n)]
 
     def summaries(self) -> list[str]:

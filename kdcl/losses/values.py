@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from kdcl.common.errors import KdclError
 
 # parameters that must be > 0 (all others ≥ 0)
-POSITIVE = {"temperature", "p", "t_min", "k", "negatives", "dim", "max_bank_mb", "init_variance"}
-INTEGER = {"k", "negatives", "dim"}  # whole numbers (KDSVD's singular vectors, CRD's negatives and embedding width)
+POSITIVE = {"temperature", "p", "t_min", "k", "negatives", "dim", "max_bank_mb", "init_variance",
+            "max_mid_channels"}  # fmt: skip
+# whole numbers (KDSVD's singular vectors, CRD's negatives and embedding width, ReviewKD's fusion width)
+INTEGER = {"k", "negatives", "dim", "max_mid_channels"}
 NOT_NUMBERS = ("kind", "weight", "schedule", "student_tap", "teacher_tap")
 
 

@@ -3,7 +3,8 @@
 One sweep (one process) trains every preset; each preset's job is then checked by its own test, so a
 broken preset fails alone. CRD's preset asks for the paper's 16384 negatives, more than digits holds, so it
 trains beside the sweep with fewer (same teacher, same settings). The presets whose terms own learned modules
-(FitNets' bridge, VID, OFD, CRD) are checked for where those go: the optimizer, the checkpoint, not the export.
+(FitNets' bridge, VID, OFD, CRD, ReviewKD's fusion) are checked for where those go: the optimizer, the checkpoint,
+not the export.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from tests.conftest import TINY, in_process, summary_of
 PRESETS = sorted(p.stem for p in (Path(config_dir()) / "distill").glob("*.yaml"))
 ALONE = {"crd": ["distill.terms.crd.negatives=256"]}  # presets trained beside the sweep, with these overrides
 SWEPT = [p for p in PRESETS if p not in ALONE]
-LEARNED = ["fitnet", "vid", "ofd", "crd"]  # presets whose terms own learned modules
+LEARNED = ["fitnet", "vid", "ofd", "crd", "reviewkd"]  # presets whose terms own learned modules
 
 
 def test_the_presets_kdcl_documents_exist():
     documented = {"kd", "dkd", "dist", "lskd", "fitnet", "at", "rkd", "nst", "pkt", "sp", "kdsvd", "none", "kd+at",
-                  "vid", "ofd", "crd"}  # fmt: skip
+                  "vid", "ofd", "crd", "reviewkd"}  # fmt: skip
     assert documented <= set(PRESETS)
 
 

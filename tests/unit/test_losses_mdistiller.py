@@ -1,9 +1,9 @@
-"""NST, PKT, SP, KD-SVD, VID, OFD and CRD (`kdcl.losses.functional`) against the papers' definitions, computed
-independently.
+"""NST, PKT, SP, KD-SVD, VID, OFD, CRD and ReviewKD (`kdcl.losses.functional`, `kdcl.losses.learned`) against the
+papers' definitions, computed independently.
 
 Each expected value is a plain-Python loop over small random tensors, written from the defining paper and the
 reference code the function follows (RepDistiller's NSTLoss, PKT, Similarity, VIDLoss and CRDLoss; mdistiller's
-KDSVD and OFD). Each
+KDSVD, OFD and ReviewKD). Each
 expected gradient is a central finite difference of that plain-Python reference in float64, compared with the
 function's autograd gradient. KD-SVD's reference finds singular vectors as eigenvectors of XᵀX by Jacobi
 rotations, not by an SVD; OFD's reference is the paper's form (target max(t, margin), no loss below a
@@ -21,8 +21,18 @@ import torch
 
 from kdcl.common.errors import KdclError
 from kdcl.losses import DistillLoss
-from kdcl.losses.functional import crd_loss, kdsvd_loss, nst_loss, ofd_loss, ofd_margin, pkt_loss, sp_loss, vid_loss
-from kdcl.losses.learned import ContrastMemory, VIDRegressor
+from kdcl.losses.functional import (
+    crd_loss,
+    hcl_loss,
+    kdsvd_loss,
+    nst_loss,
+    ofd_loss,
+    ofd_margin,
+    pkt_loss,
+    sp_loss,
+    vid_loss,
+)
+from kdcl.losses.learned import ContrastMemory, ReviewFusion, VIDRegressor
 from kdcl.losses.terms import TermInputs
 from tests.unit.test_functional import avg_pool_2x2
 from tests.unit.test_terms import attach, tiny_pair
@@ -700,3 +710,228 @@ def test_crd_without_example_labels_is_refused_outside_the_shape_check():
     )
     with pytest.raises(KdclError, match="CRD needs the training examples' labels"):
         loss.attach(student, [teacher], torch.zeros(1, 1, 32, 32), ["test_efficientnet", "test_resnet"])
+
+
+# --- ReviewKD: plain-Python references ----------------------------------------------------------------------
+
+
+def adaptive_pool(grid: list[list[float]], n: int) -> list[list[float]]:
+    """torch's adaptive average pooling to n×n: output cell i averages rows ⌊i·H/n⌋ … ⌈(i+1)·H/n⌉ − 1 (so, too,
+    the columns)."""
+    h, w = len(grid), len(grid[0])
+
+    def cells(i: int, size: int) -> range:
+        return range(math.floor(i * size / n), math.ceil((i + 1) * size / n))
+
+    return [[sum(grid[r][c] for r in cells(i, h) for c in cells(j, w)) / (len(cells(i, h)) * len(cells(j, w)))
+             for j in range(n)] for i in range(n)]  # fmt: skip
+
+
+def mse(a, b) -> float:
+    fa, fb = flat(a), flat(b)
+    return sum((x - y) ** 2 for x, y in zip(fa, fb, strict=True)) / len(fa)
+
+
+def ref_hcl(s_levels, t_levels) -> float:
+    """Chen et al.'s HCL, summed over levels: the maps' MSE at weight 1, then the MSE of both maps pooled to 4×4, 2×2,
+    1×1 — each only if smaller than the map's height — at weights ½, ¼, ⅛ in the order taken, / Σ weights."""
+    total = 0.0
+    for s, t in zip(s_levels, t_levels, strict=True):
+        h = len(s[0][0])
+        weights, losses = [1.0], [mse(s, t)]
+        for n in (4, 2, 1):
+            if n < h:
+                weights.append(weights[-1] / 2)
+                losses.append(mse(*([[adaptive_pool(ch, n) for ch in sample] for sample in x] for x in (s, t))))
+        total += sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
+    return total
+
+
+def conv(sample, weight, bias=None, pad: int = 0):
+    """One sample [C][H][W] through a stride-1 convolution, weight [O][C][k][k], zero padding `pad`."""
+    h, w, k = len(sample[0]), len(sample[0][0]), len(weight[0][0])
+
+    def at(ch, i, j) -> float:
+        return sample[ch][i][j] if 0 <= i < h and 0 <= j < w else 0.0
+
+    def out(o, i, j) -> float:
+        taps = itertools.product(range(len(sample)), range(k), range(k))
+        return (bias[o] if bias else 0.0) + sum(
+            weight[o][c][a][b] * at(c, i + a - pad, j + b - pad) for c, a, b in taps
+        )
+
+    return [[[out(o, i, j) for j in range(w)] for i in range(h)] for o in range(len(weight))]
+
+
+def batch_norm(batch, gamma, beta, eps: float = 1e-5):
+    """Training-mode batch norm: each channel standardised by its mean and biased variance over batch and positions."""
+    out = [[[] for _ in sample] for sample in batch]
+    for c in range(len(batch[0])):
+        values = [v for sample in batch for v in flat(sample[c])]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / len(values)
+        for n, sample in enumerate(batch):
+            out[n][c] = [[(v - mean) / math.sqrt(var + eps) * gamma[c] + beta[c] for v in row] for row in sample[c]]
+    return out
+
+
+def nearest(sample, h: int, w: int):
+    """Nearest-neighbour resize of [C][H][W] to h×w: output (i, j) reads input (⌊i·H/h⌋, ⌊j·W/w⌋)."""
+    big_h, big_w = len(sample[0]), len(sample[0][0])
+    return [[[ch[i * big_h // h][j * big_w // w] for j in range(w)] for i in range(h)] for ch in sample]
+
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def ref_abf(abf, x, residual, size):
+    """The paper's ABF on a batch: BN(conv1×1(x)); with a residual, the two sigmoid attention maps of a 1×1 conv over
+    [x, nearest(residual)] weigh x and the residual; resized (nearest) to `size`; BN(conv3×3(·)). (out, fused)."""
+
+    def weights(module):
+        return module.weight.tolist(), None if module.bias is None else module.bias.tolist()
+
+    def norm(module):
+        return module.weight.tolist(), module.bias.tolist()
+
+    y = batch_norm([conv(sample, weights(abf.conv1[0])[0]) for sample in x], *norm(abf.conv1[1]))
+    if residual is not None:
+        fused = []
+        for a, r in zip(y, residual, strict=True):
+            r = nearest(r, len(a[0]), len(a[0][0]))
+            z = conv(a + r, *weights(abf.att_conv[0]))
+            fused.append([[[va * sigmoid(z0) + vr * sigmoid(z1) for va, vr, z0, z1 in zip(*rows, strict=True)]
+                           for rows in zip(ca, cr, z[0], z[1], strict=True)] for ca, cr in zip(a, r, strict=True)])  # fmt: skip
+        y = fused
+    y = [nearest(sample, *size) for sample in y]
+    return batch_norm([conv(sample, weights(abf.conv2[0])[0], pad=1) for sample in y], *norm(abf.conv2[1])), y
+
+
+# --- ReviewKD: values and gradients against the definitions ------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (2, 2, 4, 4), (2, 2, 6, 3), (3, 4, 1, 1)],
+                         ids=["5x5-all-pools", "4x4-two-pools", "6x3-non-square", "1x1-no-pool"])  # fmt: skip
+def test_hcl_value_and_gradient(shape):
+    check_value_and_gradient(
+        lambda s, t: hcl_loss([s], [t]), lambda s, t: ref_hcl([s], [t]), randn(*shape, seed=70), randn(*shape, seed=71)
+    )
+
+
+def test_hcl_sums_its_levels_and_is_zero_on_the_teacher():
+    s, t = (
+        [randn(2, 3, 4, 4, seed=72), randn(2, 5, 1, 1, seed=73)],
+        [randn(2, 3, 4, 4, seed=74), randn(2, 5, 1, 1, seed=75)],
+    )
+    assert hcl_loss(s, t).item() == pytest.approx(ref_hcl([x.tolist() for x in s], [x.tolist() for x in t]), rel=1e-9)
+    assert hcl_loss(t, [x.clone() for x in t]).item() == 0.0
+
+
+def test_review_fusion_is_the_papers_abf_chain():
+    """Two levels: the deepest alone, then the shallower one fused with its residual (upsampled 2×2 → 4×4) and
+    resized to a larger teacher map; both outputs against the hand-written forward with the module's weights."""
+    torch.manual_seed(76)
+    fusion = ReviewFusion([2, 3], [2, 3], mid_channels=3).double()
+    with torch.no_grad():  # batch norms and the attention's bias away from their plain start
+        for p in fusion.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    shallow, deep = randn(2, 2, 4, 4, seed=77), randn(2, 3, 2, 2, seed=78)
+    out_shallow, out_deep = fusion([shallow, deep], [(8, 8), (2, 2)])
+    expected_deep, residual = ref_abf(fusion.abfs[1], deep.tolist(), None, (2, 2))
+    expected_shallow, _ = ref_abf(fusion.abfs[0], shallow.tolist(), residual, (8, 8))
+    assert fusion.abfs[1].att_conv is None and fusion.abfs[0].att_conv is not None  # the deepest level fuses nothing
+    assert out_shallow.shape == (2, 2, 8, 8) and out_deep.shape == (2, 3, 2, 2)
+    torch.testing.assert_close(out_deep, torch.tensor(expected_deep, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out_shallow, torch.tensor(expected_shallow, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+# --- ReviewKD on real timm models ---------------------------------------------------------------------------
+
+REVIEW_TAPS = {"student_tap": [1, 2, 3, 4, "embedding"], "teacher_tap": [1, 2, 3, 4, "embedding"]}
+
+
+def test_reviewkd_fuses_all_student_levels_against_the_teachers_pre_relu_stages():
+    student, teacher = tiny_pair()
+    teacher.requires_grad_(True)  # only the loss's detach keeps gradients out of it
+    seen: dict[str, torch.Tensor] = {}
+    for i, block in enumerate(student.blocks[1:5], start=1):
+        block.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(f"s{i}", o))
+    for i, stage in enumerate([teacher.layer1, teacher.layer2, teacher.layer3, teacher.layer4], start=1):
+        act = stage[-1].act3 if hasattr(stage[-1], "act3") else stage[-1].act2  # the stage's final ReLU
+        act.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(f"t{i}", a[0].clone().detach()))
+    loss = attach({"reviewkd": {"weight": 1.0, **REVIEW_TAPS}}, student, teacher)
+    assert loss.paths[("reviewkd", 1)][-1] == ("fc", True)  # the teacher's embedding: pooled after its ReLU
+    (fusion,) = loss.learned["reviewkd"]  # one module for all five levels
+    x = torch.randn(4, 1, 32, 32)
+    total, parts = loss(TermInputs(student(x), [teacher(x)], torch.zeros(4, dtype=torch.long)))
+    with torch.no_grad():
+        s_emb = student.forward_head(student.forward_features(x), pre_logits=True)
+        t_emb = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
+    levels_s = [seen[f"s{i}"] for i in range(1, 5)] + [s_emb[:, :, None, None]]
+    levels_t = [seen[f"t{i}"] for i in range(1, 5)] + [t_emb[:, :, None, None]]
+    assert any((t < 0).any() for t in levels_t)  # pre-ReLU: negative responses are there
+    expected = hcl_loss(fusion(levels_s, [t.shape[-2:] for t in levels_t]), levels_t)  # BN on batch statistics
+    assert parts["reviewkd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    total.backward()
+    params = list(fusion.parameters())
+    assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    assert student.conv_stem.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any("learned" in k for k in student.state_dict())  # exported without it
+
+
+def test_reviewkd_builds_one_fusion_per_teacher_of_its_width():
+    student, teacher = tiny_pair()
+    loss = DistillLoss({"reviewkd": REVIEW_TAPS})
+    loss.attach(student, [teacher, teacher], torch.zeros(1, 1, 32, 32), ["test_efficientnet", "test_resnet", "t2"])
+    fusions = list(loss.learned["reviewkd"])
+    assert len(fusions) == 2 and loss.learned_of(loss.terms[0]) == [[fusions[0]], [fusions[1]]]
+    assert [abf.conv1[0].out_channels for abf in fusions[0].abfs] == [256] * 5  # min(512, embedding width 256)
+    assert [abf.conv2[0].out_channels for abf in fusions[0].abfs] == [32, 48, 192, 96, 96]  # the teacher's widths
+    narrow = attach({"reviewkd": {"max_mid_channels": 16, **REVIEW_TAPS}}, *tiny_pair())
+    assert {abf.conv1[0].out_channels for abf in narrow.learned["reviewkd"][0].abfs} == {16}
+
+
+# --- ReviewKD: bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "terms, fragment",
+    [
+        ({"reviewkd": {"weight": -1, **REVIEW_TAPS}}, "distill.terms.reviewkd.weight=-1 must be a number ≥ 0"),
+        (
+            {"reviewkd": {"student_tap": [1, 2, 3], "teacher_tap": [1, 2]}},
+            "distill.terms.reviewkd: student_tap and teacher_tap must list the same number of taps",
+        ),
+        ({"reviewkd": {"max_mid_channels": 0, **REVIEW_TAPS}}, "reviewkd.max_mid_channels=0 must be a number > 0"),
+        ({"reviewkd": {"max_mid_channels": 2.5, **REVIEW_TAPS}}, "max_mid_channels=2.5 must be a whole number"),
+        (
+            {"reviewkd": {**REVIEW_TAPS, "schedule": {"max_mid_channels": {"kind": "linear"}}}},
+            "reviewkd.schedule.max_mid_channels: max_mid_channels sizes the term's learned module",
+        ),
+    ],
+)
+def test_bad_reviewkd_settings_are_one_line(terms, fragment):
+    with pytest.raises(KdclError) as error:
+        DistillLoss(terms)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "taps, fragment",
+    [
+        (
+            {"student_tap": [1, 2, 9], "teacher_tap": [1, 2, 3]},
+            "reviewkd.student_tap=9: test_efficientnet has no feature index 9",
+        ),
+        (
+            {"student_tap": [1, "embedding"], "teacher_tap": [1, "layer9"]},
+            "reviewkd.teacher_tap='layer9' is not a module of test_resnet",
+        ),
+    ],
+)
+def test_bad_reviewkd_taps_are_one_line(taps, fragment):
+    with pytest.raises(KdclError) as error:
+        attach({"reviewkd": taps}, *tiny_pair())
+    assert fragment in str(error.value) and "\n" not in str(error.value)
