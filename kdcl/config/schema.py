@@ -210,10 +210,11 @@ class PipelineConfig:
     tasks: int | None = None  # lifelong
     task_classes: list[Any] | None = None  # lifelong
     distill_weight: float | None = None  # lifelong
-    temperature: float | None = None  # lifelong
+    temperature: float | None = None  # lifelong (LwF's), dml (the KL's between peers)
     teachers: list[Any] | None = None  # ensemble: model groups, timm names or model mappings (two or more)
     combine: str | None = None  # ensemble: mean | confidence (kdcl/losses/ensemble.py)
     student_fraction: float | None = None  # ensemble: the student's share of the training set (None: all)
+    peers: list[Any] | None = None  # dml: model groups, timm names or model mappings (two or more), trained together
     finetune: bool = False  # true appends a hard-label fine-tune of the last model at a lower learning rate
     finetune_epochs: int | None = None  # default: half the last stage's epochs
     finetune_lr_scale: float = 0.1  # × optim.lr

@@ -46,6 +46,9 @@ def finished_stage(run_dir: Path, stage: str | None) -> tuple[str, dict[str, dic
     if not done:
         raise KdclError(f"run '{run_dir}' has no finished stage yet; resume it with kdcl train resume={run_dir}")
     name = stage or max(done, key=lambda n: done[n]["index"])
+    peers = next((r["peers"] for r in done.values() if r.get("mutual") == name), None)
+    if name not in done and peers:  # a mutual group's name: its peers are the stages
+        raise KdclError(f"stage={name} trained the peers {', '.join(peers)} together; name one, e.g. stage={peers[0]}")
     if name not in done:
         raise KdclError(
             f"stage={name} is not a finished stage of {run_dir}{did_you_mean(name, done)}; finished: {', '.join(done)}"
@@ -66,6 +69,10 @@ def locate(target: str, stage: str | None) -> Located:
     elif stage is not None:
         raise KdclError(f"stage={stage} needs a run directory; '{target}' is not one (a checkpoint is one stage)")
     _, hparams = load_kdcl_checkpoint(path, "checkpoint")
+    if "peers" in hparams and "model" not in hparams:  # a mutual stage's checkpoint: every peer in one file
+        names = [p["stage"] for p in hparams["peers"]]
+        raise KdclError(f"checkpoint '{path}' holds the peers {', '.join(names)} of mutual stage '{hparams['stage']}'; "
+                        f"give one peer's: its run with stage={names[0]}, or its own stage's checkpoint")  # fmt: skip
     if "config" not in hparams or "model" not in hparams:
         raise KdclError(
             f"checkpoint '{path}' was not written by kdcl train (no config inside); give a kdcl stage checkpoint"

@@ -21,7 +21,8 @@ from kdcl.reporting.speed import CURVE_KEY, SPEED_KEYS
 SUMMARY_KEYS = ("name", "model", "params", "macs", "latency", "test_acc", "test_loss", "best_val_acc",
                 "teachers", "init", "epochs", "trained", "checkpoint", "seconds", "teacher_store",
                 "test_reused", CURVE_KEY, *SPEED_KEYS)  # fmt: skip
-OPTIONAL_KEYS = ("matched_temperature",)  # only in the rows of the stages that have them (pipeline.order=matched)
+# only in the rows of the stages that have them: pipeline.order=matched; a mutual stage's peers (pipeline=dml)
+OPTIONAL_KEYS = ("matched_temperature", "mutual", "peers")
 
 
 def card_keys() -> tuple[str, ...]:
@@ -110,6 +111,12 @@ def columns(rows: list[dict], runtimes: list[str], speedup_runtime: str) -> list
     return ["stage", "model", "teachers", "params", "MMACs", *lat, "test acc", "Δ acc", "compr.", *speed, "epochs", "s"]
 
 
+def learned_from(row: dict) -> str:
+    """The teachers column: the stage's teachers, or a mutual peer's fellow peers (↔: they taught each other)."""
+    fellows = [p for p in row.get("peers") or () if p != row["name"]]
+    return ", ".join(row["teachers"]) or (f"↔ {', '.join(fellows)}" if fellows else "-")
+
+
 def stage_row(row: dict, batches: list[str], runtimes: list[str]) -> list[str]:
     macs = f"{row['macs'] / 1e6:.1f}" if row.get("macs") is not None else "-"
     speedup = row.get("speedup") or {}
@@ -117,7 +124,7 @@ def stage_row(row: dict, batches: list[str], runtimes: list[str]) -> list[str]:
     return [
         row["name"],
         row["model"],
-        ", ".join(row["teachers"]) or "-",
+        learned_from(row),
         f"{row['params'] / 1e6:.2f} M",
         macs,
         *(" / ".join(fmt_ms(medians(row, r).get(b)) for b in batches) for r in runtimes),

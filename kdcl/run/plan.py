@@ -27,7 +27,9 @@ from kdcl.run.presets import (
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
 STAGE_KEYS = ("model", "teachers", "epochs", "select", "terms", "fraction", "init", "lr_scale", "task", "ensemble",
-              "match_entropy")  # fmt: skip
+              "match_entropy", "mutual")  # fmt: skip
+# what the peers of a mutual group share: they train as one stage (one data order, optimizer and budget)
+MUTUAL_SHARED = ("epochs", "select", "terms", "fraction", "lr_scale")
 EXPLICIT_KEYS = ("stages", "teacher_epoch")  # what a pipeline of explicit stages reads besides COMMON_KEYS
 FOLD_SEED = 104729  # the out-of-fold split's seed offset (fixed, so a resumed run splits alike)
 
@@ -61,6 +63,10 @@ class Stage:
     # teacher references whose mean output entropy (at the terms' temperature) the stage's one teacher is made to
     # match: its temperature is solved for as the stage starts (pipeline=anchors, order=matched)
     match_entropy: tuple[str, ...] = ()
+    # mutual learning (pipeline=dml): the group whose peers train together in one stage, each learning from the
+    # others' current outputs, and the peers' stage names in order (this one among them)
+    mutual: str | None = None
+    peers: tuple[str, ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -104,6 +110,23 @@ class Plan:
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
+
+    def units(self) -> list[tuple[Stage, ...]]:
+        """What runs, in order: one stage, or a mutual group's peers (one training makes all of them)."""
+        units: list[tuple[Stage, ...]] = []
+        for s in self.stages:
+            if s.mutual and s.name != s.peers[0]:
+                continue
+            units.append(tuple(self.stage(p) for p in s.peers) if s.mutual else (s,))
+        return units
+
+
+def mutual_stage(peers: tuple[Stage, ...]) -> Stage:
+    """The stage that trains a mutual group: the first peer's shared settings under the group's name (its
+    directory, checkpoints, TensorBoard section and progress lines), keeping every epoch a peer must save."""
+    first = peers[0]
+    saved = tuple(sorted({e for p in peers for e in p.save_epochs}))
+    return replace(first, name=str(first.mutual), model_key=f"pipeline.stages.{first.mutual}", save_epochs=saved)
 
 
 def split_ref(ref: str) -> tuple[str, int | None]:
@@ -189,7 +212,8 @@ def number(spec: dict, field: str, key: str, default, ok, rule: str):
 
 
 def stage_terms(cfg: DictConfig, spec: dict, key: str, teachers: tuple) -> tuple[dict, str, tuple[Term, ...]]:
-    """(terms as configured, where they come from, parsed): the stage's own, distill.terms, or hard labels."""
+    """(terms as configured, where they come from, parsed): the stage's own, distill.terms, or hard labels.
+    `teachers`: what the stage learns from (a mutual stage's: its group)."""
     if spec.get("terms") is not None:
         terms, terms_key = spec["terms"], f"{key}.terms"
     elif teachers:
@@ -214,6 +238,7 @@ def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict
     model_key, model = model_of(cfg, spec, key)
     teachers = tuple(str(t) for t in spec.get("teachers") or ())
     check_teacher_refs(key, teachers, earlier)
+    mutual = check_mutual_spec(key, spec)
     init = spec.get("init")
     if init is not None and (init not in earlier or earlier[init].model["name"] != model["name"]):
         raise KdclError(
@@ -225,7 +250,8 @@ def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict
     select = spec.get("select", "best")
     if select not in SELECT:
         raise KdclError(f"{key}.select '{select}' must be one of {'|'.join(SELECT)}")
-    terms, terms_key, parsed = stage_terms(cfg, spec, key, teachers)
+    terms, terms_key, parsed = stage_terms(cfg, spec, key, teachers or ((mutual,) if mutual else ()))
+    check_mutual_terms(key, mutual, parsed, terms_key)
     fraction = number(spec, "fraction", key, None, lambda v: 0 < v <= 1,
                       "must be in (0, 1] (this stage's share of the training set)")  # fmt: skip
     lr_scale = number(spec, "lr_scale", key, 1.0, lambda v: v > 0, "must be > 0 (it multiplies optim.lr)")
@@ -240,7 +266,60 @@ def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict
     return Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key,
                  None if fraction is None else float(fraction), init, float(lr_scale),
                  None if task is None else tuple(task), loss_terms=parsed, ensemble=ensemble,
-                 match_entropy=match)  # fmt: skip
+                 match_entropy=match, mutual=mutual)  # fmt: skip
+
+
+# mutual learning ------------------------------------------------------------------------------------
+def check_mutual_spec(key: str, spec: dict) -> str | None:
+    """`mutual`: a group name; its stages learn from each other, not from teachers."""
+    mutual = spec.get("mutual")
+    if mutual is None:
+        return None
+    if not isinstance(mutual, str) or not mutual:
+        raise KdclError(f"{key}.mutual={mutual!r} must name the group its peers train in, e.g. dml")
+    for field in ("teachers", "task", "match_entropy"):
+        if spec.get(field):
+            raise KdclError(f"{key}.{field}: a mutual stage learns from its peers alone; drop {field} (or mutual)")
+    if (spec.get("ensemble") or "none") != "none":
+        raise KdclError(f"{key}.ensemble: a mutual stage learns from each peer as its own target; drop ensemble")
+    if isinstance(spec.get("model"), dict) and spec["model"].get("checkpoint"):
+        raise KdclError(f"{key}.model.checkpoint: the peers of a mutual stage train; give a model to train, "
+                        "or start it from a stage with init")  # fmt: skip
+    return mutual
+
+
+def check_mutual_terms(key: str, mutual: str | None, terms: tuple[Term, ...], terms_key: str) -> None:
+    """The peers' targets are their logits: feature terms (a teacher's activations) have nothing to read."""
+    features = [t.name for t in terms if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]
+    if mutual and features:
+        raise KdclError(f"{key}: the mutual stage's peers are compared by their outputs, and {terms_key} has the "
+                        f"feature terms {', '.join(features)}; use logit terms (kd, dkd, dist, lskd)")  # fmt: skip
+
+
+def with_mutual_groups(stages: list[Stage]) -> list[Stage]:
+    """Each mutual group's peers, checked: two or more, one after another, with the same shared settings."""
+    groups: dict[str, list[Stage]] = {}
+    for s in stages:
+        if s.mutual:
+            groups.setdefault(s.mutual, []).append(s)
+    names = [s.name for s in stages]
+    for group, peers in groups.items():
+        key = f"pipeline.stages.{peers[0].name}.mutual"
+        if group in names:
+            raise KdclError(f"{key}='{group}' is also a stage's name; name the group apart from its stages")
+        if len(peers) < 2:
+            raise KdclError(f"{key}='{group}': a mutual group needs two or more peers, and only {peers[0].name} "
+                            "names it; add a peer (e.g. pipeline=dml 'pipeline.peers=[student,student]')")  # fmt: skip
+        first = names.index(peers[0].name)
+        if names[first : first + len(peers)] != [p.name for p in peers]:
+            raise KdclError(f"{key}='{group}': its peers ({', '.join(p.name for p in peers)}) must follow one "
+                            "another in pipeline.stages")  # fmt: skip
+        for field in MUTUAL_SHARED:
+            values = [getattr(p, field) for p in peers]
+            if any(v != values[0] for v in values):
+                raise KdclError(f"pipeline.stages.{peers[1].name}.{field}: the peers of '{group}' train as one "
+                                f"stage and must share {field} ({', '.join(map(str, values))}); give them one")  # fmt: skip
+    return [replace(s, peers=tuple(p.name for p in groups[s.mutual])) if s.mutual else s for s in stages]
 
 
 def softening_terms(terms: tuple[Term, ...]) -> list[Term]:
@@ -273,7 +352,7 @@ def plan_stages(cfg: DictConfig) -> list[Stage]:
     stages: dict[str, Stage] = {}
     for index, (name, spec) in enumerate(stage_specs(cfg).items()):
         stages[str(name)] = make_stage(cfg, index, str(name), spec, stages)
-    planned = with_curriculum(cfg, list(stages.values()))
+    planned = with_curriculum(cfg, with_mutual_groups(list(stages.values())))
     by_name = {s.name: s for s in planned}
     planned = [replace(s, index=i, **teacher_outputs_fields(cfg, s, by_name)) for i, s in enumerate(planned)]
     return with_saved_epochs(planned)
@@ -378,11 +457,14 @@ def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Sta
 
 # curriculum -----------------------------------------------------------------------------------------
 def curriculum_applies(c: DictConfig | None, stage: Stage) -> bool:
-    """A curriculum runs in the stages it names, or by default in every stage that has teachers."""
+    """A curriculum runs in the stages it names, or by default in every stage that has teachers (a mutual
+    stage's are its peers). The peers of a mutual group share one data order: naming one names them all."""
     if not c or c.pacing == "none" or not stage.trains:
         return False
     names = c.get("stages")
-    return stage.name in names if names else bool(stage.teachers)
+    if names:
+        return any(n in names for n in (stage.name, *stage.peers, *([stage.mutual] if stage.mutual else [])))
+    return bool(stage.teachers or stage.mutual)
 
 
 def with_curriculum(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
@@ -403,12 +485,16 @@ def with_curriculum(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
             planned.append(s)
             continue
         scorers: tuple[str, ...] = ()
-        if str(c.scorer).startswith("teacher"):
+        if str(c.scorer).startswith("teacher") and s.mutual:
+            folds = mutual_fold_stages(c, s)
+            planned += folds if s.name == s.peers[0] else []  # the group's first peer trains them for all
+            scorers = tuple(f"{s.mutual}_fold{k + 1}" for k in range(int(c.folds)))
+        elif str(c.scorer).startswith("teacher"):
             if not s.teachers:
                 raise KdclError(f"curriculum.scorer={c.scorer} needs a teacher but stage '{s.name}' has none; "
                                 "use scorer=student_loss|class_order|random|file")  # fmt: skip
             if c.source == "folds":
-                folds = fold_stages(c, s, {x.name: x for x in stages})
+                folds = fold_stages(c, s, {x.name: x for x in stages}[s.teacher_stages[0]], s.name)
                 planned += folds
                 scorers = tuple(f.name for f in folds)
             elif c.source == "early":
@@ -420,7 +506,7 @@ def with_curriculum(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
 
 
 def check_curriculum_stages(c: DictConfig, stages: list[Stage]) -> None:
-    names = [s.name for s in stages]
+    names = [*(s.name for s in stages), *dict.fromkeys(s.mutual for s in stages if s.mutual)]
     for name in c.get("stages") or []:
         if name not in names:
             raise KdclError(
@@ -441,23 +527,33 @@ def early_refs(c: DictConfig, stage: Stage, by_name: dict[str, Stage]) -> list[s
     return [f"{t}@{c.early_epoch}" for t in stage.teacher_stages]
 
 
-def fold_stages(c: DictConfig, stage: Stage, by_name: dict[str, Stage]) -> list[Stage]:
-    """source=folds: K fresh copies of the first teacher's model, copy k trained on hard labels on the
-    stage's examples outside fold k, so that every example is scored by a model that never saw it."""
-    teacher = by_name[stage.teacher_stages[0]]
-    model = {**teacher.model, "checkpoint": None}
+def mutual_fold_stages(c: DictConfig, stage: Stage) -> list[Stage]:
+    """A teacher's scores for a mutual stage, which has no teacher: only out-of-fold copies of its first
+    peer's model (source=folds), trained on labels, can give them without scoring examples they learned."""
+    if c.source != "folds":
+        raise KdclError(f"curriculum.scorer={c.scorer} with source={c.source} needs a teacher, and the mutual stage "
+                        f"'{stage.mutual}' has none; use curriculum.source=folds (out-of-fold copies of "
+                        f"{stage.peers[0]}'s model score) or scorer=student_loss|class_order|random|file")  # fmt: skip
+    return fold_stages(c, stage, stage, str(stage.mutual))
+
+
+def fold_stages(c: DictConfig, stage: Stage, source: Stage, prefix: str) -> list[Stage]:
+    """source=folds: K fresh copies of `source`'s model (the first teacher's), copy k trained on hard labels on
+    the stage's examples outside fold k, so that every example is scored by a model that never saw it;
+    named `prefix`_fold1, ..."""
+    model = {**source.model, "checkpoint": None}
     k = int(c.folds)
     return [
         Stage(
             stage.index,
-            f"{stage.name}_fold{fold + 1}",
-            teacher.model_key,
+            f"{prefix}_fold{fold + 1}",
+            source.model_key,
             model,
             (),
             int(c.fold_epochs),
             "last",
             HARD_LABELS,
-            f"pipeline.stages.{stage.name}_fold{fold + 1}.terms",
+            f"pipeline.stages.{prefix}_fold{fold + 1}.terms",
             stage.fraction,
             task=stage.task,
             loss_terms=tuple(parse_terms(HARD_LABELS)),

@@ -4,7 +4,7 @@ A generator gets the `pipeline` node (plain dict) and the whole config and retur
 as {name: spec}, each spec shaped like an explicit `pipeline.stages` entry: model (a model group such
 as teacher/student, or a mapping with a timm name), teachers (earlier stages, `name@E` for the
 checkpoint saved after epoch E), epochs, select, and optionally terms, init, lr_scale, fraction, task,
-ensemble, match_entropy.
+ensemble, match_entropy, mutual (the group whose peers train together, pipeline=dml).
 """
 
 from __future__ import annotations
@@ -174,6 +174,18 @@ def lifelong(p: dict, cfg: DictConfig) -> Specs:
     return specs
 
 
+def model_ref(model, cfg: DictConfig, key: str):
+    """A stage's `model` from a list entry: a model group's name (teacher, student) as it is, a mapping as it
+    is, else a timm name (checked here, so that the error names the list entry `key`)."""
+    if isinstance(model, dict) or (isinstance(model, str) and isinstance(cfg.get(model), DictConfig)
+                                   and "name" in cfg[model]):  # fmt: skip
+        return model
+    from kdcl.models.names import check_model_name  # timm's names, read only when one is given
+
+    check_model_name(model, key)
+    return {"name": str(model)}
+
+
 @register_pipeline("ensemble", keys=("teachers", "combine", "epochs", "student_fraction"))
 def ensemble(p: dict, cfg: DictConfig) -> Specs:
     """K teachers (the same model at different seeds, or different models), then a student distilled from
@@ -185,11 +197,31 @@ def ensemble(p: dict, cfg: DictConfig) -> Specs:
                         "timm names or model mappings, e.g. [teacher,teacher] or [resnet18,resnet34]")  # fmt: skip
     specs = {}
     for k, model in enumerate(teachers, 1):
-        group = isinstance(model, str) and isinstance(cfg.get(model), DictConfig) and "name" in cfg[model]
-        specs[f"teacher{k}"] = stage(model if group or isinstance(model, dict) else {"name": str(model)}, epochs=epochs)
+        specs[f"teacher{k}"] = stage(model_ref(model, cfg, f"pipeline.teachers[{k - 1}]"), epochs=epochs)
     fraction = {} if p.get("student_fraction") is None else {"fraction": p["student_fraction"]}
     specs["student"] = stage("student", list(specs), epochs, ensemble=p.get("combine") or "mean", **fraction)
     return specs
+
+
+@register_pipeline("dml", keys=("peers", "epochs", "temperature"))
+def dml(p: dict, cfg: DictConfig) -> Specs:
+    """Deep mutual learning (Zhang et al. 2018): K peers trained together in one stage, no teacher. Peer k
+    learns from the labels and from the others' current outputs: CE(y, p_k) + 1/(K−1) Σ_{j≠k} KL(p_j ‖ p_k),
+    the ce and kd terms with the peers as kd's targets (kd averages over them). Each peer is a stage of its
+    own (dml1, dml2, ...) for the report, export and later stages; they share one training (`mutual: dml`)."""
+    epochs = positive(p, "epochs")
+    peers = p.get("peers")
+    if not isinstance(peers, list) or len(peers) < 2:
+        raise KdclError(f"pipeline.peers={peers} must list at least two models: model groups (student), timm "
+                        "names or model mappings, e.g. [student,student] or [resnet18,mobilenetv3_small_100]")  # fmt: skip
+    temperature = 1.0 if p.get("temperature") is None else p["temperature"]
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise KdclError(f"pipeline.temperature={temperature} must be a number > 0 (the KL's temperature; "
+                        "the paper's is 1)")  # fmt: skip
+    terms = {"ce": {"weight": 1.0}, "kd": {"weight": 1.0, "temperature": float(temperature)}}
+    return {f"dml{k}": stage(model_ref(model, cfg, f"pipeline.peers[{k - 1}]"), epochs=epochs, mutual="dml",
+                             terms=terms)
+            for k, model in enumerate(peers, 1)}  # fmt: skip
 
 
 def task_classes(task: tuple, num_classes: int) -> tuple[list[int], list[int], list[int]]:
@@ -220,7 +252,9 @@ def split_student_epochs(specs: Specs, total) -> Specs:
     """`pipeline.student_epochs`: the student's whole budget, split over the stages that train the student model
     (`model: student`) as evenly as whole epochs allow, later stages taking the remainder: every arm of a
     comparison then trains the student for the same epochs (the same optimizer steps on the same examples)."""
-    names = [name for name, spec in specs.items() if spec.get("model") == "student"]
+    # a mutual group's peers train together: one share of the budget for the group, every peer its length
+    unit = {name: spec.get("mutual") or name for name, spec in specs.items() if spec.get("model") == "student"}
+    names = list(dict.fromkeys(unit.values()))
     if not names:
         raise KdclError(f"pipeline.student_epochs={total}: no stage of this pipeline trains the student "
                         "(model: student); drop it")  # fmt: skip
@@ -229,7 +263,7 @@ def split_student_epochs(specs: Specs, total) -> Specs:
                         f"student stage ({', '.join(names)})")  # fmt: skip
     share, extra = divmod(total, len(names))
     epochs = {name: share + (k >= len(names) - extra) for k, name in enumerate(names)}
-    return {name: {**spec, "epochs": epochs[name]} if name in epochs else spec for name, spec in specs.items()}
+    return {name: {**spec, "epochs": epochs[unit[name]]} if name in unit else spec for name, spec in specs.items()}
 
 
 def early_stopped(specs: Specs, epoch) -> Specs:

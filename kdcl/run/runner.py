@@ -21,7 +21,8 @@ from kdcl.reporting.summary import write_summary
 from kdcl.reporting.trackers import publish
 from kdcl.run.cards import stage_cards
 from kdcl.run.manifest import Manifest
-from kdcl.run.plan import Plan, Stage
+from kdcl.run.mutual import run_mutual
+from kdcl.run.plan import Plan, Stage, mutual_stage
 from kdcl.run.presets import task_classes
 from kdcl.run.stage import StageContext, StageResult, run_stage
 from kdcl.training.checkpoints import keep_weights_only
@@ -118,16 +119,23 @@ def claim(cfg: DictConfig, run_dir: Path, changes: dict) -> Manifest:
     return manifest
 
 
-def run_recorded(ctx: StageContext, stage: Stage, manifest: Manifest) -> StageResult:
-    """run_stage; a stage that diverged or could not write is marked failed in run.json with the reason."""
+def run_unit(ctx: StageContext, unit: tuple[Stage, ...]) -> list[StageResult]:
+    """One stage, or a mutual group's peers trained together (each recorded as its own stage)."""
+    return run_mutual(ctx, unit) if unit[0].mutual else [run_stage(ctx, unit[0])]
+
+
+def run_recorded(ctx: StageContext, unit: tuple[Stage, ...], manifest: Manifest) -> list[StageResult]:
+    """run_unit; a stage that diverged or could not write is marked failed in run.json with the reason."""
+    name = unit[0].mutual or unit[0].name
     try:
-        return run_stage(ctx, stage)
+        return run_unit(ctx, unit)
     except OSError as exc:  # a write kdcl does not make itself (a logger, a library): still one line
-        err: KdclError = io_failure(exc, f"run stage {stage.name}")
+        err: KdclError = io_failure(exc, f"run stage {name}")
     except (Diverged, EnvironmentFailure) as exc:
         err = exc
     try:
-        manifest.mark_failed(stage.name, str(err))
+        for stage in unit:
+            manifest.mark_failed(stage.name, str(err))
     except EnvironmentFailure:
         pass  # the disk that failed the stage may refuse the record too: the error itself says why
     raise type(err)(f"{err}; then continue with kdcl train resume={ctx.run_dir}") from None
@@ -190,25 +198,41 @@ def timing_line(t: dict) -> str:
     return f"time {seconds_text(t['total'])}: {others} · stages {seconds_text(t['parts']['stages'])}: {stages}"
 
 
+def announce(unit: tuple[Stage, ...]) -> None:
+    """What the unit about to run trains (or tests), from what, for how long."""
+    stage = unit[0]
+    if stage.mutual:  # the peers of a mutual group train together
+        models = " + ".join(s.model["name"] for s in unit)
+        print(f"[{stage.mutual}] training {models} together ({', '.join(stage.peers)}: mutual learning) for "
+              f"{stage.epochs} epochs", flush=True)  # fmt: skip
+        return
+    what = "training" if stage.trains else "testing"
+    teachers = f" from {', '.join(stage.teachers)}" if stage.teachers else ""
+    init = f", starting from {stage.init}" if stage.init else ""
+    print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
+    if stage.teacher_outputs_why:
+        print(
+            f"[{stage.name}] teacher outputs: {stage.teacher_outputs} (auto: {stage.teacher_outputs_why})", flush=True
+        )
+
+
 def run_stages(plan: Plan, ctx: StageContext, manifest: Manifest, leader: bool) -> None:
-    """Each stage in order: skipped when the manifest has it done, else run, recorded and pruned."""
-    for stage in plan.stages:
-        if manifest.is_done(stage.name):
-            ctx.handed[stage.name] = StageResult.from_json(manifest.result(stage.name))
-            print(f"[{stage.name}] already done (test acc {ctx.handed[stage.name].test_acc:.4f}), skipped", flush=True)
+    """Each stage (or mutual group) in order: skipped when the manifest has it done, else run, recorded and
+    pruned. A group runs again unless every peer is done (a kill between their records)."""
+    for unit in plan.units():
+        if all(manifest.is_done(stage.name) for stage in unit):
+            for stage in unit:
+                ctx.handed[stage.name] = StageResult.from_json(manifest.result(stage.name))
+                print(f"[{stage.name}] already done (test acc {ctx.handed[stage.name].test_acc:.4f}), skipped",
+                      flush=True)  # fmt: skip
             continue
-        what = "training" if stage.trains else "testing"
-        teachers = f" from {', '.join(stage.teachers)}" if stage.teachers else ""
-        init = f", starting from {stage.init}" if stage.init else ""
-        print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
-        if stage.teacher_outputs_why:
-            print(
-                f"[{stage.name}] teacher outputs: {stage.teacher_outputs} (auto: {stage.teacher_outputs_why})",
-                flush=True,
-            )
-        manifest.mark_running(stage.name)
-        ctx.handed[stage.name] = run_recorded(ctx, stage, manifest)
-        manifest.mark_done(stage.name, ctx.handed[stage.name].to_json())
-        print(f"[{stage.name}] test acc {ctx.handed[stage.name].test_acc:.4f}", flush=True)
+        announce(unit)
+        for stage in unit:
+            manifest.mark_running(stage.name)
+        for stage, result in zip(unit, run_recorded(ctx, unit, manifest), strict=True):
+            ctx.handed[stage.name] = result
+            manifest.mark_done(stage.name, result.to_json())
+            print(f"[{stage.name}] test acc {result.test_acc:.4f}", flush=True)
         if leader:
-            keep_finished(plan.cfg, ctx.stage_dir(stage), stage.name)
+            for stage in (*unit, *([mutual_stage(unit)] if unit[0].mutual else [])):
+                keep_finished(plan.cfg, ctx.stage_dir(stage), stage.name)

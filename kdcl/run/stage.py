@@ -50,6 +50,7 @@ from kdcl.teachers.views import TeacherViews, open_teacher_views
 from kdcl.training.callbacks import FollowChangedLearningRate, KeepRandomState, SaveAfterEpochs, StopOnNonFiniteLoss
 from kdcl.training.checkpoints import BestCheckpoint, StageCheckpoint, resume_point, val_predictions_match
 from kdcl.training.module import DistillationModule
+from kdcl.training.mutual import MutualModule
 from kdcl.training.trainer import build_trainer
 
 
@@ -93,6 +94,10 @@ class StageResult:
     val_acc_at_100: float | None = None
     # pipeline=anchors, order=matched: the KD temperature found and the entropies it matched (MatchedTemperature)
     matched_temperature: dict | None = None
+    # mutual learning (pipeline=dml): the group the stage's model trained in, and the group's peers in order (a
+    # peer's seconds and timing are its group's, which trained every peer at once)
+    mutual: str | None = None
+    peers: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -165,7 +170,10 @@ class ValidationCurve(pl.Callback):
         return {"values": dict(self.values)}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.values = {int(e): float(v) for e, v in state_dict.get("values", {}).items()}
+        # merged, this process's epochs first: `trainer.test(ckpt_path=best)` restores callbacks too, and best.ckpt's
+        # curve ends at its own epoch (a resumed process has none of its own yet, and takes the checkpoint's)
+        saved = {int(e): float(v) for e, v in state_dict.get("values", {}).items()}
+        self.values = {**saved, **self.values}
 
     def speed(self, epochs: int) -> LearningSpeed:
         return LearningSpeed.from_curve(curve_from_epochs(self.values), epochs)
@@ -175,7 +183,7 @@ class ValidationCurve(pl.Callback):
 class StageParts:
     """A stage ready to fit: its module, its view of the data, its callbacks."""
 
-    module: DistillationModule
+    module: DistillationModule | MutualModule
     data: KdclDataModule
     callbacks: list[pl.Callback]
     checkpoint: ModelCheckpoint
@@ -224,15 +232,21 @@ def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
 
 
 # build ---------------------------------------------------------------------------------------------
-def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
-    cfg = ctx.cfg
-    pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)
+def stage_model(ctx: StageContext, stage: Stage) -> nn.Module:
+    """The model the stage trains, initialised from the stage's seed (`seed` + its index), or from `init`."""
+    pl.seed_everything(int(ctx.cfg.seed) + stage.index, workers=True, verbose=False)
     model = ctx.build_model(stage.model, stage.model_key)
     if stage.init:  # carry an earlier stage's weights on (fine-tune, anchors, class-incremental tasks)
         state, hparams = load_kdcl_checkpoint(ctx.checkpoint_of(stage.init), f"pipeline.stages.{stage.name}.init")
         model.load_state_dict(state)
         if "input_norm" in hparams:  # the weights go on with the normalisation they were trained with
             attach_input_norm(model, InputNorm.from_json(hparams["input_norm"]))
+    return model
+
+
+def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
+    cfg = ctx.cfg
+    model = stage_model(ctx, stage)
     teachers = [ctx.load_stage_model(t) for t in stage.teachers]
     classes, seen, old = task_classes(stage.task, ctx.data.num_classes) if stage.task else (None, None, None)
     train_set = training_examples(ctx, stage, classes)
@@ -242,7 +256,7 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
     module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
                                 stage_hparams(ctx, stage, model, classes, seen, outputs), seen_classes=seen,
                                 distill_classes=old, teacher_outputs=outputs, ensemble=stage.ensemble)  # fmt: skip
-    speed_up(module, cfg.get("speed") or {})
+    speed_up([model, *(teacher.model for teacher in module.teachers)], cfg.get("speed") or {})
     checkpoint, callbacks = stage_callbacks(ctx, stage)
     sampler = None
     if stage.curriculum:
@@ -351,10 +365,10 @@ def stage_hparams(ctx: StageContext, stage: Stage, model: nn.Module, classes, se
     }
 
 
-def speed_up(module: DistillationModule, speed: DictConfig | dict) -> None:
-    """speed.channels_last (models; the stage's data view converts batches) and speed.compile (student and
-    teachers; nn.Module.compile keeps state-dict keys, so checkpoints and hand-offs are unchanged)."""
-    models = (module.model, *(teacher.model for teacher in module.teachers))
+def speed_up(models: list[nn.Module], speed: DictConfig | dict) -> None:
+    """speed.channels_last (models; the stage's data view converts batches) and speed.compile (the stage's
+    models: students and teachers; nn.Module.compile keeps state-dict keys, so checkpoints and hand-offs are
+    unchanged)."""
     if speed.get("channels_last"):
         for m in models:
             m.to(memory_format=torch.channels_last)

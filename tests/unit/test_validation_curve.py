@@ -49,3 +49,20 @@ def test_the_curve_has_one_value_per_epoch_and_survives_a_resume(tmp_path):
     assert resumed.values == pytest.approx(whole.values)
     speed = resumed.speed(4)
     assert speed.val_auc == pytest.approx(0.25) and speed.val_acc_at_50 == pytest.approx(0.2)
+
+
+class Tested(Known):
+    def test_step(self, batch, batch_idx):
+        self.log("t", 0.0)
+
+
+def test_testing_an_earlier_checkpoint_keeps_the_whole_curve(tmp_path):
+    """trainer.test(ckpt_path=...) restores callbacks from that file too: best.ckpt's curve ends at its epoch."""
+    curve = ValidationCurve("s")
+    every = ModelCheckpoint(dirpath=tmp_path, filename="e{epoch}", save_top_k=-1)
+    trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[curve, every])  # fmt: skip
+    loader = DataLoader(DATA, batch_size=4)
+    trainer.fit(Tested(), loader, loader)
+    trainer.test(Tested(), loader, ckpt_path=str(tmp_path / "eepoch=1.ckpt"), weights_only=True, verbose=False)
+    assert curve.values == pytest.approx({0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4})
