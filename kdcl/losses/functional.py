@@ -277,6 +277,11 @@ def kdsvd_loss(student_features: list[torch.Tensor], teacher_features: list[torc
     return sum(losses, torch.zeros((), device=student_features[0].device)) / student_features[0].shape[0]
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 when it is in half or bfloat16 precision (mixed-precision training), else as it is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def vid_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor,
              regressor: Callable[[torch.Tensor], torch.Tensor], log_scale: torch.Tensor,
              eps: float = 1e-5) -> torch.Tensor:  # fmt: skip
@@ -286,8 +291,8 @@ def vid_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor,
     without the constant, ½((μ − t)²/σ² + log σ²), averaged over batch, channels and positions. The larger map
     is average-pooled to the smaller first (before the regressor, as the reference code does)."""
     s, t = pool_to_smaller(student_feature, teacher_feature.detach())
-    mean = regressor(s)
-    variance = (F.softplus(log_scale) + eps).view(1, -1, 1, 1).to(mean)
+    mean, t = at_least_fp32(regressor(s)), at_least_fp32(t)  # a bf16 log σ² and mean lose the small terms
+    variance = (F.softplus(at_least_fp32(log_scale)) + eps).view(1, -1, 1, 1).to(mean)
     return (0.5 * ((mean - t) ** 2 / variance + torch.log(variance))).mean()
 
 
@@ -306,8 +311,8 @@ def ofd_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, margi
     pre-ReLU feature t, average-pooled to the student's size: the target is max(t, margin), and a student
     response below a non-positive target costs nothing (the ReLU would zero both). Summed over channels and
     positions, averaged over the batch."""
-    s = student_feature
-    t = F.adaptive_avg_pool2d(teacher_feature.detach(), s.shape[-2:])
+    s = at_least_fp32(student_feature)  # a bf16 sum over every position loses precision
+    t = F.adaptive_avg_pool2d(at_least_fp32(teacher_feature.detach()), s.shape[-2:])
     m = margin.view(1, -1, 1, 1).to(s)
     to_margin = (s > m) & (t <= m)  # the teacher below the margin: the target is the margin
     to_teacher = ((s > t) & (t > m) & (t <= 0)) | (t > 0)  # else the teacher, where it is positive or exceeded

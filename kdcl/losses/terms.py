@@ -376,6 +376,7 @@ class DistillLoss(nn.Module):
         meta device (the plan's shape-only check) the learned modules are built on it too, without data.
         """
         if not self.feature_terms:
+            self.labels = None  # a closure would not pickle (ddp_spawn sends the module) and holds the data
             return
         models = [student, *teachers]
         norms = {  # (term, slot) -> pre-activation taps' batch norms (OFD's margin), else Nones

@@ -125,8 +125,11 @@ def ordered(route: list[str], order: str, seed: int) -> list[str]:
                         f"{did_you_mean(str(order), ANCHOR_ORDERS)}")  # fmt: skip
     if order == "reverse":
         return route[::-1]
-    if order == "shuffled":
-        return random.Random(seed).sample(route, len(route))
+    if order == "shuffled":  # a permutation other than the forward route itself, or the control would be the arm
+        rng = random.Random(seed)
+        while (shuffled := rng.sample(route, len(route))) == route and len(route) > 1:
+            pass
+        return shuffled
     return route
 
 

@@ -143,6 +143,13 @@ def check_scores_file(plan) -> None:
             file_scores(c.scores_file, len(dm.stage_subset(stage.fraction, classes)))
 
 
+def several_processes(trainer) -> bool:
+    """Whether the Trainer runs data-parallel ranks: a DDP strategy, several devices, or a launcher's ranks."""
+    devices = trainer.get("devices", 1)
+    return ("ddp" in str(trainer.get("strategy", "auto")) or (isinstance(devices, int) and devices > 1)
+            or int(os.environ.get("WORLD_SIZE", "1")) > 1)  # fmt: skip
+
+
 def check_memory_banks(plan) -> None:
     """CRD: each stage's memory bank must fit its training examples and max_bank_mb, found before any stage
     trains (this needs the labels, so it loads the data, as check_view_stores does)."""
@@ -150,6 +157,11 @@ def check_memory_banks(plan) -> None:
               if t.spec.needs_index and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
     if not stages:
         return
+    if several_processes(plan.cfg.trainer):
+        stage, term = stages[0]
+        raise KdclError(f"{stage.terms_key}.{term.name}: CRD's memory bank is not synchronised across DDP ranks "
+                        "(each would keep its own, and DDP would overwrite them with rank 0's); train it in one "
+                        "process (trainer=default, cpu or gpu)")  # fmt: skip
     from kdcl.data import KdclDataModule
     from kdcl.data.datamodule import dataset_labels
     from kdcl.losses.learned import check_bank

@@ -128,6 +128,11 @@ CASES = {
         "distill.terms.crd.negatives=16384 is more than the stage's data holds: 1293 training examples",
         "set distill.terms.crd.negatives ≤",
     ),
+    "CRD under DDP": (
+        ["distill=crd", "distill.terms.crd.negatives=64", "trainer.strategy=ddp_spawn", "trainer.devices=2"],
+        "distill.terms.crd: CRD's memory bank is not synchronised across DDP ranks",
+        "train it in one process",
+    ),
     "CRD bank over its memory limit": (
         ["distill=crd", "distill.terms.crd.negatives=64", "distill.terms.crd.max_bank_mb=0.5"],
         "distill.terms.crd: the memory bank needs 1.3 MB (1293 examples × 128 dims × 2 models × 4 bytes)",

@@ -113,14 +113,12 @@ def test_early_stopped_teacher_is_the_checkpoint_after_epoch_e(arms):
     s = stages_of(run_dir)
     assert s["student"]["teachers"] == ["teacher@1"]
     teacher = s["teacher"]
-    after_1, after_2 = training_logits(run_dir, teacher["model_cfg"], [
-        run_dir / teacher["epoch_checkpoints"]["1"], stage_dir(run_dir, teacher) / "checkpoints" / "last.ckpt"])  # fmt: skip
+    [after_1] = training_logits(run_dir, teacher["model_cfg"], [run_dir / teacher["epoch_checkpoints"]["1"]])
     # the logits the student learned from (stored as its first epoch met them) are the epoch-1 teacher's
     stored = torch.load(stage_dir(run_dir, s["student"]) / "teacher_logits.pt", weights_only=True)
     filled = stored["filled"]
     assert filled.sum() > 0.9 * len(filled)
     assert torch.allclose(stored["logits"][0][filled].float(), after_1[filled], atol=1e-4)
-    assert not torch.allclose(stored["logits"][0][filled].float(), after_2[filled], atol=1e-2)
 
 
 def scalar_tags(run_dir: Path, dirname: str) -> list[str]:

@@ -590,7 +590,6 @@ def test_vid_ofd_crd_train_their_modules_and_the_student_only():
         assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
     assert student.conv_stem.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
-    assert not any(k.startswith(("learned", "bridges")) for k in student.state_dict())  # exported without them
     assert loss.summaries() == [
         "crd: memory bank of 8 examples × 128 dims × 2 models = 0.0 MB, 4 negatives per example"
     ]
@@ -878,7 +877,6 @@ def test_reviewkd_fuses_all_student_levels_against_the_teachers_pre_relu_stages(
     assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     assert student.conv_stem.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
-    assert not any("learned" in k for k in student.state_dict())  # exported without it
 
 
 def test_reviewkd_builds_one_fusion_per_teacher_of_its_width():

@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from kdcl.common.errors import KdclError
 from kdcl.config.compose import config_dir
 from kdcl.run.plan import plan_stages, split_ref
-from kdcl.run.presets import task_classes
+from kdcl.run.presets import ordered, task_classes
 from kdcl.run.validate import check_config
 
 
@@ -81,6 +81,8 @@ def test_anchor_orders_visit_the_same_anchors_forward_reversed_or_shuffled_by_th
         assert sorted(orders[seed]) == sorted(route) and shuffled["teacher"].save_epochs == (2, 4, 7)  # a permutation
     assert route_of("pipeline.order=shuffled", "seed=3")[1] == orders[3]  # the same seed, the same order
     assert len({tuple(o) for o in orders.values()}) > 2  # not one fixed order: each seed draws its own
+    # never the forward route itself (1 draw in 6 would be, with three anchors): the control must differ from the arm
+    assert all(ordered(route[:3], "shuffled", seed) != route[:3] for seed in range(200))
 
 
 def test_matched_anchors_are_the_final_teacher_alone_for_the_same_student_epochs():
