@@ -253,10 +253,11 @@ def task_classes(task: tuple, num_classes: int) -> tuple[list[int], list[int], l
 
 def split_student_epochs(specs: Specs, total) -> Specs:
     """`pipeline.student_epochs`: the student's whole budget, split over the stages that train the student model
-    (`model: student`) as evenly as whole epochs allow, later stages taking the remainder: every arm of a
+    (`model: student`, or any peer of a mutual group) as evenly as whole epochs allow, later stages taking the remainder: every arm of a
     comparison then trains the student for the same epochs (the same optimizer steps on the same examples)."""
     # a mutual group's peers train together: one share of the budget for the group, every peer its length
-    unit = {name: spec.get("mutual") or name for name, spec in specs.items() if spec.get("model") == "student"}
+    unit = {name: spec.get("mutual") or name for name, spec in specs.items()
+            if spec.get("model") == "student" or spec.get("mutual")}  # fmt: skip
     names = list(dict.fromkeys(unit.values()))
     if not names:
         raise KdclError(f"pipeline.student_epochs={total}: no stage of this pipeline trains the student "

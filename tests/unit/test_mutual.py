@@ -110,6 +110,8 @@ def test_dml_is_one_stage_per_peer_trained_together_each_from_its_own_seed():
     assert all(s.terms["kd"]["temperature"] == 3.0 for s in warm)
     # equal-budget arms: the peers train together, so the student's total is each peer's
     assert [s.epochs for s in build_plan(composed("pipeline=dml", "pipeline.student_epochs=6")).stages] == [6, 6]
+    mixed = composed("pipeline=dml", "pipeline.peers=[student,test_resnet]", "pipeline.student_epochs=6")
+    assert [s.epochs for s in build_plan(mixed).stages] == [6, 6]  # a peer named by timm name is a peer too
     later = build_plan(composed("pipeline=dml", "pipeline.finetune=true"))
     assert later.stages[-1].init == "dml2"  # a later stage starts from a peer as from any stage
 
