@@ -258,6 +258,11 @@ class Term:
     def spec(self) -> TermKind:
         return TERMS[self.kind]
 
+    @property
+    def active(self) -> bool:
+        """Whether the term ever counts: a positive weight, or a weight schedule that may raise it from 0."""
+        return self.weight > 0 or "weight" in self.schedule
+
 
 def as_tap_list(value, key: str) -> list:
     taps = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -344,7 +349,7 @@ class DistillLoss(nn.Module):
         super().__init__()
         self.key = key
         parsed = list(terms) if isinstance(terms, (list, tuple)) else parse_terms(terms, key)
-        self.terms = [t for t in parsed if t.weight > 0 or "weight" in t.schedule]
+        self.terms = [t for t in parsed if t.active]
         self.labels = labels
         self.learned = nn.ModuleDict()  # term name -> its learned modules, one per (teacher, tap pair)
         self.taps: list[FeatureTaps] = []  # [student, teacher 1, ...] once attached

@@ -290,7 +290,7 @@ def check_mutual_spec(key: str, spec: dict) -> str | None:
 
 def check_mutual_terms(key: str, mutual: str | None, terms: tuple[Term, ...], terms_key: str) -> None:
     """The peers' targets are their logits: feature terms (a teacher's activations) have nothing to read."""
-    features = [t.name for t in terms if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]
+    features = [t.name for t in terms if t.spec.features is not None and t.active]
     if mutual and features:
         raise KdclError(f"{key}: the mutual stage's peers are compared by their outputs, and {terms_key} has the "
                         f"feature terms {', '.join(features)}; use logit terms (kd, dkd, dist, lskd)")  # fmt: skip
@@ -324,7 +324,7 @@ def with_mutual_groups(stages: list[Stage]) -> list[Stage]:
 
 def softening_terms(terms: tuple[Term, ...]) -> list[Term]:
     """The active terms that soften a teacher's outputs with a `temperature` (kd, dkd, dist, lskd, ...)."""
-    return [t for t in terms if (t.weight > 0 or "weight" in t.schedule) and t.spec.needs_teacher
+    return [t for t in terms if t.active and t.spec.needs_teacher
             and "temperature" in config_params(t.spec.fn)]  # fmt: skip
 
 
@@ -442,11 +442,11 @@ def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Sta
     """Stored teacher logits or views where they are exact and save work (distill.teacher_outputs); online
     otherwise: the stage's `teacher_outputs` and, for auto, why."""
     mode = str(cfg.distill.get("teacher_outputs", "online"))
-    needs_teacher = any(t.spec.needs_teacher for t in stage.loss_terms if t.weight > 0 or "weight" in t.schedule)
+    needs_teacher = any(t.spec.needs_teacher for t in stage.loss_terms if t.active)
     if not (stage.trains and stage.teachers and needs_teacher):
         return {"teacher_outputs": "online", "teacher_outputs_why": ""}
     features = [t.name for t in stage.loss_terms
-                if t.spec.features is not None and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
+                if t.spec.features is not None and t.active]  # fmt: skip
     given = all(split_ref(t)[1] is None and not by_name[split_ref(t)[0]].trains for t in stage.teachers)
     timm_aug = Augmentation.of(cfg.get("augment"))
     augment = bool(cfg.data.augment) or timm_aug.active

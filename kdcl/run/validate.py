@@ -154,7 +154,7 @@ def check_memory_banks(plan) -> None:
     """CRD: each stage's memory bank must fit its training examples and max_bank_mb, found before any stage
     trains (this needs the labels, so it loads the data, as check_view_stores does)."""
     stages = [(s, t) for s in plan.stages for t in s.loss_terms
-              if t.spec.needs_index and (t.weight > 0 or "weight" in t.schedule)]  # fmt: skip
+              if t.spec.needs_index and t.active]  # fmt: skip
     if not stages:
         return
     if several_processes(plan.cfg.trainer):
