@@ -1,6 +1,7 @@
 """User-facing failures, each printed as one line without a traceback, with its own exit status:
 2 bad input (nothing started), 3 training diverged, 4 the environment failed (disk, permissions),
-5 some jobs of a sweep failed (the others ran to the end)."""
+5 some jobs of a sweep failed (the others ran to the end), 6 a stage could not start from what the stages before
+it made."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_ENVIRONMENT = 4
 EXIT_SWEEP_JOBS_FAILED = 5
+EXIT_STAGE_FAILED = 6
 
 
 class KdclError(Exception):
@@ -33,6 +35,13 @@ class EnvironmentFailure(KdclError):
     """The machine refused a write or a read (no space left, no permission, a file vanished)."""
 
     exit_status = EXIT_ENVIRONMENT
+
+
+class StageFailed(KdclError):
+    """A stage cannot start from what earlier stages made (no temperature makes the teacher as soft as its anchors):
+    only known once they ran, so not bad input; the stage is marked failed, the earlier ones are kept."""
+
+    exit_status = EXIT_STAGE_FAILED
 
 
 class SweepFailed(KdclError):

@@ -81,6 +81,9 @@ class DataConfig:
     test_fraction: float | None = None
     val_fraction: float = training_only(0.1)  # carved from the training part; the test split is fixed
     fraction: float = training_only(1.0)
+    # draws the validation split and the `fraction` shares (null: the run's `seed`): fixed, every seed trains on the
+    # same examples and varies only initialisation and order (a teacher given to a sweep has seen them all)
+    split_seed: int | None = field(default=None, metadata={"training_only": True, "when_set": True})
     batch_size: int = unseen(64)  # training's step size: it shapes trained weights (every key holds their digest)
     eval_batch_size: int = 256  # seen: how much trainer.limit_test_batches covers; a GPU's last bits of a logit
     num_workers: int = unseen(0)  # training loader's processes (they draw its random crops; eval reads no crops)

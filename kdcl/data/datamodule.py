@@ -69,6 +69,16 @@ class DeviceTensors(Dataset):
         return tuple(t[0] for t in self.__getitems__([i]))
 
 
+def lone_last_batch(n: int, batch_size: int, ranks: int = 1) -> bool:
+    """Whether a training epoch would end on a batch of one example: on each of `ranks` processes, which take
+    ⌈n / ranks⌉ examples each (DistributedSampler pads). Batch norm cannot train on one value per channel (a 1×1
+    map: a ResNet's last stage at 32 px, ReviewKD's embedding level), so such a batch is dropped: a different
+    example sits it out each epoch, and the epoch has one step fewer than ⌈n / batch⌉. (Curricula and stored views
+    always fill their batches.)"""
+    per_rank = math.ceil(n / ranks)
+    return per_rank > 1 and per_rank % batch_size == 1
+
+
 def whole_batch(batch):
     """collate_fn of DeviceTensors: the batch is already one set of tensors."""
     return batch
@@ -269,10 +279,16 @@ class KdclDataModule(pl.LightningDataModule):
                 "seed": int(self.cfg.get("label_noise_seed", 0)), "training_examples": n_train,
                 "flipped": len(self.noise.flipped), "flipped_source_indices": self.noise.flipped.tolist()}  # fmt: skip
 
+    @property
+    def split_seed(self) -> int:
+        """data.split_seed, else the run's seed: it draws the validation split and the `fraction` shares."""
+        value = self.cfg.get("split_seed")
+        return self.seed if value is None else int(value)
+
     def split_indices(self, src: ImageSplits):
-        """(train indices, val indices, test dataset); the val carve depends on `seed` only."""
+        """(train indices, val indices, test dataset); the val carve depends on the split seed only."""
         n = len(src.train)
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(n, generator=g).tolist()
         test = src.test
         if test is None:  # no official test split: carve a fixed one (seed 0, same for every run)
@@ -293,17 +309,23 @@ class KdclDataModule(pl.LightningDataModule):
         if fraction is None or fraction >= 1:
             return base
         n = len(base)
-        keep = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 31337))[: math.ceil(fraction * n)]
+        g = torch.Generator().manual_seed(self.split_seed + 31337)
+        keep = torch.randperm(n, generator=g)[: math.ceil(fraction * n)]
         return Subset(base, sorted(keep.tolist()))
 
     # loaders --------------------------------------------------------------------------------
+    @property
+    def ranks(self) -> int:
+        """The training processes that share each epoch (Lightning splits it under DDP)."""
+        return int(self.trainer.world_size) if self.trainer is not None else 1
+
     def loader(self, ds: Dataset, train: bool) -> DataLoader:
-        workers = int(self.cfg.num_workers)
+        workers, batch = int(self.cfg.num_workers), int(self.cfg.batch_size if train else self.cfg.eval_batch_size)
         return DataLoader(
             ds,
-            batch_size=int(self.cfg.batch_size if train else self.cfg.eval_batch_size),
+            batch_size=batch,
             shuffle=train,
-            drop_last=False,
+            drop_last=train and lone_last_batch(len(ds), batch, self.ranks),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -330,7 +352,9 @@ class KdclDataModule(pl.LightningDataModule):
         self.augment_on_device = bool(self.cfg.augment)
         if self.part.batch_sampler is not None:
             return DataLoader(data, batch_sampler=self.part.batch_sampler, collate_fn=whole_batch)
-        return DataLoader(data, batch_size=int(self.cfg.batch_size), shuffle=True, collate_fn=whole_batch)
+        batch = int(self.cfg.batch_size)
+        return DataLoader(data, batch_size=batch, shuffle=True, drop_last=lone_last_batch(len(data), batch, self.ranks),
+                          collate_fn=whole_batch)  # fmt: skip
 
     def views_loader(self, views) -> DataLoader:
         """Stored views rebuilt per image (timm's crops, mixup/cutmix: kdcl/data/replay.py): batches of view

@@ -152,9 +152,10 @@ class ContrastMemory(nn.Module):
                 f"{self.negatives} negatives per example")  # fmt: skip
 
 
-def check_bank(where: str, labels: torch.Tensor, params: dict[str, Any]) -> None:
+def check_bank(where: str, labels: torch.Tensor, params: dict[str, Any], banks: int = 1) -> None:
     """CRD's memory bank must fit the stage's data (negatives ≤ the examples of other classes, for every example)
-    and max_bank_mb; a one-line KdclError otherwise. Also run by the plan's checks, before any training."""
+    and max_bank_mb, which bounds the term's `banks` together (one per teacher and tap pair); a one-line KdclError
+    otherwise. Also run by the plan's checks, before any training."""
     negatives, dim, limit = int(params["negatives"]), int(params["dim"]), params["max_bank_mb"]
     fewest = len(labels) - int(torch.bincount(labels).max())  # examples of other classes, for the largest class
     if negatives > fewest:
@@ -163,11 +164,13 @@ def check_bank(where: str, labels: torch.Tensor, params: dict[str, Any]) -> None
             f"of which an example of the largest class has {fewest} of other classes to contrast with; "
             f"set {where}.negatives ≤ {fewest}"
         )
-    needed = len(labels) * dim * 2 * 4 / 2**20
+    needed = banks * len(labels) * dim * 2 * 4 / 2**20
     if needed > limit:
+        what = "memory bank needs" if banks == 1 else f"{banks} memory banks (one per teacher and tap pair) need"
+        each = "" if banks == 1 else " each"
         raise KdclError(
-            f"{where}: the memory bank needs {needed:.1f} MB ({len(labels)} examples × {dim} dims × 2 models × "
-            f"4 bytes), over max_bank_mb={limit:g}; lower {where}.dim or raise {where}.max_bank_mb"
+            f"{where}: the {what} {needed:.1f} MB ({len(labels)} examples × {dim} dims × 2 models × 4 bytes{each}), "
+            f"over max_bank_mb={limit:g}; lower {where}.dim or raise {where}.max_bank_mb"
         )
 
 

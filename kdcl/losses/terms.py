@@ -472,9 +472,18 @@ class DistillLoss(nn.Module):
         flat = list(self.learned[term.name])
         return [flat[i : i + n] for i in range(0, len(flat), n)]
 
+    def learned_params(self) -> dict[str, int]:
+        """Term name -> trainable parameters of its learned modules (they train with the student, never exported)."""
+        return {
+            name: sum(p.numel() for p in mods.parameters() if p.requires_grad) for name, mods in self.learned.items()
+        }
+
     def summaries(self) -> list[str]:
-        """One line per learned module that reports itself (CRD's memory bank), for the stage's log."""
-        return [m.summary() for mods in self.learned.values() for m in mods if hasattr(m, "summary")]
+        """Lines for the stage's log: each term's learned parameters, then what a module reports of itself (CRD's
+        memory bank)."""
+        sizes = [f"{name} {n / 1e6:.3g} M" for name, n in self.learned_params().items()]
+        lines = [f"learned parameters (trained with the student, never exported): {', '.join(sizes)}"] if sizes else []
+        return lines + [m.summary() for mods in self.learned.values() for m in mods if hasattr(m, "summary")]
 
     def scheduled_values(self, progress: float) -> dict[str, float]:
         """`<param>_<term>` -> current value, for every scheduled parameter (logged so schedules are visible)."""

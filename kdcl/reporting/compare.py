@@ -7,7 +7,7 @@ median over the group's runs. The final model's chosen and last-epoch accuracy g
 with a baseline paired tests (kdcl/reporting/compare_stats.py); so do its learning-speed metrics (validation
 accuracy at 25/50/100 % of the epochs, area under the validation curve: kdcl/reporting/speed.py). Writes
 report.csv, report.md, report.json, report.png (final-stage accuracy against parameters) and report_curves.png
-(the final stage's validation curve per setting: mean and min–max over seeds) into DIR.
+(the final model's validation curve over all its stages per setting: mean and min–max over seeds) into DIR.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from kdcl.common.plots import saved_figure
 from kdcl.common.tables import markdown_table, print_table
 from kdcl.config.upgrade import renamed
 from kdcl.reporting.compare_stats import (
+    CHECKPOINTS,
     COMPARE_HEADERS,
     PAIRED,
     SPREAD_HEADERS,
@@ -37,7 +38,7 @@ from kdcl.reporting.compare_stats import (
     spread_table,
     spreads,
 )
-from kdcl.reporting.speed import CURVE_KEY, FRACTIONS, SPEED_KEYS
+from kdcl.reporting.speed import CURVE_KEY, FRACTIONS, SPEED_KEYS, LearningSpeed
 from kdcl.reporting.summary import fmt_ms, medians
 
 NOT_A_SETTING = ("seed=", "hydra.", "progress_bar=", "trainer.progress_bar=", "paths.", "name=", "resume=")
@@ -98,7 +99,8 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
         row["final_stage"], row["final_model"], row["final_params"] = final["name"], final["model"], final["params"]
         row["stages"], row["overrides"] = stages, overrides[runs_of[key][0]]
         row.update(final_latency(summaries))
-        row["final_seeds"] = {c: by_seed(summaries, final["name"], k) for c, k in PAIRED.items()}
+        row["final_seeds"] = {c: by_seed(summaries, final["name"], k) for c, k in CHECKPOINTS.items()}
+        row["final_seeds"].update(chain_speed_by_seed(summaries, final["name"]))
         row["final_curves"] = {
             int(s["seed"]): curve_of(s, final["name"]) for s in summaries if curve_of(s, final["name"])
         }
@@ -108,9 +110,41 @@ def collect(root: Path) -> tuple[list[dict], list[str]]:
 
 
 def curve_of(summary: dict, stage: str) -> list[float | None]:
-    """The stage's validation curve in one run's summary ([] for a run recorded before it was kept)."""
-    row = next((st for st in summary["stages"] if st["name"] == stage), {})
-    return list(row.get(CURVE_KEY) or [])
+    """The validation curve of the stage's model over all its training in one run's summary: the curves of the
+    stages it continued from (`init`: anchors, a fine-tune), then its own; [] for a run recorded before curves
+    were kept. Its learning speed is then the model's over its whole student budget, not its last stage's."""
+    rows, curve, name = {st["name"]: st for st in summary["stages"]}, [], stage
+    while name in rows:  # `init` names an earlier stage: the walk ends
+        own = list(rows[name].get(CURVE_KEY) or [])
+        if curve:  # an earlier stage's epochs it did not validate (stopped early) keep the later stages' places
+            own += [None] * (int(rows[name].get("epochs") or 0) - len(own))
+        curve = own + curve
+        name = rows[name].get("init")
+    return curve if any(v is not None for v in curve) else []
+
+
+def chain_budget(summary: dict, stage: str) -> int:
+    """The epochs of the stage and of the stages it continued from (`init`)."""
+    rows, epochs, name = {st["name"]: st for st in summary["stages"]}, 0, stage
+    while name in rows:
+        epochs += int(rows[name].get("epochs") or 0)
+        name = rows[name].get("init")
+    return epochs
+
+
+def chain_speed_by_seed(summaries: list[dict], stage: str) -> dict[str, dict[int, float]]:
+    """{speed key: {seed: value}} of the stage's model over its whole training (curve_of); a single stage's equal
+    what the stage recorded."""
+    out: dict[str, dict[int, float]] = {key: {} for key in SPEED_KEYS}
+    for summary in summaries:
+        curve = curve_of(summary, stage)
+        if not curve:
+            continue
+        speed = LearningSpeed.from_curve(curve, chain_budget(summary, stage) or None).to_json()
+        for key in SPEED_KEYS:
+            if speed[key] is not None:
+                out[key][int(summary["seed"])] = float(speed[key])
+    return out
 
 
 def speed_cell(row: dict, key: str) -> str:
@@ -261,7 +295,7 @@ def mean_curve(curves: list[list[float | None]]) -> tuple[list[int], list[float]
 
 
 def curves_plot(rows: list[dict], path: Path) -> bool:
-    """The final stage's validation accuracy against epoch: one line per setting (mean over its seeds) and
+    """The final model's validation accuracy (over all its stages) against epoch: one line per setting (mean over its seeds) and
     its min–max band; False, and nothing written, when no run recorded a curve."""
     drawn = [r for r in rows if r["final_curves"]]
     if not drawn:
@@ -274,6 +308,6 @@ def curves_plot(rows: list[dict], path: Path) -> bool:
                 ax.fill_between(epochs, [100 * v for v in low], [100 * v for v in high], color=line.get_color(),
                                 alpha=0.2, linewidth=0)  # fmt: skip
         ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
-               title="final stage's learning curve (mean, min–max over seeds)")  # fmt: skip
+               title="final model's learning curve (mean, min–max over seeds)")  # fmt: skip
         ax.legend(fontsize=7, loc="best")
     return True

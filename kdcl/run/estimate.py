@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kdcl.data.datamodule import lone_last_batch
 from kdcl.models.cost import StepTimes, latency_seconds
 from kdcl.models.predictions import batch_limit
 
@@ -42,7 +43,8 @@ class Counts:
     limits: tuple  # trainer.limit_train_batches, limit_val_batches, limit_test_batches
 
     def steps(self) -> int:
-        return batch_limit(self.limits[0], math.ceil(self.train / self.batch))
+        lone = lone_last_batch(self.train, self.batch)  # a last batch of one example is dropped
+        return batch_limit(self.limits[0], math.ceil(self.train / self.batch) - lone)
 
     def val_batches(self) -> int:
         return batch_limit(self.limits[1], math.ceil(self.val / self.eval_batch))

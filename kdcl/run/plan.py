@@ -6,7 +6,9 @@ presets.py) that builds them; `pipeline.finetune=true` appends a hard-label fine
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,6 +29,7 @@ from kdcl.run.presets import (
 SELECT = ("best", "last")
 HARD_LABELS = {"ce": {"weight": 1.0}}
 STAGE_KEYS = ("model", "teachers", "epochs", "select", "terms", "fraction", "init", "lr_scale", "task", "ensemble",
+              "keep_epochs",
               "match_entropy", "mutual")  # fmt: skip
 # what the peers of a mutual group share: they train as one stage (one data order, optimizer and budget)
 MUTUAL_SHARED = ("epochs", "select", "terms", "fraction", "lr_scale")
@@ -67,6 +70,9 @@ class Stage:
     # others' current outputs, and the peers' stage names in order (this one among them)
     mutual: str | None = None
     peers: tuple[str, ...] = ()
+    # a given checkpoint from a kdcl run: the checkpoints its stage kept after epochs ((epoch, absolute path), ...),
+    # so that `name@E` reads them as it reads a trained stage's (one teacher trained once serves a sweep of anchors)
+    given_epochs: tuple[tuple[int, str], ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -76,6 +82,16 @@ class Stage:
     def trains(self) -> bool:
         """A model given as a kdcl checkpoint is used as-is: its stage only tests it."""
         return not self.model.get("checkpoint")
+
+    def given_file(self, epoch: int | None) -> Path | None:
+        """The file `name` (epoch None) or `name@E` reads when this stage's model is a given checkpoint (known before
+        the run); None for a stage that trains."""
+        if self.trains:
+            return None
+        if epoch is None:
+            return Path(self.model["checkpoint"]).resolve()
+        file = dict(self.given_epochs).get(epoch)
+        return None if file is None else Path(file)
 
     @property
     def teacher_stages(self) -> tuple[str, ...]:
@@ -166,7 +182,8 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
                 )
             specs[str(name)] = OmegaConf.to_container(spec, resolve=True)
         if p.get("teacher_epoch") is not None:
-            specs = early_stopped(specs, p.teacher_epoch)
+            given = {n for n, spec in specs.items() if model_of(cfg, spec, f"pipeline.stages.{n}")[1].get("checkpoint")}
+            specs = early_stopped(specs, p.teacher_epoch, given)
     if p.get("student_epochs") is not None:
         specs = split_student_epochs(specs, p.student_epochs)
     if p.get("finetune"):
@@ -197,10 +214,37 @@ def check_teacher_refs(key: str, teachers: tuple[str, ...], by_name: dict[str, S
             raise KdclError(
                 f"{key}.{field}: '{base}' is not an earlier stage{did_you_mean(base, by_name)}; earlier stages: {', '.join(by_name) or 'none'}"
             )
-        if epoch is not None and not (by_name[base].trains and 1 <= epoch <= by_name[base].epochs):
-            raise KdclError(
-                f"{key}.{field}: '{t}' must name an epoch 1..{by_name[base].epochs} of a stage that trains (e.g. {base}@1)"
-            )
+        source = by_name[base]
+        if epoch is None or (1 <= epoch <= source.epochs if source.trains else source.given_file(epoch) is not None):
+            continue
+        if source.trains:
+            raise KdclError(f"{key}.{field}: '{t}' must name an epoch 1..{source.epochs} of a stage that trains "
+                            f"(e.g. {base}@1)")  # fmt: skip
+        kept = ", ".join(f"{base}@{e}" for e, _ in source.given_epochs) or "none"
+        raise KdclError(f"{key}.{field}: '{t}' needs the checkpoint after epoch {epoch} from the run of "
+                        f"{source.model_key}.checkpoint, which kept {kept}; give a checkpoint from a run whose stage "
+                        f"kept that epoch (a later stage there learned from {t}, e.g. pipeline=anchors), or train "
+                        f"'{base}' in this run")  # fmt: skip
+
+
+def given_epochs(model: dict) -> tuple[tuple[int, str], ...]:
+    """A given checkpoint's epoch checkpoints: when it lies in a kdcl run's stage (stages/NN-name/checkpoints/), the
+    ones that stage kept, read from its metrics.json; none for a checkpoint anywhere else."""
+    if not model.get("checkpoint"):
+        return ()
+    path = Path(model["checkpoint"]).resolve()
+    metrics = path.parent.parent / "metrics.json"
+    if len(path.parents) < 4 or path.parent.name != "checkpoints" or path.parents[2].name != "stages":
+        return ()
+    if not metrics.is_file():
+        return ()
+    try:
+        kept = json.loads(metrics.read_text()).get("epoch_checkpoints") or {}
+    except (OSError, ValueError):
+        return ()
+    run_dir = path.parents[3]  # <run>/stages/NN-name/checkpoints/<file>; kept paths are relative to <run>
+    files = {int(e): (run_dir / rel).resolve() for e, rel in kept.items() if str(e).isdigit()}
+    return tuple((e, str(f)) for e, f in sorted(files.items()) if f.is_file())
 
 
 def number(spec: dict, field: str, key: str, default, ok, rule: str):
@@ -263,10 +307,23 @@ def make_stage(cfg: DictConfig, index: int, name: str, spec: dict, earlier: dict
     match = spec.get("match_entropy") or ()
     match = (match,) if isinstance(match, str) else tuple(str(t) for t in match)
     check_matching(key, match, teachers, parsed, terms_key, earlier)
+    keep = kept_epochs(spec.get("keep_epochs"), epochs, key)
+    if keep and model.get("checkpoint"):
+        raise KdclError(f"{key}.keep_epochs: {model_key}.checkpoint is given, so the stage trains no epoch to keep; "
+                        "drop keep_epochs (its own run's kept epochs come with it)")  # fmt: skip
     return Stage(index, str(name), model_key, model, teachers, epochs, select, terms, terms_key,
                  None if fraction is None else float(fraction), init, float(lr_scale),
                  None if task is None else tuple(task), loss_terms=parsed, ensemble=ensemble,
-                 match_entropy=match, mutual=mutual)  # fmt: skip
+                 save_epochs=keep, match_entropy=match, mutual=mutual, given_epochs=given_epochs(model))  # fmt: skip
+
+
+def kept_epochs(value, epochs: int, key: str) -> tuple[int, ...]:
+    """`keep_epochs`: checkpoints kept after these epochs for other runs' `name@E` (a teacher trained once for a
+    sweep of anchors or early-stopped arms)."""
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(e, int) and not isinstance(e, bool) and 1 <= e <= epochs for e in values):
+        raise KdclError(f"{key}.keep_epochs={value} must list epochs 1..{epochs} of the stage (e.g. [3, 6])")
+    return tuple(sorted(set(values)))
 
 
 # mutual learning ------------------------------------------------------------------------------------
@@ -363,14 +420,16 @@ def build_plan(cfg: DictConfig) -> Plan:
 
 
 def with_saved_epochs(stages: list[Stage]) -> list[Stage]:
-    """A stage saves a checkpoint after every epoch a later stage learns from, scores or matches with (`name@E`)."""
+    """A stage saves a checkpoint after every epoch a later stage learns from, scores or matches with (`name@E`),
+    and after those it is told to keep (`keep_epochs`)."""
     wanted: dict[str, set[int]] = {}
     for s in stages:
         for t in (*s.teachers, *s.scorers, *s.match_entropy):
             base, epoch = split_ref(t)
             if epoch is not None:
                 wanted.setdefault(base, set()).add(epoch)
-    return [replace(s, save_epochs=tuple(sorted(wanted.get(s.name, ())))) for s in stages]
+    return [replace(s, save_epochs=tuple(sorted(wanted.get(s.name, set()) | set(s.save_epochs)))) if s.trains else s
+            for s in stages]  # fmt: skip
 
 
 # teacher outputs ------------------------------------------------------------------------------------
@@ -447,7 +506,7 @@ def teacher_outputs_fields(cfg: DictConfig, stage: Stage, by_name: dict[str, Sta
         return {"teacher_outputs": "online", "teacher_outputs_why": ""}
     features = [t.name for t in stage.loss_terms
                 if t.spec.features is not None and t.active]  # fmt: skip
-    given = all(split_ref(t)[1] is None and not by_name[split_ref(t)[0]].trains for t in stage.teachers)
+    given = all(by_name[split_ref(t)[0]].given_file(split_ref(t)[1]) is not None for t in stage.teachers)
     timm_aug = Augmentation.of(cfg.get("augment"))
     augment = bool(cfg.data.augment) or timm_aug.active
     chosen, why = choose_mode(mode, augment, features, stage.epochs, int(cfg.data.views), given,
@@ -521,7 +580,12 @@ def check_curriculum_stages(c: DictConfig, stages: list[Stage]) -> None:
 def early_refs(c: DictConfig, stage: Stage, by_name: dict[str, Stage]) -> list[str]:
     """source=early: each teacher as it was after `early_epoch` epochs (`teacher@E`)."""
     for t in stage.teacher_stages:
-        if not by_name[t].trains or by_name[t].epochs < c.early_epoch:
+        source = by_name[t]
+        if source.given_file(c.early_epoch) is None and not source.trains:
+            kept = ", ".join(f"{t}@{e}" for e, _ in source.given_epochs) or "none"
+            raise KdclError(f"curriculum.source=early needs {t}@{c.early_epoch}, and {source.model_key}.checkpoint's "
+                            f"run kept {kept}; set curriculum.early_epoch to one of them or use source=final|folds")  # fmt: skip
+        if source.trains and source.epochs < c.early_epoch:
             raise KdclError(f"curriculum.source=early needs stage '{t}' to train at least curriculum.early_epoch="
                             f"{c.early_epoch} epochs; lower early_epoch or use source=final|folds")  # fmt: skip
     return [f"{t}@{c.early_epoch}" for t in stage.teacher_stages]

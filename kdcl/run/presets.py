@@ -270,9 +270,10 @@ def split_student_epochs(specs: Specs, total) -> Specs:
     return {name: {**spec, "epochs": epochs[unit[name]]} if name in unit else spec for name, spec in specs.items()}
 
 
-def early_stopped(specs: Specs, epoch) -> Specs:
+def early_stopped(specs: Specs, epoch, given: set[str] = frozenset()) -> Specs:
     """`pipeline.teacher_epoch=E` (Cho & Hariharan 2019): the last stage learns from its teachers as they were
-    after epoch E (`teacher@E`) instead of their chosen checkpoints."""
+    after epoch E (`teacher@E`) instead of their chosen checkpoints. A `given` teacher (a checkpoint from another
+    run) has the epochs its run kept, checked with the plan."""
     name, last = list(specs.items())[-1]
     teachers = [str(t) for t in last.get("teachers") or ()]
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
@@ -282,7 +283,7 @@ def early_stopped(specs: Specs, epoch) -> Specs:
                         f"pipeline.stages.{name}.teachers is {teachers}")  # fmt: skip
     for t in teachers:
         budget = specs.get(t, {}).get("epochs")
-        if isinstance(budget, int) and epoch > budget:
+        if t not in given and isinstance(budget, int) and epoch > budget:
             raise KdclError(f"pipeline.teacher_epoch={epoch} must be 1..{budget}, the epochs stage '{t}' trains")
     return {**specs, name: {**last, "teachers": [f"{t}@{epoch}" for t in teachers]}}
 

@@ -118,8 +118,7 @@ def trainer_device(cfg: DictConfig) -> torch.device:
 def given(ctx: StageContext, ref: str) -> Path | None:
     """A teacher reference's file when it is known before the run: a given checkpoint, not a trained stage."""
     name, epoch = split_ref(ref)
-    stage = ctx.plan.stage(name)
-    return Path(stage.model["checkpoint"]).resolve() if not stage.trains and epoch is None else None
+    return ctx.plan.stage(name).given_file(epoch)
 
 
 def given_teacher(ctx: StageContext, ref: str, file: Path, loaded: dict[str, nn.Module]) -> nn.Module:

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdcl import __version__
-from kdcl.common.errors import Diverged, EnvironmentFailure, KdclError, io_failure
+from kdcl.common.errors import Diverged, EnvironmentFailure, KdclError, StageFailed, io_failure
 from kdcl.common.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.common.ranks import process_rank
 from kdcl.common.timing import PartTimer, seconds_text
@@ -125,19 +125,22 @@ def run_unit(ctx: StageContext, unit: tuple[Stage, ...]) -> list[StageResult]:
 
 
 def run_recorded(ctx: StageContext, unit: tuple[Stage, ...], manifest: Manifest) -> list[StageResult]:
-    """run_unit; a stage that diverged or could not write is marked failed in run.json with the reason."""
+    """run_unit; a stage that diverged, could not start from earlier stages or could not write is marked failed in
+    run.json with the reason."""
     name = unit[0].mutual or unit[0].name
     try:
         return run_unit(ctx, unit)
     except OSError as exc:  # a write kdcl does not make itself (a logger, a library): still one line
         err: KdclError = io_failure(exc, f"run stage {name}")
-    except (Diverged, EnvironmentFailure) as exc:
+    except (Diverged, StageFailed, EnvironmentFailure) as exc:
         err = exc
     try:
         for stage in unit:
             manifest.mark_failed(stage.name, str(err))
     except EnvironmentFailure:
         pass  # the disk that failed the stage may refuse the record too: the error itself says why
+    if isinstance(err, StageFailed):  # the fix is in the line itself: say what is kept
+        raise StageFailed(f"{err} (the stages before it are kept: kdcl train resume={ctx.run_dir} ...)") from None
     raise type(err)(f"{err}; then continue with kdcl train resume={ctx.run_dir}") from None
 
 
@@ -180,10 +183,11 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None, start_u
 
 def timing(timer: PartTimer, results: list[StageResult]) -> dict:
     """summary.json's `timing`: the job's parts, each stage's parts (stages done by an earlier process
-    keep the time they took then), and the total of this process."""
+    keep the time they took then; the peers of a mutual group, trained at once, are their group's one entry),
+    and the total of this process."""
     parts = timer.rounded()
     return {"total": round(sum(parts.values()), 2), "parts": parts,
-            "stages": {r.name: {"seconds": r.seconds, **r.timing} for r in results}}  # fmt: skip
+            "stages": {r.mutual or r.name: {"seconds": r.seconds, **r.timing} for r in results}}  # fmt: skip
 
 
 def timing_line(t: dict) -> str:

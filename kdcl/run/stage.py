@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from kdcl.common.cache import cache_bound, load_or_build, store_path
-from kdcl.common.errors import KdclError
+from kdcl.common.errors import StageFailed
 from kdcl.common.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from kdcl.common.metric_names import metric_name
 from kdcl.common.ranks import launched_world_size
@@ -98,6 +98,9 @@ class StageResult:
     # peer's seconds and timing are its group's, which trained every peer at once)
     mutual: str | None = None
     peers: list[str] = field(default_factory=list)
+    # term -> trainable parameters of its learned modules (FitNets' bridge, VID, OFD, CRD, ReviewKD): in the stage's
+    # optimizer and checkpoints, never in `params` or an export
+    learned_params: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -135,10 +138,10 @@ class StageContext:
         name, epoch = split_ref(ref)
         result = self.handed[name]
         if epoch is None:
-            return self.run_dir / result.checkpoint
+            return self.run_dir / result.checkpoint  # a given checkpoint's is absolute: a resume reads the same file
         if str(epoch) not in result.epoch_checkpoints:  # e.g. the stage stopped early (max_steps, max_time)
-            raise KdclError(f"stage '{name}' saved no checkpoint after epoch {epoch} (for '{ref}'); it stopped "
-                            "before that epoch: lower the epoch or use curriculum.source=final")  # fmt: skip
+            raise StageFailed(f"stage '{name}' saved no checkpoint after epoch {epoch} (for '{ref}'); it stopped "
+                              "before that epoch: lower the epoch or use curriculum.source=final")  # fmt: skip
         return self.run_dir / result.epoch_checkpoints[str(epoch)]
 
     def build_model(self, model_cfg: dict, key: str, checkpoint: Path | None = None) -> nn.Module:
@@ -580,6 +583,8 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
     best = parts.checkpoint.best_model_score if stage.trains else None
     saved = {str(e): relative_to_run(epoch_checkpoint(ckpt_dir, e), ctx.run_dir)
              for e in stage.save_epochs if epoch_checkpoint(ckpt_dir, e).is_file()}  # fmt: skip
+    if not stage.trains:  # a given checkpoint: the epochs its own run kept (absolute), for this run's `name@E`
+        saved = {str(e): file for e, file in stage.given_epochs}
     leader = trainer.is_global_zero  # under DDP only the first rank measures and writes
     timer = timer or PartTimer()
     with timer.part("latency"):  # MACs, and latency in each runtime (an ONNX export for ONNX Runtime)
@@ -600,7 +605,7 @@ def record(ctx: StageContext, stage: Stage, parts: StageParts, trainer: pl.Train
         test_per_class=module.test_per_class, classes=parts.classes, init=stage.init, epoch_checkpoints=saved,
         macs=cost["macs"], latency=cost["latency"], seconds=round(time.perf_counter() - started, 2),
         recovery=recovery, teacher_store=store, test_reused=test_reused, timing=timer.rounded(), **speed.to_json(),
-        matched_temperature=None if matched is None else matched.to_json(),
+        matched_temperature=None if matched is None else matched.to_json(), learned_params=module.loss.learned_params(),
     )  # fmt: skip
     if leader:
         result = replace(result, test_predictions=save_test_predictions(ctx, stage, module.test_predictions),

@@ -173,7 +173,8 @@ def check_memory_banks(plan) -> None:
     for stage, term in stages:
         classes = task_classes(stage.task, dm.num_classes)[0] if stage.task else None
         labels = dataset_labels(dm.stage_subset(stage.fraction, classes))
-        check_bank(f"{stage.terms_key}.{term.name}", labels, {**defaults_of(term.spec.fn), **term.params})
+        banks = len(stage.teachers) * len(term.taps.get("student_tap") or [None])  # one per teacher and tap pair
+        check_bank(f"{stage.terms_key}.{term.name}", labels, {**defaults_of(term.spec.fn), **term.params}, banks)
 
 
 def check_view_stores(plan) -> None:

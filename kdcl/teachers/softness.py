@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.distributions import Categorical
 
-from kdcl.common.errors import KdclError
+from kdcl.common.errors import StageFailed
 
 SEARCH = (1e-2, 1e3)  # the temperatures searched: far sharper and far softer than any KD setting
 
@@ -28,8 +28,9 @@ def matching_temperature(logits: torch.Tensor, target: float, what: str) -> floa
     gap = lambda log_t: mean_entropy(logits, math.exp(log_t)) - target  # noqa: E731
     low, high = (math.log(t) for t in SEARCH)
     if gap(low) > 0 or gap(high) < 0:
-        raise KdclError(f"{what}: no temperature in {SEARCH[0]}..{SEARCH[1]:g} gives the teacher the mean entropy "
-                        f"{target:.4g} nats; match other anchors or train the teacher differently")  # fmt: skip
+        raise StageFailed(f"{what}: no temperature in {SEARCH[0]}..{SEARCH[1]:g} gives the teacher the mean entropy "
+                        f"{target:.4g} nats; resume with another distill.temperature (the anchors' entropies are taken at "
+                          f"it) or start a run with other anchors (pipeline.anchors, pipeline.epochs)")  # fmt: skip
     return math.exp(brentq(gap, low, high, xtol=1e-12, rtol=1e-12))
 
 

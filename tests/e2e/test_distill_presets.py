@@ -41,6 +41,7 @@ def fast_settings(tiny_run: Path) -> list[str]:
         "trainer.max_epochs=2",
         f"teacher.checkpoint={tiny_run / 'stages/00-teacher/checkpoints/best.ckpt'}",
         "data.fraction=0.3",
+        "data.batch_size=43",  # 388 = 9 × 43 + 1 examples: epochs would end on a lone one (batch norm fails on it)
         "latency.batches=[]",
         "checkpoint.keep=resumable",  # the optimizer's state stays in last.ckpt: what it trained is visible
     ]
@@ -111,6 +112,9 @@ def test_learned_modules_train_with_the_student_are_saved_and_never_exported(swe
     plain = torch.load(jobs["kd"] / ckpt, weights_only=True)  # the same student, no learned module
     learned = learned_parameters(checkpoint["state_dict"], preset)
     assert learned > 0
+    metrics = json.loads((jobs[preset] / "stages/01-student/metrics.json").read_text())
+    assert metrics["learned_params"] == {preset: learned}  # what the stage reports is what it saved
+    assert metrics["params"] == json.loads((jobs["kd"] / "stages/01-student/metrics.json").read_text())["params"]
     assert optimised_elements(checkpoint) == optimised_elements(plain) + learned  # in the student's optimizer
     proc = in_process(["export", str(jobs[preset]), "format=safetensors", f"out={tmp_path / 'st'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -125,8 +129,11 @@ def test_crd_reports_its_memory_bank_as_the_stage_starts(sweep):
     line = re.search(r"\[student\] crd: memory bank of (\d+) examples × 128 dims × 2 models = ([\d.]+) MB, "
                      r"256 negatives per example\n", procs["crd"].stdout)  # fmt: skip
     assert line, procs["crd"].stdout[-3000:]
+    assert re.search(r"\[student\] learned parameters \(trained with the student, never exported\): crd 0\.\d+ M\n",
+                     procs["crd"].stdout)  # fmt: skip
     examples = int(line[1])
-    assert 380 <= examples <= 390  # data.fraction=0.3 of digits' 1293 training images
+    assert examples == 388  # data.fraction=0.3 of digits' 1293 training images
+    assert examples % 43 == 1  # so the sweep trains every preset with batches that would end on a lone example
     assert line[2] == f"{examples * 128 * 2 * 4 / 2**20:.1f}"  # two float32 banks of 128 per example
 
 

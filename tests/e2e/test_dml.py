@@ -59,6 +59,9 @@ def test_both_peers_learn_together_and_improve_over_their_own_first_epoch(dml_ru
     md = (dml_run / "summary.md").read_text()
     assert "| dml1 | test_efficientnet | ↔ dml2 |" in md and "| dml2 | test_efficientnet | ↔ dml1 |" in md
     assert [c["stage"] for c in summary_of(dml_run)["report_card"]] == list(PEERS)
+    timing = summary_of(dml_run)["timing"]
+    assert list(timing["stages"]) == ["dml"]  # the peers trained at once: one entry, its time counted once
+    assert timing["stages"]["dml"]["seconds"] <= timing["parts"]["stages"]
 
 
 def timm_recipe(export_dir: Path) -> dict:

@@ -27,7 +27,12 @@ ANCHORS = ["pipeline=anchors", "pipeline.epochs=3", "pipeline.anchors=3"]  # ear
 ARMS = {
     "matched": [*ANCHORS, "pipeline.order=matched", "distill.temperature=2"],
     "reverse": [*ANCHORS, "pipeline.order=reverse"],
-    "early_stopped": ["trainer.max_epochs=2", "pipeline.teacher_epoch=1", "distill.teacher_outputs=cached"],
+    "early_stopped": [
+        "trainer.max_epochs=2",
+        "pipeline.teacher_epoch=1",
+        "distill.teacher_outputs=cached",
+        "+pipeline.stages.teacher.keep_epochs=[2]",
+    ],  # kept for no stage of its own: for a later run
     "takd_labels_only": ["pipeline=takd", "pipeline.assistants=[test_resnet]", "pipeline.assistants_distill=false"],
     "born_again_plain": ["pipeline=born_again", "pipeline.generations=1", "pipeline.plain=true"],
 }
@@ -42,7 +47,18 @@ def arms(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         proc = in_process(["train", *FAST, *overrides, f"hydra.run.dir={cwd / arm}"], cwd)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[arm] = (cwd / arm, proc.stdout)
+    # the early-stopped arm again, its teacher given from the run above: the checkpoint after its last epoch, which
+    # brings the epoch-1 checkpoint that run kept
+    given = ["pipeline.teacher_epoch=1", "distill.teacher_outputs=cached", f"teacher.checkpoint={given_teacher(runs)}"]
+    proc = in_process(["train", *FAST, *given, f"hydra.run.dir={cwd / 'given'}"], cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs["given"] = (cwd / "given", proc.stdout)
     return runs
+
+
+def given_teacher(runs: dict[str, tuple[Path, str]]) -> Path:
+    """The early-stopped arm's teacher after its last epoch (2): not the epoch-1 checkpoint, whichever is best."""
+    return runs["early_stopped"][0] / "stages" / "00-teacher" / "checkpoints" / "last.ckpt"
 
 
 def stages_of(run_dir: Path) -> dict[str, dict]:
@@ -121,6 +137,30 @@ def test_early_stopped_teacher_is_the_checkpoint_after_epoch_e(arms):
     assert torch.allclose(stored["logits"][0][filled].float(), after_1[filled], atol=1e-4)
 
 
+def test_a_teacher_given_from_a_run_brings_the_epoch_checkpoints_that_run_kept(arms):
+    run_dir, _ = arms["given"]
+    s = stages_of(run_dir)
+    assert not s["teacher"]["trained"] and s["student"]["teachers"] == ["teacher@1"]
+    source = stages_of(arms["early_stopped"][0])["teacher"]
+    assert set(source["epoch_checkpoints"]) == {"1", "2"}  # 1 for its own student, 2 by keep_epochs
+    after_1, after_2 = training_logits(run_dir, source["model_cfg"], [
+        arms["early_stopped"][0] / source["epoch_checkpoints"]["1"], given_teacher(arms)])  # fmt: skip
+    stored = torch.load(stage_dir(run_dir, s["student"]) / "teacher_logits.pt", weights_only=True)
+    filled = stored["filled"]
+    assert filled.sum() > 0.9 * len(filled)
+    assert torch.allclose(stored["logits"][0][filled].float(), after_1[filled], atol=1e-4)  # the run's epoch 1
+    assert not torch.allclose(after_1, after_2, atol=1e-2)  # ... not the checkpoint given
+
+
+def test_an_epoch_the_given_teachers_run_did_not_keep_is_refused_before_training(arms, tmp_path):
+    proc = in_process(["train", *FAST, "pipeline.teacher_epoch=3", f"teacher.checkpoint={given_teacher(arms)}",
+                       f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "'teacher@3' needs the checkpoint after epoch 3" in proc.stderr
+    assert "which kept teacher@1, teacher@2;" in proc.stderr
+    assert not (tmp_path / "run" / "stages").exists()
+
+
 def scalar_tags(run_dir: Path, dirname: str) -> list[str]:
     events = EventAccumulator(str(run_dir / "tensorboard" / dirname))
     events.Reload()
@@ -145,5 +185,5 @@ def test_equal_epoch_arms_train_the_same_number_of_optimizer_steps(arms):
         steps[arm] = sum(torch.load(stage_dir(run_dir, row) / "checkpoints" / "last.ckpt",
                                     weights_only=True)["global_step"] for row in students)  # fmt: skip
     assert epochs == {"matched": [4], "reverse": [1, 1, 2], "early_stopped": [4], "takd_labels_only": [4],
-                      "born_again_plain": [4]}  # fmt: skip
+                      "born_again_plain": [4], "given": [4]}  # fmt: skip
     assert len(set(steps.values())) == 1 and steps["matched"] > 0, steps

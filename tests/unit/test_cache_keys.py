@@ -72,8 +72,8 @@ def base():
 def test_the_unseen_keys_are_the_declared_few():
     # marking a key unseen (or training-only) is the one way to a stale cache hit: a deliberate change, in two places
     assert sorted(UNSEEN) == sorted(["download", "batch_size", "num_workers", "on_device", "views", "epochs"])
-    assert sorted(TRAINING_ONLY) == sorted(["val_fraction", "fraction", "augment", "hflip", "label_noise",
-                                            "label_noise_kind", "label_noise_seed"])  # fmt: skip
+    assert sorted(TRAINING_ONLY) == sorted(["val_fraction", "fraction", "split_seed", "augment", "hflip",
+                                            "label_noise", "label_noise_kind", "label_noise_seed"])  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SEEN)

@@ -9,6 +9,7 @@ from PIL import Image
 from kdcl.common.errors import KdclError
 from kdcl.config.compose import config_dir
 from kdcl.data import KdclDataModule
+from kdcl.data.datamodule import lone_last_batch
 from kdcl.data.sources import DEBIAN_FASHION_MNIST
 
 
@@ -52,6 +53,17 @@ def test_fraction_keeps_a_seeded_subset_of_the_training_part():
     assert len(part.train_set) == pytest.approx(0.25 * len(full.train_set), abs=1)
     assert indices(part.train_set) <= indices(full.train_set)
     assert indices(part.val_set) == indices(full.val_set)
+
+
+def test_a_split_seed_keeps_the_same_examples_while_the_run_seed_varies():
+    """data.split_seed: every seed trains and validates on the same examples (a teacher given to a sweep saw them)."""
+    a, b, c = (KdclDataModule(data_cfg("digits", fraction=0.25, split_seed=split), seed=seed)
+               for seed, split in ((0, 7), (1, 7), (1, None)))  # fmt: skip
+    for dm in (a, b, c):
+        dm.setup()
+    assert indices(a.train_set) == indices(b.train_set) and indices(a.val_set) == indices(b.val_set)
+    assert indices(a.stage_subset(0.5)) == indices(b.stage_subset(0.5))
+    assert indices(b.train_set) != indices(c.train_set)  # without it, the split follows the run's seed
 
 
 def test_batches_are_scaled_to_the_unit_range_on_transfer():
@@ -151,3 +163,21 @@ def test_batched_random_crop_is_a_shifted_window_of_the_padded_image():
     assert not all(torch.equal(a, b) for a, b in zip(out, x, strict=True))  # not every image left in place
     flipped = random_crop_flip(x, pad=2, hflip=True)
     assert flipped.shape == x.shape
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_a_training_epoch_never_ends_on_a_lone_example(on_device):
+    """Batch norm cannot train on one example at a 1×1 map (ReviewKD's embedding level, a ResNet's last stage at
+    32 px): an epoch whose last batch would hold one drops it; a longer remainder is kept."""
+    for batch, sizes in ((646, [646, 646]), (645, [645, 645, 3])):
+        dm = KdclDataModule(data_cfg("digits", batch_size=batch, on_device=on_device), seed=0)
+        dm.setup()
+        assert len(dm.train_set) == 1293
+        assert sorted((len(labels) for _, labels in dm.train_dataloader()), reverse=True) == sizes
+
+
+def test_under_ddp_a_lone_example_is_judged_per_process():
+    """DistributedSampler gives each of W processes ⌈n / W⌉ examples: the last batch is each process's."""
+    assert lone_last_batch(1293, 646, ranks=2)  # 647 per process: 646 + 1
+    assert not lone_last_batch(1293, 646, ranks=3)  # 431 per process: one batch of 431
+    assert not lone_last_batch(1, 64)  # one example in all: nothing to drop it for

@@ -32,7 +32,7 @@ from kdcl.losses.functional import (
     sp_loss,
     vid_loss,
 )
-from kdcl.losses.learned import ContrastMemory, ReviewFusion, VIDRegressor
+from kdcl.losses.learned import ContrastMemory, ReviewFusion, VIDRegressor, check_bank
 from kdcl.losses.terms import TermInputs
 from tests.unit.test_functional import avg_pool_2x2
 from tests.unit.test_terms import attach, tiny_pair
@@ -590,9 +590,10 @@ def test_vid_ofd_crd_train_their_modules_and_the_student_only():
         assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
     assert student.conv_stem.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
-    assert loss.summaries() == [
-        "crd: memory bank of 8 examples × 128 dims × 2 models = 0.0 MB, 4 negatives per example"
-    ]
+    sizes, bank = loss.summaries()
+    assert sizes.startswith("learned parameters (trained with the student, never exported): ")
+    assert [part.split()[0] for part in sizes.split(": ")[1].split(", ")] == list(terms)
+    assert bank == "crd: memory bank of 8 examples × 128 dims × 2 models = 0.0 MB, 4 negatives per example"
 
 
 def test_ofd_reads_the_teachers_pre_relu_stage_and_its_margin():
@@ -700,6 +701,20 @@ def test_bad_vid_ofd_crd_taps_and_banks_are_one_line(terms, fragment):
     with pytest.raises(KdclError) as error:
         loss.attach(student, [teacher], torch.zeros(1, 1, 32, 32), ["test_efficientnet", "test_resnet"])
     assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_crd_bank_limit_bounds_every_bank_of_the_term_together():
+    """Two teachers (or tap pairs) keep two banks: max_bank_mb bounds their sum, checked before training."""
+    labels = torch.arange(1000) % 10
+    params = {"negatives": 8, "dim": 128, "max_bank_mb": 1.5}
+    check_bank("distill.terms.crd", labels, params)  # one bank: 1000 × 128 × 2 × 4 bytes = 0.98 MB
+    with pytest.raises(KdclError) as error:
+        check_bank("distill.terms.crd", labels, params, banks=2)
+    assert str(error.value) == (
+        "distill.terms.crd: the 2 memory banks (one per teacher and tap pair) need 2.0 MB (1000 examples × 128 dims × "
+        "2 models × 4 bytes each), over max_bank_mb=1.5; lower distill.terms.crd.dim or raise "
+        "distill.terms.crd.max_bank_mb"
+    )
 
 
 def test_crd_without_example_labels_is_refused_outside_the_shape_check():

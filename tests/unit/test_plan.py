@@ -38,6 +38,11 @@ def test_anchors_sit_along_the_teachers_route_and_it_keeps_those_checkpoints():
     assert s["student_anchor1"].select == "last"
 
 
+def test_a_stage_keeps_the_epochs_it_is_told_to_and_those_later_stages_read():
+    s = plan("trainer.max_epochs=6", "+pipeline.stages.teacher.keep_epochs=[4,2]", "pipeline.teacher_epoch=3")
+    assert s["teacher"].save_epochs == (2, 3, 4)  # 3: the student's teacher@3
+
+
 def test_born_again_and_finetune():
     s = plan("pipeline=born_again", "pipeline.generations=2", "pipeline.finetune=true", "trainer.max_epochs=4")
     assert list(s) == ["gen0", "gen1", "gen2", "finetune"]
@@ -207,6 +212,15 @@ def test_teacher_references():
         (
             ["+pipeline.stages.student.match_entropy=[teacher@20]"],
             "pipeline.stages.student.match_entropy: 'teacher@20' must name an epoch 1..10",
+        ),
+        (
+            ["+pipeline.stages.teacher.keep_epochs=[3,11]"],
+            "pipeline.stages.teacher.keep_epochs=[3, 11] must list epochs 1..10 of the stage",
+        ),
+        (["+pipeline.stages.teacher.keep_epochs=two"], "pipeline.stages.teacher.keep_epochs=two must list epochs"),
+        (
+            ["+pipeline.stages.teacher.keep_epochs=[2]", "teacher.checkpoint=/data/teacher.ckpt"],
+            "pipeline.stages.teacher.keep_epochs: teacher.checkpoint is given, so the stage trains no epoch to keep",
         ),
     ],
 )

@@ -209,3 +209,33 @@ def test_runs_without_a_curve_report_a_dash_for_learning_speed(tmp_path):
     assert rows["distill=kd"]["final_spread"]["val_auc"].mean == pytest.approx(0.7)
     assert "| 1.50 | 70.00 | 50.00 | 50.00 | 90.00 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report_curves.png").is_file()
+
+
+def test_learning_speed_is_the_students_over_its_whole_chain_of_stages(tmp_path):
+    """An anchors run trains its student in three stages, each from the one before (`init`): the student's curve
+    and speed run over all of them, not over the last stage's share of the budget."""
+    from kdcl.reporting.speed import LearningSpeed
+
+    for seed in (0, 1):
+        fake_job(tmp_path, seed, ["pipeline=anchors"], seed, 0.98, 0.80)
+        summary = json.loads((tmp_path / str(seed) / "summary.json").read_text())
+        teacher, student = summary["stages"]
+        anchors = [{**student, "name": f"student_anchor{k}", "test_acc": 0.5, "epochs": 1, "val_curve": [curve],
+                    "init": f"student_anchor{k - 1}" if k > 1 else None} for k, curve in ((1, 0.4), (2, 0.5))]  # fmt: skip
+        student.update(init="student_anchor2", epochs=2, **LearningSpeed.from_curve([0.6, (0.7, 0.8)[seed]]).to_json())
+        summary["stages"] = [teacher, *anchors, student]
+        (tmp_path / str(seed) / "summary.json").write_text(json.dumps(summary))
+    [row] = write_report(tmp_path)
+    chained = {0: [0.4, 0.5, 0.6, 0.7], 1: [0.4, 0.5, 0.6, 0.8]}
+    assert row["final_curves"] == chained
+    seeds = row["final_seeds"]
+    assert seeds["val_auc"] == pytest.approx({s: statistics.fmean(c) for s, c in chained.items()})
+    assert seeds["val_acc_at_25"] == {0: 0.4, 1: 0.4}  # 25 % of the student's 4 epochs: after the first anchor
+    assert seeds["val_acc_at_50"] == {0: 0.5, 1: 0.5}
+    assert seeds["val_acc_at_100"] == {0: 0.7, 1: 0.8}
+
+    from kdcl.reporting.compare import curve_of
+
+    stopped = {"stages": [{"name": "a", "epochs": 3, "val_curve": [0.4], "init": None},  # stopped after epoch 1
+                          {"name": "b", "epochs": 2, "val_curve": [0.6, 0.7], "init": "a"}]}  # fmt: skip
+    assert curve_of(stopped, "b") == [0.4, None, None, 0.6, 0.7]  # b's epochs stay the chain's epochs 4 and 5

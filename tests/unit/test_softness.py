@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kdcl.common.errors import KdclError
+from kdcl.common.errors import StageFailed
 from kdcl.teachers.softness import MatchedTemperature, matching_temperature, mean_entropy
 
 
@@ -41,7 +41,9 @@ def test_matched_temperature_makes_the_teacher_as_soft_as_the_references_on_aver
 
 def test_an_entropy_no_temperature_reaches_is_one_clear_error():
     logits = torch.randn(8, 10, generator=torch.Generator().manual_seed(2))
-    with pytest.raises(KdclError) as err:
+    with pytest.raises(StageFailed) as err:
         matching_temperature(logits, math.log(10) + 0.1, "pipeline.stages.student.match_entropy")
     assert str(err.value).startswith("pipeline.stages.student.match_entropy: no temperature in 0.01..1000")
     assert "\n" not in str(err.value)
+    # known only after the anchors trained: not bad input (2, "nothing started") but a failed stage
+    assert err.value.exit_status == 6
