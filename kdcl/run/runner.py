@@ -210,10 +210,15 @@ def announce(unit: tuple[Stage, ...]) -> None:
         print(f"[{stage.mutual}] training {models} together ({', '.join(stage.peers)}: mutual learning) for "
               f"{stage.epochs} epochs", flush=True)  # fmt: skip
         return
-    what = "training" if stage.trains else "testing"
+    if not stage.trains:
+        kept = (
+            f" (its run kept epochs {', '.join(str(e) for e, _ in stage.given_epochs)})" if stage.given_epochs else ""
+        )
+        print(f"[{stage.name}] testing {stage.model['name']} given as {stage.model['checkpoint']}{kept}", flush=True)
+        return
     teachers = f" from {', '.join(stage.teachers)}" if stage.teachers else ""
     init = f", starting from {stage.init}" if stage.init else ""
-    print(f"[{stage.name}] {what} {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
+    print(f"[{stage.name}] training {stage.model['name']}{teachers}{init} for {stage.epochs} epochs", flush=True)
     if stage.teacher_outputs_why:
         print(
             f"[{stage.name}] teacher outputs: {stage.teacher_outputs} (auto: {stage.teacher_outputs_why})", flush=True

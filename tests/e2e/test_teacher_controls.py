@@ -138,7 +138,8 @@ def test_early_stopped_teacher_is_the_checkpoint_after_epoch_e(arms):
 
 
 def test_a_teacher_given_from_a_run_brings_the_epoch_checkpoints_that_run_kept(arms):
-    run_dir, _ = arms["given"]
+    run_dir, printed = arms["given"]
+    assert f"given as {given_teacher(arms)} (its run kept epochs 1, 2)" in printed
     s = stages_of(run_dir)
     assert not s["teacher"]["trained"] and s["student"]["teachers"] == ["teacher@1"]
     source = stages_of(arms["early_stopped"][0])["teacher"]
