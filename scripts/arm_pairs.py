@@ -23,6 +23,11 @@ from kdcl.reporting.stats import holm, paired
 METRICS = {"chosen": "test acc", "val_auc": "val AUC", "val_acc_at_25": "val@25", "val_acc_at_50": "val@50"}
 
 
+def own(settings: str) -> set[str]:
+    """A report row's overrides (`(defaults)`: the row that has none the others lack)."""
+    return set() if settings == "(defaults)" else set(settings.split())
+
+
 def seeds_by_arm(sweep: Path) -> dict[str, dict]:
     """arm directory -> its setting's per-seed metrics in report.json (settings keyed by their overrides)."""
     report = json.loads((sweep / "report.json").read_text())
@@ -31,9 +36,9 @@ def seeds_by_arm(sweep: Path) -> dict[str, dict]:
     for arm in sorted(p for p in sweep.iterdir() if p.is_dir()):
         runs = [r.parent for r in arm.rglob("summary.json")]
         shared = set.intersection(*(set(overrides_of(r)) for r in runs)) if runs else set()
-        match = [k for k in by_settings if set(k.split()) <= shared]
+        match = [k for k in by_settings if own(k) <= shared]
         if runs and match:
-            out[arm.name] = by_settings[max(match, key=len)]  # the setting with all of the arm's own overrides
+            out[arm.name] = by_settings[max(match, key=lambda k: len(own(k)))]  # all of the arm's own overrides
     return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import yaml
+
 from kdcl.common.errors import KdclError
 from kdcl.config.upgrade import renamed
 from kdcl.reporting.speed import SPEED_KEYS
@@ -45,12 +47,23 @@ def spreads(seeds: dict[str, dict[int, float]]) -> dict[str, Spread | None]:
     return {name: t_interval(list(values.values())) if values else None for name, values in seeds.items()}
 
 
+def as_setting(override: str) -> tuple[str, object]:
+    """KEY=VALUE as (key, value read as YAML): a sweep records `pipeline.plain=true` as Hydra writes it back,
+    `pipeline.plain=True`, and `seed=01` is `seed=1`; the baseline a user types matches either."""
+    key, _, value = override.partition("=")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed if isinstance(parsed, (str, int, float, bool, type(None))) else value
+
+
 def baseline_row(rows: list[dict], baseline: str) -> dict:
     """The one setting whose overrides include every `KEY=VALUE` of `baseline` (space-separated)."""
     wanted = [renamed(w) or w for w in baseline.split()]  # an old key names the same setting (overrides_of)
     if not wanted or any("=" not in w for w in wanted):
         raise KdclError(f"baseline={baseline} must name a setting as KEY=VALUE, e.g. baseline=curriculum=none")
-    matches = [r for r in rows if set(wanted) <= set(r["overrides"])]
+    matches = [r for r in rows if {as_setting(w) for w in wanted} <= {as_setting(o) for o in r["overrides"]}]
     if len(matches) == 1:
         return matches[0]
     listed = "; ".join(r["settings"] for r in rows)

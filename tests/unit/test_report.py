@@ -239,3 +239,15 @@ def test_learning_speed_is_the_students_over_its_whole_chain_of_stages(tmp_path)
     stopped = {"stages": [{"name": "a", "epochs": 3, "val_curve": [0.4], "init": None},  # stopped after epoch 1
                           {"name": "b", "epochs": 2, "val_curve": [0.6, 0.7], "init": "a"}]}  # fmt: skip
     assert curve_of(stopped, "b") == [0.4, None, None, 0.6, 0.7]  # b's epochs stay the chain's epochs 4 and 5
+
+
+def test_a_baseline_matches_the_setting_however_hydra_wrote_its_value_back(tmp_path):
+    """A sweep records `pipeline.plain=true` as `pipeline.plain=True` (Hydra writes the parsed value back): the
+    baseline a user types, in either spelling, names that setting."""
+    for seed in (0, 1):
+        fake_job(tmp_path, seed, ["pipeline=born_again", "pipeline.plain=True"], seed, 0.98, 0.80 + 0.01 * seed)
+        fake_job(tmp_path, 2 + seed, ["pipeline=born_again", "pipeline.plain=False"], seed, 0.98, 0.85)
+    for typed in ("pipeline.plain=true", "pipeline.plain=True"):
+        rows = write_report(tmp_path, baseline=typed)
+        base = baseline_row(rows, typed)
+        assert "pipeline.plain=True" in base["overrides"] and base["final_seeds"]["chosen"] == {0: 0.80, 1: 0.81}
