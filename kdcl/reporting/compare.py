@@ -177,13 +177,14 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
     root = Path(root)
     if not root.is_dir():
         raise KdclError(f"report: '{root}' is not a directory; give a run or multirun directory (outputs/multirun/...)")
+    from kdcl.reporting.jobs import job_label
     from kdcl.reporting.search import failed_jobs, is_search, write_search_report
 
     if is_search(root):
         write_search_report(root)
     failed = failed_jobs(root)
     for job in failed:
-        print(f"failed: job #{job['job']} {' '.join(job['overrides'])}: {job['error']}")
+        print(f"failed: job {job_label(job)} {' '.join(job['overrides'])}: {job['error']}")
     rows, common = collect(root)
     if not rows:
         raise KdclError(f"report: no finished runs (summary.json) under '{root}'; give a run or multirun directory")
@@ -211,7 +212,7 @@ def write_report(root: Path, baseline: str | None = None) -> list[dict]:
     md = markdown_table(header, table_rows) + statistics_section(rows, comparisons, baseline)
     if failed:
         md += f"\n## Failed jobs ({len(failed)})\n\n" + "".join(
-            f"- #{j['job']} `{' '.join(j['overrides'])}`: {j['error']}\n" for j in failed
+            f"- {job_label(j)} `{' '.join(j['overrides'])}`: {j['error']}\n" for j in failed
         )
     atomic_write_text(root / "report.md", f"# kdcl report: {root}\n\n{REPORT_NOTE}\n\n" + md)
     atomic_write_json(root / "report.json", report_json(rows, comparisons, baseline))

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from kdcl.common.errors import KdclError
 from kdcl.common.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.common.tables import markdown_table, print_table
-from kdcl.reporting.jobs import FAILURE, job_record, objective
+from kdcl.reporting.jobs import FAILURE, job_dirs, job_record, objective, sweep_jobs
 
 HISTORY_PLOT = "search_history.png"
 IMPORTANCE_PLOT = "search_importance.png"
@@ -60,8 +60,8 @@ def rebuild_study(root: Path):
         direction=str(sweeper.get("direction", "maximize")).lower(), study_name=sweeper.get("study_name")
     )
     trials = []
-    for job_dir in sorted((d for d in root.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)):
-        record = job_record(job_dir)
+    for record in sweep_jobs(root):
+        job_dir = root / record["dir"]
         chosen = dict(o.split("=", 1) for o in record["overrides"] if o.split("=", 1)[0] in space)
         params = {k: float(v) for k, v in chosen.items()}
         value = objective(read_json(job_dir / "summary.json")) if record["status"] == "done" else None
@@ -151,6 +151,5 @@ def write_search_report(root: Path) -> dict:
 
 
 def failed_jobs(root: Path) -> list[dict]:
-    """The jobs of the sweep in `root` that recorded a failure."""
-    dirs = [d for d in Path(root).iterdir() if d.is_dir() and (d / FAILURE).is_file()]
-    return [job_record(d) for d in sorted(dirs, key=lambda d: d.name)]
+    """The jobs under `root`, at any depth, that recorded a failure."""
+    return [job_record(d, root) for d in job_dirs(root) if (d / FAILURE).is_file()]

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kdcl.common.errors import KdclError, SweepFailed
-from kdcl.reporting.jobs import FAILURE, sweep_jobs
+from kdcl.reporting.jobs import FAILURE, job_label, sweep_jobs
 
 SWEEP = "sweep.json"
 # a preset -> the module it needs and the optional extra that installs it
@@ -96,7 +96,9 @@ def sweep_outcome() -> SweepFailed | None:
 
 def failure_line(sweep_dir: Path, jobs: list[dict]) -> SweepFailed:
     failed = [j for j in jobs if j["status"] != "done"]
-    named = "; ".join(f"#{j['job']} {' '.join(j['overrides']) or '(no overrides)'}: {j['error'][:160]}" for j in failed)
+    named = "; ".join(
+        f"{job_label(j)} {' '.join(j['overrides']) or '(no overrides)'}: {j['error'][:160]}" for j in failed
+    )
     return SweepFailed(f"{len(failed)} of {len(jobs)} sweep jobs failed ({named}); the others finished; "
                        f"details in {Path(sweep_dir) / SWEEP}")  # fmt: skip
 

@@ -145,18 +145,24 @@ def image_folder(root: Path, broken: bool) -> Path:
 
 def test_a_failing_sweep_job_is_recorded_the_others_finish_and_the_sweep_exits_non_zero(tmp_path):
     good, bad = image_folder(tmp_path / "good", broken=False), image_folder(tmp_path / "bad", broken=True)
-    sweep = tmp_path / "sweep"
+    # job directories named by their own pattern, the sweep one level down (as scripts/teacher_curricula.sh lays
+    # its arms out): the failure must still be found, counted in the exit status and reported
+    sweep = tmp_path / "arms" / "baseline"
     proc = in_process(["train", "-m", *FEW, "pipeline=baseline", "data=image_folder", "data.image_size=32",
-                       "data.num_workers=0", f"data.root={good},{bad}", f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+                       "data.num_workers=0", f"data.root={good},{bad}", f"hydra.sweep.dir={sweep}",
+                       "hydra.sweep.subdir=run${hydra.job.num}"], tmp_path)  # fmt: skip
     assert proc.returncode == 5, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: 1 of 2 sweep jobs failed (#1 ") and f"data.root={bad}" in last, last
-    assert (sweep / "0" / "summary.json").is_file()  # the other job ran to its end
-    failure = json.loads((sweep / "1" / "failure.json").read_text())
+    assert last.startswith("error: 1 of 2 sweep jobs failed (#1 (run1) ") and f"data.root={bad}" in last, last
+    assert (sweep / "run0" / "summary.json").is_file()  # the other job ran to its end
+    failure = json.loads((sweep / "run1" / "failure.json").read_text())
     assert f"data.root={bad}" in failure["overrides"] and failure["error"]
-    report = in_process(["report", str(sweep)], tmp_path)
+    jobs = json.loads((sweep / "sweep.json").read_text())["jobs"]
+    assert [(j["job"], j["dir"], j["status"]) for j in jobs] == [(0, "run0", "done"), (1, "run1", "failed")]
+    report = in_process(["report", str(tmp_path / "arms")], tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "failed: job #1 " in report.stdout and "Failed jobs (1)" in (sweep / "report.md").read_text()
+    assert "failed: job #1 (baseline/run1) " in report.stdout
+    assert "Failed jobs (1)" in (tmp_path / "arms" / "report.md").read_text()
 
 
 def test_slurm_preset_composes_with_the_cluster_knobs(tmp_path):

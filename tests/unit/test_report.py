@@ -251,3 +251,24 @@ def test_a_baseline_matches_the_setting_however_hydra_wrote_its_value_back(tmp_p
         rows = write_report(tmp_path, baseline=typed)
         base = baseline_row(rows, typed)
         assert "pipeline.plain=True" in base["overrides"] and base["final_seeds"]["chosen"] == {0: 0.80, 1: 0.81}
+
+
+def test_failed_jobs_are_found_at_any_depth_and_named_by_hydras_job_number(tmp_path):
+    from kdcl.reporting.jobs import job_label
+    from kdcl.reporting.search import failed_jobs
+
+    def failed(job, num=None):
+        if num is not None:  # as Hydra writes a job's directory: .hydra/ with its number and overrides
+            (job / ".hydra").mkdir(parents=True)
+            (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
+            (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={num}"]))
+        job.mkdir(parents=True, exist_ok=True)
+        (job / "failure.json").write_text(json.dumps({"exit_status": 2, "error": f"broke {job.name}"}))
+
+    failed(tmp_path / "sweep" / "2")  # Hydra's default layout, even without .hydra/ (hydra.output_subdir=null)
+    failed(tmp_path / "arms" / "kd" / "s3", num=3)  # hydra.sweep.subdir=s${seed}, one sweep per arm
+    (tmp_path / "arms" / "kd" / "s4" / ".hydra").mkdir(parents=True)  # a job that did not fail
+    (tmp_path / "arms" / "kd" / "s4" / ".hydra" / "overrides.yaml").write_text("[]")
+    assert [job_label(j) for j in failed_jobs(tmp_path / "sweep")] == ["#2"]
+    nested = failed_jobs(tmp_path / "arms")
+    assert [(job_label(j), j["overrides"], j["error"]) for j in nested] == [("#3 (kd/s3)", ["seed=3"], "broke s3")]
