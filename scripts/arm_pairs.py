@@ -8,7 +8,8 @@ setting with one baseline; an experiment whose arms each have a control of their
 
 ARM and CONTROL are sub-directories of SWEEP_DIR (one arm each: its runs over seeds), e.g.
 `python scripts/arm_pairs.py fm25/b3 anchors=anchors_reverse anchors=anchors_shuffled takd=takd_labels`.
-Run `kdcl report SWEEP_DIR` first. Prints a Markdown table.
+Run `kdcl report SWEEP_DIR` first. Prints two Markdown tables: each named arm's metrics (mean ± sample std over
+its seeds, in the order the arms are first named), then the pairs.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from statistics import mean, stdev
 
 from kdcl.reporting.compare import overrides_of
 from kdcl.reporting.stats import holm, paired
 
 METRICS = {"chosen": "test acc", "val_auc": "val AUC", "val_acc_at_25": "val@25", "val_acc_at_50": "val@50"}
+SPREAD = {"chosen": "test acc", "val_auc": "val AUC", "val_acc_at_25": "val@25", "val_acc_at_100": "val@100"}
 
 
 def own(settings: str) -> set[str]:
@@ -42,6 +45,18 @@ def seeds_by_arm(sweep: Path) -> dict[str, dict]:
     return out
 
 
+def spread_table(arms: dict[str, dict], names: list[str]) -> None:
+    """Each arm's metrics over its seeds: mean ± sample std, in %."""
+    print("| arm | seeds | " + " | ".join(f"{label} %" for label in SPREAD.values()) + " |")
+    print("|---|---:|" + "---:|" * len(SPREAD))
+    for name in names:
+        cells = []
+        for m in SPREAD:
+            values = [100 * v for v in arms[name][m].values() if v is not None]
+            cells.append(f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else "-")
+        print(f"| {name} | {len(arms[name]['chosen'])} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path)
@@ -52,6 +67,8 @@ def main() -> None:
     missing = sorted({a for pair in pairs for a in pair} - set(arms))
     if missing:
         raise SystemExit(f"no arm {', '.join(missing)} in {args.sweep} (arms: {', '.join(arms)})")
+    spread_table(arms, list(dict.fromkeys(a for pair in pairs for a in pair)))
+    print()
     rows = {m: [paired({int(k): v for k, v in arms[a][m].items()}, {int(k): v for k, v in arms[c][m].items()})
                 for a, c in pairs] for m in METRICS}  # fmt: skip
     adjusted = {m: holm([r.t_p for r in rows[m]]) for m in METRICS}
