@@ -17,6 +17,7 @@ import io
 import json
 import statistics
 from pathlib import Path
+from textwrap import fill
 
 import yaml
 
@@ -272,14 +273,23 @@ def report_csv(rows: list[dict], stage_names: list[str], batches: list[str]) -> 
     return buf.getvalue()
 
 
+def legend_label(settings: str) -> str:
+    """A setting's whole name, wrapped: cut short, two settings that differ only at the end look alike."""
+    return fill(settings, 42)
+
+
+def outside_legend(ax) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def plot(rows: list[dict], path: Path) -> None:
-    with saved_figure(path, size=(6, 4)) as ax:
+    with saved_figure(path, size=(9, 4.5)) as ax:
         for r in rows:
             mean, std = r[r["final_stage"]]
-            label = r["settings"][:60]
-            ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3, label=label)
+            ax.errorbar(r["final_params"] / 1e6, 100 * mean, yerr=100 * std, fmt="o", capsize=3,
+                        label=legend_label(r["settings"]))  # fmt: skip
         ax.set(xlabel="parameters of the final model (M)", ylabel="test accuracy (%)", title="accuracy against size")
-        ax.legend(fontsize=7, loc="best")
+        outside_legend(ax)
 
 
 def mean_curve(curves: list[list[float | None]]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -301,14 +311,19 @@ def curves_plot(rows: list[dict], path: Path) -> bool:
     drawn = [r for r in rows if r["final_curves"]]
     if not drawn:
         return False
-    with saved_figure(path, size=(6, 4)) as ax:
-        for r in drawn:
+    from matplotlib.ticker import MaxNLocator
+
+    with saved_figure(path, size=(9, 4.5)) as ax:
+        for i, r in enumerate(drawn):
             epochs, mean, low, high = mean_curve(list(r["final_curves"].values()))
-            (line,) = ax.plot(epochs, [100 * v for v in mean], marker="o", ms=3, label=r["settings"][:60])
+            style = "-" if i < 10 else "--"  # past the ten colours of the cycle, the style tells lines apart
+            (line,) = ax.plot(epochs, [100 * v for v in mean], style, marker="o", ms=3,
+                              label=legend_label(r["settings"]))  # fmt: skip
             if len(r["final_curves"]) > 1:
                 ax.fill_between(epochs, [100 * v for v in low], [100 * v for v in high], color=line.get_color(),
                                 alpha=0.2, linewidth=0)  # fmt: skip
         ax.set(xlabel="epoch", ylabel="validation accuracy (%)",
                title="final model's learning curve (mean, min–max over seeds)")  # fmt: skip
-        ax.legend(fontsize=7, loc="best")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
+        outside_legend(ax)
     return True
