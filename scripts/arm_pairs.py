@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from statistics import mean, stdev
 
 from kdcl.reporting.compare import overrides_of
-from kdcl.reporting.stats import holm, paired
+from kdcl.reporting.stats import holm, paired, t_interval
 
 METRICS = {"chosen": "test acc", "val_auc": "val AUC", "val_acc_at_25": "val@25", "val_acc_at_50": "val@50"}
 SPREAD = {"chosen": "test acc", "val_auc": "val AUC", "val_acc_at_25": "val@25", "val_acc_at_100": "val@100"}
@@ -53,7 +52,8 @@ def spread_table(arms: dict[str, dict], names: list[str]) -> None:
         cells = []
         for m in SPREAD:
             values = [100 * v for v in arms[name][m].values() if v is not None]
-            cells.append(f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else "-")
+            spread = t_interval(values) if len(values) > 1 else None  # as kdcl report spreads a setting
+            cells.append(f"{spread.mean:.2f} ± {spread.std:.2f}" if spread else "-")
         print(f"| {name} | {len(arms[name]['chosen'])} | " + " | ".join(cells) + " |")
 
 
