@@ -247,6 +247,10 @@ def check_values(cfg: DictConfig) -> None:
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and clip < 0:
         raise KdclError(f"trainer.gradient_clip_val={show(clip)} must be ≥ 0 (0 or null: no clipping), e.g. 1.0")
+    if clip and cfg.optim.get("fused", True) and str(cfg.trainer.get("precision")) in ("16-mixed", "16"):
+        # a fused optimizer unscales fp16 gradients itself, after Lightning would have clipped them: it refuses
+        raise KdclError(f"trainer.gradient_clip_val={show(clip)} with trainer.precision={cfg.trainer.precision} needs "
+                        "torch's per-tensor optimizer loop: add optim.fused=false (or use precision=bf16-mixed)")  # fmt: skip
     threads = (cfg.get("speed") or {}).get("threads")
     if threads is not None and threads < 1:
         raise KdclError(

@@ -232,6 +232,7 @@ class OptimConfig:
     warmup: float = 0.15
     momentum: float = 0.9  # sgd
     nesterov: bool = True  # sgd; needs momentum > 0
+    fused: bool = True  # torch's fused update kernel where it has one (CPU, CUDA); false: its per-tensor loop
 
 
 @dataclass

@@ -72,6 +72,7 @@ def test_latency_is_measured_in_both_runtimes_unless_the_latency_node_is_removed
             "is not an argument of pytorch_lightning.Trainer; did you mean accumulate_grad",
         ),
         (["+trainer.callbacks=[]"], "trainer.callbacks is set by kdcl"),
+        (["trainer.precision=16-mixed", "+trainer.gradient_clip_val=1"], "add optim.fused=false"),
     ],
 )
 def test_bad_trainer_or_optimizer_settings_are_one_line_before_any_work(args, message, capsys, tmp_path, monkeypatch):
