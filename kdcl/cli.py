@@ -10,6 +10,7 @@ import textwrap
 from kdcl import __version__
 from kdcl.commands import COMMANDS
 from kdcl.common.errors import KdclError, did_you_mean, exit_with
+from kdcl.common.gc_pause import pause_for_start_up
 
 USAGE = f"""kdcl {__version__}: knowledge distillation with curriculum learning
 
@@ -29,6 +30,7 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> None:
+    fresh_process = argv is None  # the `kdcl` command itself; tests call main(argv) inside their own process
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kdcl {__version__}")
         return
     name, rest = argv[0], argv[1:]
+    if fresh_process and name == "train":
+        pause_for_start_up()
     try:
         if name not in COMMANDS:
             raise KdclError(f"unknown command '{name}'{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}")

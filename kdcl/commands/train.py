@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from kdcl.common.errors import KdclError, did_you_mean, exit_with, io_failure
+from kdcl.common.gc_pause import resume_after_start_up
 from kdcl.config.compose import all_keys, compose, config_dir, config_groups
 from kdcl.config.upgrade import check_renamed
 
@@ -207,6 +208,7 @@ def train(rest: list[str]) -> None:
     # Lightning's DDP launcher starts each extra rank as `sys.argv` + the run directory: keep the command
     # (`kdcl train ...`, `python -m kdcl train ...`) that it re-runs
     sys.argv = [sys.argv[0], "train", *rest]
+    resume_after_start_up()
     _run_hydra(args=parser.parse_args(rest), args_parser=parser, task_function=train_task,
                config_path=str(config_dir()), config_name="train")  # fmt: skip
     failed = sweep_outcome()
