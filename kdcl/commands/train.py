@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kdcl.common.errors import KdclError, did_you_mean, exit_with, io_failure
 from kdcl.common.gc_pause import resume_after_start_up
+from kdcl.common.timing import StartUp, load_frameworks
 from kdcl.config.compose import all_keys, compose, config_dir, config_groups
 from kdcl.config.upgrade import check_renamed
 
@@ -21,6 +22,7 @@ STARTED = time.perf_counter()  # when `train` began: a job's start-up (imports, 
 DRY_RUN = "--dry-run"
 NO_DOWNLOAD = "data.download=false"  # what a dry run adds to every point
 JOBS_RUN: list[Path] = []  # this process's jobs: the first one's timing includes the process's start-up
+IMPORTS_S = 0.0  # of that start-up, the seconds spent loading torch, timm and Lightning
 
 
 # what `resume=` may change: the remedies for a diverged stage, which apply from the stopped stage on
@@ -80,6 +82,8 @@ def precheck(overrides: list[str]) -> list[tuple[list[str], object]]:
     for combo in combos:  # a bad point is answered as soon as it is composed
         points.append(compose_point(fixed + list(combo), group_overrides))
         check_values_only(points[-1])
+    global IMPORTS_S
+    IMPORTS_S += load_frameworks()  # torch, timm and Lightning: timed apart from the checks
     for cfg in points:
         check_config(cfg)
     return [(fixed + list(combo), cfg) for combo, cfg in zip(combos, points, strict=True)]
@@ -168,8 +172,8 @@ def training_process_leader() -> bool:
 
 
 def train(rest: list[str]) -> None:
-    global STARTED
-    STARTED = time.perf_counter()
+    global STARTED, IMPORTS_S
+    STARTED, IMPORTS_S = time.perf_counter(), 0.0
     JOBS_RUN.clear()
     from hydra._internal.utils import _run_hydra, get_args_parser
 
@@ -254,6 +258,14 @@ def preview_points(args) -> None:
     preview([check_config(cfg) for _, cfg in points], labels, time.perf_counter() - STARTED)
 
 
+def process_start_up() -> StartUp:
+    """This process's time before its first job: loading the frameworks (here, after a resume, which skips
+    the checks that load them earlier), and the rest."""
+    global IMPORTS_S
+    IMPORTS_S += load_frameworks()
+    return StartUp(IMPORTS_S, time.perf_counter() - STARTED - IMPORTS_S)
+
+
 def train_task(cfg) -> float | None:
     """One run (or one sweep job). A sweep job's failure is recorded in its directory and the job returns
     NaN, so the other jobs run on (kdcl/run/sweep.py); a single run exits with the error's status."""
@@ -318,7 +330,7 @@ def run_training(cfg) -> float | None:
                 f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
             )
         with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # the first rank speaks for all
-            start_up = 0.0 if JOBS_RUN else time.perf_counter() - STARTED  # a sweep job after the first: none
+            start_up = StartUp(0.0, 0.0) if JOBS_RUN else process_start_up()  # a sweep job after the first: none
             JOBS_RUN.append(run_dir)
             summary = run_pipeline(check_config(cfg), run_dir, changes, start_up)
     except OSError as exc:  # a write no kdcl code wraps (Hydra's, a library's): one line all the same

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 class PartTimer:
@@ -27,3 +28,23 @@ class PartTimer:
 
 def seconds_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+
+
+@dataclass(frozen=True)
+class StartUp:
+    """A process's time before its first job starts: loading torch, timm and Lightning, then the rest
+    (composing the config, the checks of every sweep point)."""
+
+    imports_s: float
+    checks_s: float
+
+
+def load_frameworks() -> float:
+    """Load torch, timm and Lightning (the checks and the run need them); the seconds it took (none when
+    this process has them already)."""
+    start = time.perf_counter()
+    import pytorch_lightning  # noqa: F401
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
+    return time.perf_counter() - start

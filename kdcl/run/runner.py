@@ -15,7 +15,7 @@ from kdcl import __version__
 from kdcl.common.errors import Diverged, EnvironmentFailure, KdclError, StageFailed, io_failure
 from kdcl.common.io import atomic_write_json, atomic_write_text, read_json
 from kdcl.common.ranks import process_rank
-from kdcl.common.timing import PartTimer, seconds_text
+from kdcl.common.timing import PartTimer, StartUp, seconds_text
 from kdcl.data import KdclDataModule
 from kdcl.reporting.summary import write_summary
 from kdcl.reporting.trackers import publish
@@ -144,10 +144,10 @@ def run_recorded(ctx: StageContext, unit: tuple[Stage, ...], manifest: Manifest)
     raise type(err)(f"{err}; then continue with kdcl train resume={ctx.run_dir}") from None
 
 
-def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None, start_up_s: float | None = None) -> dict:
+def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None, start_up: StartUp | None = None) -> dict:
     """Run every stage not done yet, in order, and write the run's summary. `changes`: the settings a
-    resume changed (cli.RESUME_MAY_CHANGE), applied from the stopped stage on; `start_up_s`: the process's
-    time before (imports, composition, checks), for the timing."""
+    resume changed (cli.RESUME_MAY_CHANGE), applied from the stopped stage on; `start_up`: the process's
+    time before (imports, composition and checks), for the timing."""
     run_dir = Path(run_dir)
     done = finished(plan, run_dir) if process_rank() == 0 else None
     if done is not None:
@@ -155,8 +155,8 @@ def run_pipeline(plan: Plan, run_dir: Path, changes: dict | None = None, start_u
     leader = process_rank() == 0  # under DDP every rank runs the stages; the first one writes the records
     manifest = claim(plan.cfg, run_dir, changes or {}) if leader else Manifest(run_dir)
     timer = PartTimer()
-    if start_up_s is not None:
-        timer.seconds["start-up"] = start_up_s
+    if start_up is not None:
+        timer.seconds["imports"], timer.seconds["checks"] = start_up.imports_s, start_up.checks_s
     with timer.part("data"):
         data = KdclDataModule(plan.cfg.data, seed=plan.cfg.seed, augment=plan.cfg.get("augment"))
         data.setup()

@@ -34,7 +34,7 @@ def test_summary_lists_every_stage_with_its_numbers(tiny_run):
 
 def test_the_summary_says_where_the_time_went(tiny_run):
     timing = summary_of(tiny_run)["timing"]
-    assert list(timing["parts"]) == ["start-up", "data", "model check", "stages", "report card", "summary"]
+    assert list(timing["parts"]) == ["imports", "checks", "data", "model check", "stages", "report card", "summary"]
     assert timing["total"] == pytest.approx(sum(timing["parts"].values()), abs=0.01) and timing["total"] > 0
     assert list(timing["stages"]) == ["teacher", "student"]
     for stage in timing["stages"].values():
