@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from kdcl.common.errors import KdclError, did_you_mean, exit_with, io_failure
-from kdcl.common.gc_pause import resume_after_start_up
+from kdcl.common.gc_pause import frozen_imports, resume_after_start_up
 from kdcl.common.timing import StartUp, load_frameworks
 from kdcl.config.compose import all_keys, compose, config_dir, config_groups
 from kdcl.config.upgrade import check_renamed
@@ -83,7 +83,8 @@ def precheck(overrides: list[str]) -> list[tuple[list[str], object]]:
         points.append(compose_point(fixed + list(combo), group_overrides))
         check_values_only(points[-1])
     global IMPORTS_S
-    IMPORTS_S += load_frameworks()  # torch, timm and Lightning: timed apart from the checks
+    with frozen_imports():
+        IMPORTS_S += load_frameworks()  # torch, timm and Lightning: timed apart from the checks
     for cfg in points:
         check_config(cfg)
     return [(fixed + list(combo), cfg) for combo, cfg in zip(combos, points, strict=True)]

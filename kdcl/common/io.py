@@ -7,11 +7,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from kdcl.common.errors import KdclError, io_failure
+
+if TYPE_CHECKING:
+    import torch
 
 UMASK = os.umask(0o022)  # read once: os.umask can only be read by setting it
 os.umask(UMASK)
@@ -46,6 +47,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save, atomically (torch writing straight to a full disk fails with a RuntimeError that
     does not name the file, and leaves half a file)."""
+    import torch  # here: the run's records (JSON) are written by the start-up path, which loads no torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -79,6 +82,8 @@ def load_state_dict_file(path: str | Path, key: str) -> dict[str, torch.Tensor]:
 
     A missing, unreadable or corrupt file is a KdclError naming `key`; a checkpoint never runs code.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise KdclError(f"{key} '{path}' does not exist; give the path of a weights or checkpoint file")

@@ -68,3 +68,18 @@ def test_config_values_are_checked_without_torch_lightning_or_timm():
         "print(' '.join(m for m in ('torch', 'pytorch_lightning', 'timm') if m in sys.modules))"
     )
     assert loaded.strip() == ""
+
+
+def test_a_bad_value_with_a_run_directory_is_refused_before_torch_loads(tmp_path):
+    loaded = run_python(
+        "import sys\n"
+        "from kdcl.commands.train import precheck\n"
+        "from kdcl.common.errors import KdclError\n"
+        "try:\n"
+        f"    precheck(['hydra.run.dir={tmp_path / 'run'}', 'optim.lr=-1'])\n"
+        "except KdclError as err:\n"
+        "    print('refused:', err)\n"
+        "print('loaded:', *[m for m in ('torch', 'pytorch_lightning', 'timm') if m in sys.modules])"
+    )
+    refused, modules = loaded.strip().splitlines()
+    assert refused.startswith("refused: optim.lr=-1") and modules.strip() == "loaded:"
