@@ -152,13 +152,13 @@ def test_a_moved_run_directory_resumes_as_if_it_had_stayed(tmp_path, kdcl_main):
 
 
 class NoRoomFile:
-    """A file on a disk with room for the run's records but not for a checkpoint: a write of more than
-    ROOM bytes fails as the kernel fails it, with ENOSPC (what a full disk gives)."""
+    """A file on a disk with room for the run's records but not for a checkpoint: writing past ROOM bytes
+    fails as the kernel fails it, with ENOSPC (what a full disk gives)."""
 
     ROOM = 1_000_000
 
     def __init__(self, file):
-        self.file = file
+        self.file, self.written = file, 0
 
     def __enter__(self):
         return self
@@ -167,7 +167,8 @@ class NoRoomFile:
         self.file.close()
 
     def write(self, data: bytes) -> int:
-        if len(data) > self.ROOM:
+        self.written += len(data)
+        if self.written > self.ROOM:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return self.file.write(data)
 
