@@ -52,7 +52,22 @@ def latency_node(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-UPGRADES: tuple[Callable[[DictConfig], DictConfig], ...] = (trainer_as_spec, latency_node)  # oldest change first
+def optimizer_loop_kept(cfg: DictConfig) -> DictConfig:
+    """A config saved before `optim.fused`: the run continues with torch's per-tensor loop it started with,
+    so a resumed run takes the steps it would have taken (the fused kernel differs in float rounding)."""
+    optim = cfg.get("optim")
+    if optim is None or "fused" in optim:
+        return cfg
+    cfg = editable(cfg)
+    cfg.optim["fused"] = False
+    return cfg
+
+
+UPGRADES: tuple[Callable[[DictConfig], DictConfig], ...] = (
+    trainer_as_spec,
+    latency_node,
+    optimizer_loop_kept,
+)  # oldest change first
 
 
 def upgrade_saved(cfg: DictConfig) -> DictConfig:

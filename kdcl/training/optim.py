@@ -10,7 +10,7 @@ FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused SGD, Adam and AdamW ker
 
 def fused_for(params, wanted: bool) -> bool | None:
     """torch's fused update (one kernel over all tensors: on a 2-core CPU a ResNet-18's AdamW step takes 7 ms
-    instead of 32, the same update to the last bits) when `optim.fused` asks for it and every parameter is a
+    instead of 32, the same update up to float rounding) when `optim.fused` asks for it and every parameter is a
     floating-point tensor on a device that has the kernel; None (torch's default loop) otherwise."""
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     supported = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in tensors)

@@ -166,11 +166,21 @@ def test_a_config_saved_before_the_latency_rename_resumes_with_its_values_under_
     check_config(merged)
 
 
+def test_a_run_saved_before_the_fused_optimizer_resumes_with_the_loop_it_started_with():
+    saved = OmegaConf.to_container(make(), resolve=True, enum_to_str=True)
+    del saved["optim"]["fused"]
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), upgrade_saved(OmegaConf.create(saved)))
+    assert merged.optim.fused is False
+    assert make().optim.fused is True and make(["optim.fused=false"]).optim.fused is False
+
+
 def test_the_oldest_configs_get_every_upgrade_and_todays_are_left_alone():
     saved = old_latency_node(OmegaConf.to_container(make(), resolve=True, enum_to_str=True))
     saved["trainer"].pop("_target_")
+    del saved["optim"]["fused"]
     upgraded = upgrade_saved(OmegaConf.create(saved))
     assert upgraded.trainer._target_ == "pytorch_lightning.Trainer" and upgraded.latency.batches == [1, 64]
+    assert upgraded.optim.fused is False
     today = make()
     assert upgrade_saved(today) is today
 
