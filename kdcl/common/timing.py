@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 
 class PartTimer:
-    """Wall seconds of named parts, in the order they first ran (a part that runs twice adds up)."""
+    """Wall seconds of named parts, in the order they first ran (a part that runs twice adds up). A part
+    started inside another is carved out of it: the outer part's seconds exclude the inner one's, so the
+    parts add up to the wall time they cover."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.seconds: dict[str, float] = {}
+        self.clock = clock
+        self._open: list[tuple[str, float]] = []  # the parts running now, innermost last, each since when
+
+    def _charge(self, now: float) -> None:
+        """Give the innermost running part the time since it last started or resumed."""
+        if self._open:
+            name, since = self._open[-1]
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - since
 
     @contextmanager
     def part(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        now = self.clock()
+        self._charge(now)
+        self.seconds.setdefault(name, 0.0)
+        self._open.append((name, now))
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            now = self.clock()
+            self._charge(now)
+            self._open.pop()
+            if self._open:  # the outer part resumes
+                self._open[-1] = (self._open[-1][0], now)
 
     def rounded(self) -> dict[str, float]:
         return {name: round(s, 2) for name, s in self.seconds.items()}

@@ -214,11 +214,11 @@ def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
 def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
     """Fit (unless the model is a given checkpoint) and test one stage."""
     started, timer = time.perf_counter(), PartTimer()
-    with timer.part("prepare"):  # models, teachers' stores and views, curriculum scores, the Trainer
+    with timer.part("prepare"):  # the Trainer and the rest; build_parts times the models, teacher outputs, scores
         matched = matched_temperature(ctx, stage) if stage.match_entropy and stage.trains else None
         if matched is not None:
             stage = stage.at_temperature(matched.temperature)
-        parts = build_parts(ctx, stage)
+        parts = build_parts(ctx, stage, timer)
         trainer = stage_trainer(ctx, stage, parts)
     recovery = None
     with timer.part("train"):
@@ -247,13 +247,17 @@ def stage_model(ctx: StageContext, stage: Stage) -> nn.Module:
     return model
 
 
-def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
-    cfg = ctx.cfg
-    model = stage_model(ctx, stage)
-    teachers = [ctx.load_stage_model(t) for t in stage.teachers]
+def build_parts(ctx: StageContext, stage: Stage, timer: PartTimer | None = None) -> StageParts:
+    """The stage's module, data and callbacks; `timer` gets the models' build, the teacher outputs (a stored
+    pass or views pass before training, or reading them from the shared cache) and the curriculum's scores."""
+    cfg, timer = ctx.cfg, timer or PartTimer()
+    with timer.part("models"):
+        model = stage_model(ctx, stage)
+        teachers = [ctx.load_stage_model(t) for t in stage.teachers]
     classes, seen, old = task_classes(stage.task, ctx.data.num_classes) if stage.task else (None, None, None)
     train_set = training_examples(ctx, stage, classes)
-    outputs = teacher_store(ctx, stage, teachers, train_set)
+    with timer.part("teacher outputs"):
+        outputs = teacher_store(ctx, stage, teachers, train_set)
     views = outputs if isinstance(outputs, TeacherViews) else None
     loss = DistillLoss(stage.loss_terms, stage.terms_key, labels=lambda: dataset_labels(train_set))  # CRD's bank
     module = DistillationModule(model, teachers, loss, stage_optim(cfg, stage), stage.name, ctx.data.num_classes,
@@ -267,7 +271,8 @@ def build_parts(ctx: StageContext, stage: Stage) -> StageParts:
                                   train_set, ctx.data.scale, model,
                                   lambda: scoring_models(ctx, stage, teachers, len(train_set)),
                                   views.plain_outputs() if views else outputs)  # fmt: skip
-        sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
+        with timer.part("curriculum scores"):
+            sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
         callbacks.append(callback)
         pl.seed_everything(int(cfg.seed) + stage.index, workers=True, verbose=False)  # scoring used the RNG
     with_index = outputs is not None or loss.needs_index  # stored outputs and CRD's bank read example positions

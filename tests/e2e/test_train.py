@@ -38,7 +38,7 @@ def test_the_summary_says_where_the_time_went(tiny_run):
     assert timing["total"] == pytest.approx(sum(timing["parts"].values()), abs=0.01) and timing["total"] > 0
     assert list(timing["stages"]) == ["teacher", "student"]
     for stage in timing["stages"].values():
-        assert list(stage) == ["seconds", "prepare", "train", "test", "latency"]
+        assert list(stage) == ["seconds", "prepare", "models", "teacher outputs", "train", "test", "latency"]
         assert stage["train"] > 0 and stage["seconds"] >= stage["train"] + stage["test"] - 0.02  # rounded to 0.01
     assert sum(s["seconds"] for s in timing["stages"].values()) <= timing["parts"]["stages"] + 0.02
 

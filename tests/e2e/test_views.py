@@ -35,6 +35,9 @@ def test_a_sweep_with_augmentation_shares_one_view_pass_and_one_teacher_test(tin
     assert first["teacher_store"]["stores"][0]["file"] == second["teacher_store"]["stores"][0]["file"]
     assert first["teacher_store"]["size_mb"] > 0 and first["teacher_store"]["pass_s"] > 0
     assert second["teacher_store"]["pass_s"] == 0 and second["teacher_store"]["views"] == 2
+    # the job's time line puts the view pass under the student's "teacher outputs", not in "prepare"
+    timing = summary_of(tmp_path / "sweep/0")["timing"]["stages"]["student"]
+    assert timing["teacher outputs"] >= first["teacher_store"]["pass_s"] - 0.01 > 0
     assert stage_of(tmp_path / "sweep/1", "teacher")["test_reused"].startswith("test-test_resnet-")
     assert stage_of(tmp_path / "sweep/1", "teacher")["test_acc"] == summary_of(tiny_run)["stages"][0]["test_acc"]
     events = EventAccumulator(str(tmp_path / "sweep/0/tensorboard/01-student")).Reload()
