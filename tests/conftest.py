@@ -61,6 +61,11 @@ def run_kdcl(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = 
     )
 
 
+def run_python(code: str) -> str:
+    """The standard output of `code` run in a fresh interpreter (what a process starting from nothing loads)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
 def run_dir_of(proc) -> Path:
     """The run directory named by the last line `kdcl train` prints."""
     last = proc.stdout.strip().splitlines()[-1]

@@ -10,13 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import run_python
+
 KDCL = Path(__file__).resolve().parents[2] / "kdcl"
 MAX_LINES = 60
 WHY = "# long:"  # a function may be longer when a comment with this prefix on its first line says why
-
-
-def run_python(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.conftest import run_python
 
 SCRIPT = """
 import gc, weakref
@@ -29,5 +28,4 @@ print("before collected" if before() is None else "before leaked", "after collec
 
 
 def test_the_collector_collects_again_after_start_up():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "before collected after collected"
+    assert run_python(SCRIPT).strip() == "before collected after collected"
