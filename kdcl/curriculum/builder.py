@@ -59,15 +59,18 @@ class CurriculumInputs:
     student: nn.Module
     scoring_models: Callable[[], list[ScoringModel]]  # built only when scores are computed (not on resume)
     outputs: TeacherOutputs | None = None  # the stage's stored teacher outputs, when complete
+    eval_batch_size: int = 256  # the scoring passes read the training set in these batches (data.eval_batch_size)
+    workers: int = 0  # ... with these loader processes (data.num_workers)
 
 
-def model_logits(scoring: list[ScoringModel], base: Dataset, to_input) -> torch.Tensor:
+def model_logits(scoring: list[ScoringModel], base: Dataset, inp: CurriculumInputs) -> torch.Tensor:
     """Every example's logits averaged over the models that score it."""
     device = inference_device()
     total, count = None, torch.zeros(len(base))
     for s in scoring:
         idx = torch.arange(len(base)) if s.positions is None else s.positions
-        logits = dataset_logits(s.model.to(device), Subset(base, idx.tolist()), to_input)
+        logits = dataset_logits(s.model.to(device), Subset(base, idx.tolist()), inp.to_input, inp.eval_batch_size,
+                                workers=inp.workers)  # fmt: skip
         total = torch.zeros(len(base), logits.shape[1]) if total is None else total
         total[idx] += logits
         count[idx] += 1
@@ -82,11 +85,12 @@ def compute_scores(c: DictConfig, inp: CurriculumInputs, base: Dataset, labels: 
     if c.scorer == "file":
         return file_scores(c.scores_file, len(base))
     if c.scorer == "student_loss":
-        return loss_scores(dataset_logits(inp.student, base, inp.to_input), labels)
+        logits = dataset_logits(inp.student, base, inp.to_input, inp.eval_batch_size, workers=inp.workers)
+        return loss_scores(logits, labels)
     if c.source == "final" and inp.outputs is not None and inp.outputs.complete:  # one pass serves both
         logits = inp.outputs.logits.float().mean(0).cpu()
     else:
-        logits = model_logits(inp.scoring_models(), base, inp.to_input)
+        logits = model_logits(inp.scoring_models(), base, inp)
     return SCORERS[c.scorer](logits, labels)
 
 

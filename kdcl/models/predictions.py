@@ -100,7 +100,8 @@ def predict(model: nn.Module, loader: DataLoader, to_input, seen: list[int] | No
 
 
 def dataset_logits(model: nn.Module, dataset, to_input, batch_size: int = 256,
-                   device: torch.device | None = None) -> torch.Tensor:  # fmt: skip
+                   device: torch.device | None = None, workers: int = 0) -> torch.Tensor:  # fmt: skip
     """`model`'s logits (float32, CPU) of every example of `dataset`, in order (on `device`, default the
-    inference device)."""
-    return predict(model, DataLoader(dataset, batch_size), to_input, device=device).logits
+    inference device), read by `workers` loader processes (data.num_workers: a folder's decoding overlaps
+    the model)."""
+    return predict(model, DataLoader(dataset, batch_size, num_workers=workers), to_input, device=device).logits

@@ -81,7 +81,8 @@ def build_mutual_parts(ctx: StageContext, group: Stage, peers: tuple[Stage, ...]
     if group.curriculum:  # one data order for the cohort; a self-paced scorer reads the peers' mean logits
         inputs = CurriculumInputs(group.name, group.epochs, int(cfg.data.batch_size), int(cfg.seed) + group.index,
                                   train_set, ctx.data.scale, module.model,
-                                  lambda: scoring_models(ctx, group, [], len(train_set)))  # fmt: skip
+                                  lambda: scoring_models(ctx, group, [], len(train_set)),
+                                  eval_batch_size=int(cfg.data.eval_batch_size), workers=int(cfg.data.num_workers))  # fmt: skip
         sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(group))
         callbacks.append(callback)
         pl.seed_everything(int(cfg.seed) + group.index, workers=True, verbose=False)  # scoring used the RNG

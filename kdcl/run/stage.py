@@ -270,7 +270,8 @@ def build_parts(ctx: StageContext, stage: Stage, timer: PartTimer | None = None)
         inputs = CurriculumInputs(stage.name, stage.epochs, int(cfg.data.batch_size), int(cfg.seed) + stage.index,
                                   train_set, ctx.data.scale, model,
                                   lambda: scoring_models(ctx, stage, teachers, len(train_set)),
-                                  views.plain_outputs() if views else outputs)  # fmt: skip
+                                  views.plain_outputs() if views else outputs, int(cfg.data.eval_batch_size),
+                                  int(cfg.data.num_workers))  # fmt: skip
         with timer.part("curriculum scores"):
             sampler, callback = build_curriculum(cfg.curriculum, inputs, ctx.stage_dir(stage))
         callbacks.append(callback)
@@ -288,7 +289,7 @@ def matched_temperature(ctx: StageContext, stage: Stage) -> MatchedTemperature:
     classes = task_classes(stage.task, ctx.data.num_classes)[0] if stage.task else None
     examples = unaugmented(training_examples(ctx, stage, classes))
     logits = lambda ref: dataset_logits(ctx.load_stage_model(ref), examples, ctx.data.scale,  # noqa: E731
-                                        int(ctx.cfg.data.eval_batch_size))  # fmt: skip
+                                        int(ctx.cfg.data.eval_batch_size), workers=int(ctx.cfg.data.num_workers))  # fmt: skip
     teacher, refs = stage.teachers[0], stage.match_entropy
     matched = MatchedTemperature.of(teacher, logits(teacher), {r: logits(r) for r in refs},
                                     stage.configured_temperature, f"pipeline.stages.{stage.name}.match_entropy")  # fmt: skip
@@ -338,7 +339,8 @@ def teacher_store(ctx: StageContext, stage: Stage, teachers: list,
         return None
     outputs = TeacherOutputs.open(teachers, plain, ctx.data, ctx.cfg, data, ctx.stage_dir(stage), stage.name)
     if stage.curriculum:  # paced epochs meet the data piecemeal: store it all in one pass
-        outputs.fill(teachers, plain, ctx.data.scale, int(ctx.cfg.data.eval_batch_size), stage.name)
+        outputs.fill(teachers, plain, ctx.data.scale, int(ctx.cfg.data.eval_batch_size), stage.name,
+                     int(ctx.cfg.data.num_workers))  # fmt: skip
     return outputs
 
 

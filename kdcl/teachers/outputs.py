@@ -165,14 +165,16 @@ class TeacherOutputs:
                 self.store(positions[missing], run_teachers(missing))
         return list(self.logits[:, positions])
 
-    def fill(self, teachers: list[nn.Module], dataset: Dataset, to_input, batch_size: int, stage_name: str) -> None:
-        """One pass of the teachers over the examples not stored yet, before training."""
+    def fill(self, teachers: list[nn.Module], dataset: Dataset, to_input, batch_size: int, stage_name: str,
+             workers: int = 0) -> None:  # fmt: skip
+        """One pass of the teachers over the examples not stored yet, before training (read by `workers`)."""
         rows = (~self.filled).nonzero().squeeze(1)
         if not len(rows):
             return
         print(f"[{stage_name}] teacher outputs: one pass over {len(rows)} examples", flush=True)
         subset = Subset(dataset, rows.tolist())
-        self.store(rows, [dataset_logits(t.to(inference_device()), subset, to_input, batch_size) for t in teachers])
+        self.store(rows, [dataset_logits(t.to(inference_device()), subset, to_input, batch_size, workers=workers)
+                         for t in teachers])  # fmt: skip
         self.full, self.new = bool(self.filled.all()), []  # every DDP rank runs this pass: nothing to share
         self.save()
 

@@ -172,15 +172,16 @@ def expand(stored: dict[str, torch.Tensor], rows: torch.Tensor, classes: int) ->
 
 
 def view_pass(teacher: nn.Module, dataset: Dataset, params: torch.Tensor, to_input, batch_size: int,
-              spec: ViewSpec) -> dict[str, torch.Tensor]:  # fmt: skip
+              spec: ViewSpec, workers: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
     """The teacher's logits of every stored view (and of the plain view with spec.plain), in eval and
-    inference mode. Examples are read once; each batch of them is run at each of its K views."""
+    inference mode. Examples are read once, by `workers` loader processes (a folder's decoding overlaps the
+    teacher, as in training); each batch of them is run at each of its K views."""
     by_view, plain = [], []
     positions = DataLoader(range(len(dataset)), batch_size)  # the batch's positions, in order
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec.bf16)
     # evaluating: back on its own device afterwards (training never runs it: its memory stays free)
     with evaluating(teacher) as device, autocast:
-        for (x, *_), idx in zip(DataLoader(dataset, batch_size), positions, strict=True):
+        for (x, *_), idx in zip(DataLoader(dataset, batch_size, num_workers=workers), positions, strict=True):
             x = x.to(device)
             views = [teacher(to_input(rebuild(x, params[idx, v], spec.pad))) for v in range(spec.k)]
             by_view.append(torch.stack(views, 1).cpu())  # (batch, K, classes)
@@ -206,7 +207,9 @@ def replay_pass(teacher: nn.Module, replayed: ReplayedViews, plain: Dataset, tab
                           box[rows].to(device))  # fmt: skip
             logits.append(compress(teacher(x).cpu(), spec.topk))
         plain_logits = (
-            [teacher(to_input(x.to(device))).cpu() for x, _ in DataLoader(plain, batch_size)] if spec.plain else []
+            [teacher(to_input(x.to(device))).cpu() for x, _ in DataLoader(plain, batch_size, num_workers=workers)]
+            if spec.plain
+            else []
         )
     n = len(plain)
     by_view = {name: torch.cat([b[name] for b in logits]).reshape(n, spec.k, *logits[0][name].shape[1:])
@@ -272,7 +275,7 @@ def open_views(teacher: nn.Module, examples: StageExamples, dm, cfg: DictConfig,
     src, dataset = dm.load(), examples.plain
     key, what = views_key(teacher, dataset, data, src.mean, src.std, spec, examples.sizes)
     path = views_store_path(cfg, teacher, key)
-    batch = int(cfg.data.eval_batch_size)
+    batch, workers = int(cfg.data.eval_batch_size), int(cfg.data.num_workers)
 
     def build() -> dict[str, torch.Tensor]:
         problem = store_problem(stage_name, len(dataset), src.num_classes, 1, spec, None, cache_dir(cfg))
@@ -280,10 +283,9 @@ def open_views(teacher: nn.Module, examples: StageExamples, dm, cfg: DictConfig,
             raise KdclError(problem)
         print(f"[{stage_name}] teacher views: one pass over {len(dataset)} examples × {spec.k} views", flush=True)
         if spec.recipe is None:
-            return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.scale, batch, spec)
+            return view_pass(teacher, dataset, draw_views(len(dataset), spec), dm.scale, batch, spec, workers)
         table = draw_table(examples.sizes, spec.k, spec.recipe, spec.seed + VIEW_SEED)
-        return replay_pass(teacher, examples.replayed(table, spec), dataset, table, dm.scale, batch,
-                           int(cfg.data.num_workers), spec)  # fmt: skip
+        return replay_pass(teacher, examples.replayed(table, spec), dataset, table, dm.scale, batch, workers, spec)
 
     tensors, entry = load_or_build(path, key, what, build, str(run_dir), stage_name, cache_bound(cfg))
     return TeacherViewStore(entry, tensors, src.num_classes)

@@ -5,10 +5,11 @@ setting that changes the views, and the shared cache builds an entry once under 
 import threading
 import time
 
+import pytest
 import timm
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import TensorDataset
+from torch.utils.data import TensorDataset, get_worker_info
 
 from kdcl.common.cache import load_or_build, read_entry
 from kdcl.config.schema import data_identity
@@ -70,6 +71,27 @@ def test_stored_views_are_the_teachers_logits_of_the_replayed_pixels():
     # any K epochs in a row show each example every one of its K views once (no view wasted, none repeated)
     shown = torch.stack([fresh.choice(e) for e in range(4, 4 + SPEC.k)], 1).sort(1).values
     assert torch.equal(shown, torch.arange(SPEC.k).expand_as(shown))
+
+
+class ReadInWorkers(TensorDataset):
+    """A folder stand-in whose examples may be read only by a loader's worker processes (where a folder's
+    decoding runs, overlapping the teacher)."""
+
+    def __getitem__(self, i):
+        assert get_worker_info() is not None, "read in the main process"
+        return super().__getitem__(i)
+
+
+def test_the_views_pass_reads_examples_in_the_loaders_workers_and_stores_the_same_logits():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (24, 1, 32, 32), dtype=torch.uint8)
+    teacher = timm.create_model("test_resnet", num_classes=4, in_chans=1).eval()
+    params = draw_views(24, SPEC)
+    alone = view_pass(teacher, TensorDataset(images, torch.arange(24) % 4), params, normalize, 8, SPEC)
+    with pytest.raises(AssertionError, match="main process"):  # the stand-in refuses the main process
+        view_pass(teacher, ReadInWorkers(images, torch.arange(24) % 4), params, normalize, 8, SPEC)
+    in_workers = view_pass(teacher, ReadInWorkers(images, torch.arange(24) % 4), params, normalize, 8, SPEC, 2)
+    assert torch.equal(in_workers["logits"], alone["logits"]) and torch.equal(in_workers["plain"], alone["plain"])
 
 
 def test_top_k_store_keeps_the_top_probabilities_and_spreads_the_rest_evenly():
