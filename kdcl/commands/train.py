@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import os
 import re
 import sys
 import time
@@ -148,7 +149,10 @@ def resume_argv(rest: list[str], overrides: list[str]) -> list[str] | None:
         )
     if any(o.startswith("hydra.run.dir=") for o in overrides):  # a worker Lightning's DDP launcher started
         return rest
-    return rest + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    # absolute: the resumed run reads its relative paths from where it started (run_training), and the extra
+    # ranks DDP starts from there must find it too
+    rest = [f"resume={run_dir.resolve()}" if a.startswith("resume=") else a for a in rest]
+    return rest + [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
 
 
 def resume_changes(task_overrides: list[str], given, saved) -> dict[str, tuple]:
@@ -295,7 +299,8 @@ def run_training(cfg) -> float | None:
     from kdcl.training.trainer import quiet_libraries
 
     quiet_libraries()
-    run_dir = Path(cfg.resume) if cfg.get("resume") else Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(cfg.resume).resolve() if cfg.get("resume") else Path(HydraConfig.get().runtime.output_dir)
+    here = Path.cwd()
     leader = training_process_leader()
     set_threads(OmegaConf.select(cfg, "speed.threads"))
     try:
@@ -305,7 +310,7 @@ def run_training(cfg) -> float | None:
         from kdcl.config.schema import TrainConfig
         from kdcl.config.upgrade import upgrade_saved
         from kdcl.run.lock import lock_run_dir
-        from kdcl.run.manifest import Manifest
+        from kdcl.run.manifest import Manifest, started_in
         from kdcl.run.runner import run_pipeline
         from kdcl.run.validate import check_config
 
@@ -321,9 +326,12 @@ def run_training(cfg) -> float | None:
                     [f"{k}={new}" for k, (_, new) in changes.items()]))  # fmt: skip
             except ValidationError as exc:
                 raise schema_error(exc) from None
+            origin = started_in(run_dir) or here
+            os.chdir(origin)  # its relative paths (teacher.checkpoint=, data.root=, outputs/) mean what they meant
             print(
                 f"{'requeued: continuing' if requeued else 'resuming'} {run_dir}"
-                + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items()),
+                + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items())
+                + (f" (from {origin}, where it started: its relative paths are read there)" if origin != here else ""),
                 flush=True,
             )
         elif leader and Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix them
@@ -338,6 +346,7 @@ def run_training(cfg) -> float | None:
         raise io_failure(exc, "write the run's files") from None
     finally:
         release_run_dir(run_dir)
+        os.chdir(here)
     if leader:
         print(f"run directory: {run_dir}", flush=True)
     from kdcl.reporting.jobs import objective

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -65,6 +66,17 @@ class Manifest:
 
         if process_rank() == 0:
             atomic_write_json(self.path, self.data)
+
+
+def started_in(run_dir: Path) -> Path | None:
+    """The directory the run was started from (environment.json's `cwd`), where its relative paths
+    (teacher.checkpoint=, data.root=, paths.output_dir) point; None for a run recorded before kdcl kept it,
+    or when that directory is gone."""
+    try:
+        cwd = json.loads((Path(run_dir) / "environment.json").read_text()).get("cwd")
+    except (OSError, ValueError):
+        return None
+    return Path(cwd) if cwd and Path(cwd).is_dir() else None
 
 
 def requeued_run(run_dir: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -48,6 +49,7 @@ def environment() -> dict:
         else f"cpu ({platform.processor() or platform.machine()})",
         "cpu_threads": torch.get_num_threads(),
         "argv": sys.argv,
+        "cwd": os.getcwd(),  # what the run's relative paths are relative to (a resume returns here)
     }
 
 

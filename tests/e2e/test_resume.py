@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,3 +81,18 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     expected = [{k: s[k] for k in METRICS} for s in summary_of(tmp_path / "reference")["stages"]]
     got = [{k: s[k] for k in METRICS} for s in summary_of(run_dir)["stages"]]
     assert got == expected, killed
+
+
+def test_a_run_with_relative_paths_resumes_from_another_directory(tmp_path, tiny_run, kdcl_main):
+    """`teacher.checkpoint=teacher.ckpt` and the default outputs/ are relative to where the run started; a
+    resume from anywhere else reads them there (it refused the run before: the file 'does not exist')."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(tiny_run / "stages" / "00-teacher" / "checkpoints" / "best.ckpt", project / "teacher.ckpt")
+    args = [*TINY, "trainer.max_epochs=1", "latency.batches=[]", "teacher.checkpoint=teacher.ckpt", "hydra.run.dir=run"]
+    first = kdcl_main(["train", *args], project)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    again = kdcl_main(["train", "resume=../project/run"], elsewhere)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming {project / 'run'} (from {project}, where it started" in again.stdout
