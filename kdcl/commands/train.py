@@ -155,6 +155,37 @@ def resume_argv(rest: list[str], overrides: list[str]) -> list[str] | None:
     return rest + [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null"]
 
 
+def continued_config(cfg, run_dir: Path, requeued: bool, here: Path):
+    """(the saved config of the run being continued, with the changes resume= allows; those changes), in the
+    directory the run started from: its relative paths (teacher.checkpoint=, data.root=, outputs/) mean what
+    they meant then."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    from kdcl.config.checks import schema_error
+    from kdcl.config.schema import TrainConfig
+    from kdcl.config.upgrade import upgrade_saved
+    from kdcl.run.manifest import started_in
+
+    saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
+    changes = resume_changes(HydraConfig.get().overrides.task, cfg, saved) if not requeued else {}
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved, OmegaConf.from_dotlist(
+            [f"{k}={new}" for k, (_, new) in changes.items()]))  # fmt: skip
+    except ValidationError as exc:
+        raise schema_error(exc) from None
+    origin = started_in(run_dir) or here
+    os.chdir(origin)  # run_training returns to `here` when the run ends
+    print(
+        f"{'requeued: continuing' if requeued else 'resuming'} {run_dir}"
+        + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items())
+        + (f" (from {origin}, where it started: its relative paths are read there)" if origin != here else ""),
+        flush=True,
+    )
+    return cfg, changes
+
+
 def resume_changes(task_overrides: list[str], given, saved) -> dict[str, tuple]:
     """{key: (saved value, new value)} for the RESUME_MAY_CHANGE keys given with `resume=` that differ."""
     from omegaconf import OmegaConf
@@ -304,13 +335,8 @@ def run_training(cfg) -> float | None:
     leader = training_process_leader()
     set_threads(OmegaConf.select(cfg, "speed.threads"))
     try:
-        from omegaconf.errors import ValidationError
-
-        from kdcl.config.checks import schema_error
-        from kdcl.config.schema import TrainConfig
-        from kdcl.config.upgrade import upgrade_saved
         from kdcl.run.lock import lock_run_dir
-        from kdcl.run.manifest import Manifest, started_in
+        from kdcl.run.manifest import Manifest
         from kdcl.run.runner import run_pipeline
         from kdcl.run.validate import check_config
 
@@ -319,21 +345,7 @@ def run_training(cfg) -> float | None:
         changes = {}
         requeued = leader and not cfg.get("resume") and requeued_run(run_dir)  # other ranks: the same config
         if cfg.get("resume") or requeued:
-            saved = upgrade_saved(OmegaConf.load(run_dir / "config.yaml"))
-            changes = resume_changes(HydraConfig.get().overrides.task, cfg, saved) if not requeued else {}
-            try:
-                cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved, OmegaConf.from_dotlist(
-                    [f"{k}={new}" for k, (_, new) in changes.items()]))  # fmt: skip
-            except ValidationError as exc:
-                raise schema_error(exc) from None
-            origin = started_in(run_dir) or here
-            os.chdir(origin)  # its relative paths (teacher.checkpoint=, data.root=, outputs/) mean what they meant
-            print(
-                f"{'requeued: continuing' if requeued else 'resuming'} {run_dir}"
-                + "".join(f", {k}: {old} → {new}" for k, (old, new) in changes.items())
-                + (f" (from {origin}, where it started: its relative paths are read there)" if origin != here else ""),
-                flush=True,
-            )
+            cfg, changes = continued_config(cfg, run_dir, requeued, here)
         elif leader and Manifest.exists(run_dir):  # e.g. two runs started in the same second: never mix them
             raise KdclError(
                 f"{run_dir} already holds a kdcl run; continue it with resume={run_dir} or set hydra.run.dir"
