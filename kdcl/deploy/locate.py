@@ -21,7 +21,7 @@ from kdcl.data import KdclDataModule
 from kdcl.data.datamodule import of_classes
 from kdcl.models import load_kdcl_checkpoint, model_from_checkpoint
 from kdcl.models.input_norm import ModelInput
-from kdcl.run.manifest import Manifest
+from kdcl.run.manifest import Manifest, started_in
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,21 @@ def locate(target: str, stage: str | None) -> Located:
         raise KdclError(
             f"checkpoint '{path}' was not written by kdcl train (no config inside); give a kdcl stage checkpoint"
         )
-    return Located(path, upgrade_saved(OmegaConf.create(hparams["config"])), hparams, run_dir, recorded)
+    cfg = upgrade_saved(OmegaConf.create(hparams["config"]))
+    return Located(path, rebased(cfg, started_in(run_dir) if run_dir else None), hparams, run_dir, recorded)
+
+
+SAVED_PATHS = ("data.root", "data.download_root", "paths.data_dir", "paths.output_dir", "paths.cache_dir")
+
+
+def rebased(cfg: DictConfig, origin: Path | None) -> DictConfig:
+    """The saved config with its relative data and output paths made absolute from `origin`, the directory
+    its run started in (`kdcl eval` and `kdcl export` may run anywhere); overrides given now stay as given."""
+    for key in SAVED_PATHS if origin is not None else ():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            OmegaConf.update(cfg, key, str(origin / value))
+    return cfg
 
 
 @dataclass

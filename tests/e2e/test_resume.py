@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from tests.conftest import TINY, run_dir_of, summary_of
+from tests.unit.test_data import write_image_folder
 
 # teacher → assistant1 → student: three stages, four epochs each, on half the training set, augmented
 ARGS = [*TINY, "trainer=cpu", "trainer.max_epochs=4", "pipeline=takd", "pipeline.assistants=[test_resnet]",
@@ -83,16 +83,22 @@ def test_sigkill_at_a_random_step_of_the_second_stage_then_resume_equals_an_unin
     assert got == expected, killed
 
 
-def test_a_run_with_relative_paths_resumes_from_another_directory(tmp_path, tiny_run, kdcl_main):
-    """`teacher.checkpoint=teacher.ckpt` and the default outputs/ are relative to where the run started; a
-    resume from anywhere else reads them there (it refused the run before: the file 'does not exist')."""
+def test_a_run_with_relative_paths_resumes_and_evaluates_from_another_directory(tmp_path, kdcl_main):
+    """`data.root=photos` and the default outputs/ are relative to where the run started; `resume=` and
+    `kdcl eval` from anywhere else read them there (both refused the run before: 'photos' not found)."""
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
-    project.mkdir()
+    write_image_folder(project / "photos", per_class=8)
     elsewhere.mkdir()
-    shutil.copy(tiny_run / "stages" / "00-teacher" / "checkpoints" / "best.ckpt", project / "teacher.ckpt")
-    args = [*TINY, "trainer.max_epochs=1", "latency.batches=[]", "teacher.checkpoint=teacher.ckpt", "hydra.run.dir=run"]
+    args = [*TINY, "trainer.max_epochs=1", "latency.batches=[]", "data=image_folder", "data.root=photos",
+            "data.num_workers=0", "hydra.run.dir=run"]  # fmt: skip
     first = kdcl_main(["train", *args], project)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     again = kdcl_main(["train", "resume=../project/run"], elsewhere)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming {project / 'run'} (from {project}, where it started" in again.stdout
+    tested = kdcl_main(["eval", "../project/run"], elsewhere)
+    assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
+    recorded, evaluated = summary_of(project / "run")["stages"][-1], json.loads(tested.stdout.splitlines()[-1])
+    # the same test images as the run's own test: the same accuracy and loss
+    assert evaluated["test_acc"] == recorded["test_acc"]
+    assert abs(evaluated["test_loss"] - recorded["test_loss"]) < 1e-4
