@@ -6,11 +6,12 @@ real processes too, for the contract as a user meets it: exit status 2, no trace
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_kdcl
+from tests.conftest import TINY, run_kdcl
 
 
 def corrupt_file(tmp: Path) -> str:
@@ -290,3 +291,18 @@ def test_unknown_command_suggests_the_right_one(tmp_path, kdcl_main):
     result = kdcl_main(["trian"], tmp_path)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, ["did you mean train"])
+
+
+def test_a_stage_that_cannot_start_from_the_one_before_exits_6_and_keeps_it(tmp_path, kdcl_main):
+    """The student's curriculum scores with the teacher as it was after epoch 2 (source=early), but the teacher
+    stopped after 3 steps: exit 6, one line naming the fix and the resume, the teacher's stage kept done."""
+    args = [*TINY, "latency.batches=[]", "curriculum=linear", "curriculum.source=early", "curriculum.early_epoch=2",
+            "+trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    result = kdcl_main(["train", *args], tmp_path)
+    assert result.returncode == 6, result.stdout[-2000:] + result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert "\n" not in line and "teacher@2" in line and "curriculum.source=final" in line
+    assert f"resume={tmp_path / 'run'}" in line
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    assert stages["teacher"]["status"] == "done" and stages["student"]["status"] == "failed"
+    assert (tmp_path / "run" / stages["teacher"]["result"]["checkpoint"]).is_file()
