@@ -214,6 +214,7 @@ def epoch_checkpoint(ckpt_dir: Path, epoch: int) -> Path:
 def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
     """Fit (unless the model is a given checkpoint) and test one stage."""
     started, timer = time.perf_counter(), PartTimer()
+    check_references(ctx, stage)
     with timer.part("prepare"):  # the Trainer and the rest; build_parts times the models, teacher outputs, scores
         matched = matched_temperature(ctx, stage) if stage.match_entropy and stage.trains else None
         if matched is not None:
@@ -232,6 +233,14 @@ def run_stage(ctx: StageContext, stage: Stage) -> StageResult:
         else:
             metrics, reused = test_given(ctx, stage, trainer, parts, chosen)
     return record(ctx, stage, parts, trainer, metrics, chosen, started, recovery, reused, timer, matched)
+
+
+def check_references(ctx: StageContext, stage: Stage) -> None:
+    """Every earlier checkpoint the stage reads is recorded before any of its work: a stage that stopped early
+    has no `name@E`, and the line (exit 6) comes now, not after the stage's passes."""
+    for ref in (*stage.teachers, *stage.scorers, *stage.match_entropy, *([stage.init] if stage.init else [])):
+        if split_ref(ref)[0] in ctx.handed:
+            ctx.checkpoint_of(ref)
 
 
 # build ---------------------------------------------------------------------------------------------

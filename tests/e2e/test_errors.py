@@ -295,7 +295,8 @@ def test_unknown_command_suggests_the_right_one(tmp_path, kdcl_main):
 
 def test_a_stage_that_cannot_start_from_the_one_before_exits_6_and_keeps_it(tmp_path, kdcl_main):
     """The student's curriculum scores with the teacher as it was after epoch 2 (source=early), but the teacher
-    stopped after 3 steps: exit 6, one line naming the fix and the resume, the teacher's stage kept done."""
+    stopped after 3 steps: exit 6 before the student's passes, one line naming the fix and the resume, the
+    teacher's stage kept done."""
     args = [*TINY, "latency.batches=[]", "curriculum=linear", "curriculum.source=early", "curriculum.early_epoch=2",
             "+trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     result = kdcl_main(["train", *args], tmp_path)
@@ -303,6 +304,7 @@ def test_a_stage_that_cannot_start_from_the_one_before_exits_6_and_keeps_it(tmp_
     line = result.stderr.strip()
     assert "\n" not in line and "teacher@2" in line and "curriculum.source=final" in line
     assert f"resume={tmp_path / 'run'}" in line
+    assert "[student] teacher outputs: one pass" not in result.stdout  # refused before the student's passes
     stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
     assert stages["teacher"]["status"] == "done" and stages["student"]["status"] == "failed"
     assert (tmp_path / "run" / stages["teacher"]["result"]["checkpoint"]).is_file()
