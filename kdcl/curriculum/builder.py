@@ -129,6 +129,6 @@ def build_curriculum(c: DictConfig, inp: CurriculumInputs, stage_dir: Path):
     callback = CurriculumCallback(
         sampler, scores, ordering, inp.stage, base, inp.to_input, advance=c.advance, threshold=float(c.threshold),
         jump=float(c.jump), self_paced=c.scorer == "student_loss", rescore_every=int(c.rescore_every),
-        noisy=noisy_mask(base), reading=(inp.eval_batch_size, inp.workers),
+        noisy=noisy_mask(base), eval_batch_size=inp.eval_batch_size, workers=inp.workers,
     )  # fmt: skip
     return sampler, callback

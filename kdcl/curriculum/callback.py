@@ -67,9 +67,10 @@ class CurriculumCallback(pl.Callback):
         self_paced: bool = False,
         rescore_every: int = 1,
         noisy: torch.Tensor | None = None,  # data.label_noise: which training examples carry a wrong label
-        reading: tuple[int, int] = (256, 0),  # the re-scoring pass's batch size and loader processes
+        eval_batch_size: int = 256,  # the re-scoring pass reads in these batches (data.eval_batch_size)
+        workers: int = 0,  # ... with these loader processes (data.num_workers)
     ):
-        self.noisy, self.reading = noisy, reading
+        self.noisy, self.eval_batch_size, self.workers = noisy, eval_batch_size, workers
         self.sampler, self.scores, self.ordering, self.stage = sampler, scores, ordering, stage
         self.images, self.to_input = images, to_input
         self.advance, self.threshold, self.jump = advance, threshold, jump
@@ -107,8 +108,8 @@ class CurriculumCallback(pl.Callback):
         if self.self_paced and epoch > 0 and epoch % self.rescore_every == 0:
             # self-paced: the current student judges difficulty (every rank computes the same scores)
             # where the student trains: the Trainer's device, not kdcl's inference device (trainer=cpu on a GPU host)
-            batch, workers = self.reading
-            logits = dataset_logits(pl_module.model, self.images, self.to_input, batch, pl_module.device, workers)
+            logits = dataset_logits(pl_module.model, self.images, self.to_input, self.eval_batch_size,
+                                    pl_module.device, self.workers)  # fmt: skip
             self.scores = loss_scores(logits, self.ordering.labels)
             self.sampler.order = self.ordering(self.scores)
         # Lightning's own set_epoch does not reach a batch sampler without .sampler: set it here

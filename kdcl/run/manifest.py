@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def started_in(run_dir: Path) -> Path | None:
     (teacher.checkpoint=, data.root=, paths.output_dir) point; None for a run recorded before kdcl kept it,
     or when that directory is gone."""
     try:
-        cwd = json.loads((Path(run_dir) / "environment.json").read_text()).get("cwd")
+        cwd = read_json(Path(run_dir) / "environment.json").get("cwd")
     except (OSError, ValueError):
         return None
     return Path(cwd) if cwd and Path(cwd).is_dir() else None
